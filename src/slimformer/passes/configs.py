@@ -1,0 +1,111 @@
+"""Config dataclasses of the passes whose implementation lives in later milestones' files. Each validates itself
+in __post_init__, so a bad recipe fails at parse time, before any model is touched."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import RecipeError
+
+
+def check_keep(step: str, keep: float | int) -> None:
+    """K is a fraction in (0, 1] (a float) or a count >= 1 (an int)."""
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)):
+        raise RecipeError(f"{step}: keep must be a fraction in (0, 1] or a count >= 1, got {keep!r}")
+    if isinstance(keep, float) and not 0.0 < keep <= 1.0:
+        raise RecipeError(f"{step}: keep fraction must be in (0, 1], got {keep}")
+    if isinstance(keep, int) and keep < 1:
+        raise RecipeError(f"{step}: keep count must be >= 1, got {keep}")
+
+
+@dataclass(frozen=True)
+class Heads:
+    keep: float | int  # fraction of all heads, or a count of heads to keep in the whole model
+
+    def __post_init__(self):
+        check_keep("heads", self.keep)
+
+
+@dataclass(frozen=True)
+class Ffn:
+    keep: float | int  # fraction of all FFN neurons, or a count
+
+    def __post_init__(self):
+        check_keep("ffn", self.keep)
+
+
+@dataclass(frozen=True)
+class Layers:
+    keep: float | int  # fraction of layers, or a count
+
+    def __post_init__(self):
+        check_keep("layers", self.keep)
+
+
+@dataclass(frozen=True)
+class Prune:
+    flops: float  # target fraction of the original encoder's FLOPs, heads and FFN neurons chosen jointly
+
+    def __post_init__(self):
+        if isinstance(self.flops, bool) or not isinstance(self.flops, (int, float)) or not 0 < self.flops <= 1:
+            raise RecipeError(f"prune: flops must be a fraction in (0, 1], got {self.flops!r}")
+
+
+@dataclass(frozen=True)
+class Vocab:
+    corpus: str | None = None  # text file, one sentence a line; default: the calibration text
+    keep: int | None = None  # keep the N most frequent tokens (plus the special tokens)
+
+    def __post_init__(self):
+        if self.keep is not None and (isinstance(self.keep, bool) or not isinstance(self.keep, int)
+                                      or self.keep < 1):
+            raise RecipeError(f"vocab: keep must be a count >= 1, got {self.keep!r}")
+
+
+@dataclass(frozen=True)
+class LowRank:
+    ratio: float | None = None  # parameter fraction of the factorized Linears
+    energy: float | None = None  # share of spectral energy kept
+    rank: int | None = None  # one rank for all
+    fisher: bool = False  # Fisher-weighted SVD (Hsu et al. 2022)
+
+    def __post_init__(self):
+        given = [k for k in ("ratio", "energy", "rank") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise RecipeError(f"lowrank: give exactly one of ratio=, energy=, rank= (got {given or 'none'})")
+        for k in ("ratio", "energy"):
+            v = getattr(self, k)
+            if v is not None and not 0 < v <= 1:
+                raise RecipeError(f"lowrank: {k} must be in (0, 1], got {v}")
+        if self.rank is not None and (not isinstance(self.rank, int) or self.rank < 1):
+            raise RecipeError(f"lowrank: rank must be an integer >= 1, got {self.rank!r}")
+        if not isinstance(self.fisher, bool):
+            raise RecipeError(f"lowrank: fisher must be true or false, got {self.fisher!r}")
+
+
+@dataclass(frozen=True)
+class FNet:
+    layers: str | int = "all"  # "all" or how many layers (counted from the first) get Fourier mixing
+
+    def __post_init__(self):
+        if self.layers != "all" and (not isinstance(self.layers, int) or self.layers < 1):
+            raise RecipeError(f"fnet: layers must be 'all' or a count >= 1, got {self.layers!r}")
+
+
+@dataclass(frozen=True)
+class Distill:
+    minutes: float | None = None  # wall-clock budget
+    steps: int | None = None  # or a number of optimizer steps
+
+    def __post_init__(self):
+        if (self.minutes is None) == (self.steps is None):
+            raise RecipeError("distill: give exactly one of minutes= or steps=")
+        if self.minutes is not None and not self.minutes > 0:
+            raise RecipeError(f"distill: minutes must be > 0, got {self.minutes}")
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+            raise RecipeError(f"distill: steps must be an integer >= 1, got {self.steps!r}")
+
+
+@dataclass(frozen=True)
+class Freeze:
+    pass

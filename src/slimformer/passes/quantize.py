@@ -1,0 +1,159 @@
+"""Dynamic int8: every Linear (attention q/k/v/o included) and the token embeddings.
+
+Weights: symmetric int8 with one scale per output channel (per row for embeddings). Activations: symmetric int8
+with one scale per token, computed at run time, so a sentence's embedding does not depend on its batch-mates or on
+padding (one scale per tensor, as torch.ao does, couples them). Optional SmoothQuant-style migration (Xiao et al.
+2023) divides activation channel j by s_j = max|X_j|^a / max|W_j|^(1-a) and multiplies weight column j by it,
+measured on calibration text. The matmul is torch._int_mm (int8 x int8 -> int32, oneDNN/VNNI on x86).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import RecipeError
+from ..mha import make_quantizable
+from ..surgery import replace_modules, set_module
+from .calib import Calibration, activation_absmax, output_error, outputs
+
+
+@dataclass(frozen=True)
+class Int8:
+    smooth: float = 0.5  # SmoothQuant migration strength a in [0, 1]; 0 turns it off
+    fp32: int = 0  # keep this many of the most sensitive Linears in fp32 (measured on calibration text)
+    embeddings: bool = True  # int8 token embeddings with per-row scales
+
+    def __post_init__(self):
+        if not 0.0 <= self.smooth <= 1.0:
+            raise RecipeError(f"int8: smooth must be in [0, 1], got {self.smooth}")
+        if self.fp32 < 0:
+            raise RecipeError(f"int8: fp32 must be >= 0, got {self.fp32}")
+
+
+def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per row: w (R, C) -> (q int8 (R, C), scale (R,)) with w ~= q * scale[:, None]."""
+    scale = w.abs().amax(1).clamp_min(1e-8) / 127.0
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale.float()
+
+
+class Int8Linear(nn.Module):
+    """y = (q8(x / smooth) @ Wq^T) * s_x * s_w + b, with x quantized per token. Shapes: x (..., K) -> y (..., N)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, smooth: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))  # (N, K)
+        self.register_buffer("weight_scale", torch.ones(out_features))  # (N,)
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)  # (N,)
+        # 1 / s_j of SmoothQuant, multiplied into x before quantization; absent when not smoothed
+        self.register_buffer("inv_smooth", torch.ones(in_features) if smooth else None)  # (K,)
+
+    def spec(self) -> dict:
+        return dict(in_features=self.in_features, out_features=self.out_features,
+                    bias=self.bias is not None, smooth=self.inv_smooth is not None)
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(cls, lin: nn.Linear, smooth: torch.Tensor | None = None) -> "Int8Linear":
+        new = cls(lin.in_features, lin.out_features, lin.bias is not None, smooth is not None)
+        w = lin.weight.detach().float()
+        if smooth is not None:
+            w = w * smooth[None, :]  # W' = W diag(s): migrates the activation outliers into the weights
+            new.inv_smooth.copy_(1.0 / smooth)
+        new.weight, new.weight_scale = quantize_rows(w)
+        if lin.bias is not None:
+            new.bias.copy_(lin.bias.detach())
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, self.in_features).float()  # (M, K)
+        if self.inv_smooth is not None:
+            x = x * self.inv_smooth
+        amax = x.abs().amax(-1, keepdim=True).clamp_min_(1e-8)  # (M, 1)
+        q = (x * (127.0 / amax)).round_().to(torch.int8)  # (M, K), |q| <= 127
+        y = torch._int_mm(q, self.weight.t()).float()  # (M, N) int32 -> float: exact up to 2^24
+        y = y.mul_(amax * (1.0 / 127.0))
+        y = torch.addcmul(self.bias, y, self.weight_scale) if self.bias is not None else y.mul_(self.weight_scale)
+        return y.view(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, smooth={self.inv_smooth is not None}"
+
+
+class Int8Embedding(nn.Module):
+    """Token embedding table stored as int8 with one scale per row: (V, D) int8 + (V,) fp32."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+        self.register_buffer("weight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))  # (V, D)
+        self.register_buffer("weight_scale", torch.ones(num_embeddings))  # (V,)
+
+    def spec(self) -> dict:
+        return dict(num_embeddings=self.num_embeddings, embedding_dim=self.embedding_dim, padding_idx=self.padding_idx)
+
+    @classmethod
+    @torch.no_grad()
+    def from_embedding(cls, emb: nn.Embedding) -> "Int8Embedding":
+        new = cls(emb.num_embeddings, emb.embedding_dim, emb.padding_idx)
+        new.weight, new.weight_scale = quantize_rows(emb.weight.detach().float())
+        return new
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        # (..., ) -> (..., D): gather int8 rows and their scales, then dequantize only what was gathered
+        return F.embedding(ids, self.weight).float() * self.weight_scale[ids].unsqueeze(-1)
+
+
+def _smoothing(absmax_x: torch.Tensor, lin: nn.Linear, alpha: float) -> torch.Tensor:
+    """s_j = max|X_j|^a / max|W_j|^(1-a), per input channel j (K,)."""
+    absmax_w = lin.weight.detach().abs().amax(0).clamp_min(1e-5)  # (K,)
+    s = absmax_x.clamp_min(1e-5).pow(alpha) / absmax_w.pow(1 - alpha)
+    return s.clamp(1e-2, 1e2)  # keeps dead or tiny channels from blowing up a weight column
+
+
+def rank_by_sensitivity(model: nn.Module, calib: Calibration, names: list[str], absmax: dict, alpha: float,
+                        ) -> list[str]:
+    """Linears ordered by how much quantizing each one alone moves the model's output on calibration text."""
+    ref = outputs(model, calib)
+    errors = {}
+    for fqn in names:
+        lin = model.get_submodule(fqn)
+        smooth = _smoothing(absmax[fqn], lin, alpha) if alpha > 0 else None
+        set_module(model, fqn, Int8Linear.from_linear(lin, smooth))
+        errors[fqn] = output_error(ref, outputs(model, calib))
+        set_module(model, fqn, lin)
+    return sorted(names, key=errors.__getitem__, reverse=True)
+
+
+def int8(model: nn.Module, cfg: Int8, calib: Calibration | None = None) -> tuple[nn.Module, dict]:
+    """Quantize `model` in place; returns it and the decisions made (recorded in the manifest)."""
+    make_quantizable(model)  # stock nn.MultiheadAttention hides its projections from a Linear swap
+    linears = {fqn for fqn, m in model.named_modules() if isinstance(m, nn.Linear)}
+    needs_calib = cfg.smooth > 0 or cfg.fp32 > 0
+    if needs_calib and calib is None:
+        raise RecipeError("int8: smooth/fp32 need calibration text")
+    absmax = activation_absmax(model, calib, linears) if needs_calib else {}
+
+    keep_fp32: list[str] = []
+    if cfg.fp32 > 0:
+        keep_fp32 = rank_by_sensitivity(model, calib, sorted(linears), absmax, cfg.smooth)[: cfg.fp32]
+
+    def swap(lin: nn.Linear, fqn: str) -> nn.Module:
+        smooth = _smoothing(absmax[fqn], lin, cfg.smooth) if cfg.smooth > 0 else None
+        return Int8Linear.from_linear(lin, smooth)
+
+    quantized = replace_modules(model, lambda m, fqn: isinstance(m, nn.Linear) and fqn not in keep_fp32, swap)
+    embedded = []
+    if cfg.embeddings:
+        # token embeddings only: position/type tables are tiny and indexed differently by each architecture
+        emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        if isinstance(emb, nn.Embedding):
+            embedded = replace_modules(model, lambda m, _: m is emb, lambda m, _: Int8Embedding.from_embedding(m))
+    return model, {"quantized": len(quantized), "fp32_kept": keep_fp32, "embeddings": embedded,
+                   "smooth": cfg.smooth}
