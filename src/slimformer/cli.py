@@ -1,0 +1,123 @@
+"""Thin command-line layer over the API: compress, bench, eval, demo. No logic of its own beyond I/O."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import SlimformerError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Make transformer encoders smaller and faster; measure them honestly.")
+
+MODEL_ARG = typer.Argument(None, help="HF / sentence-transformers / slimformer folder (default: all-MiniLM-L6-v2)")
+
+
+def _quiet():
+    """Keep the output to what we print: no weight-loading bars or advice from transformers."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def _bar(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False)
+
+
+@app.command()
+def compress(model: Optional[str] = MODEL_ARG,
+             recipe: str = typer.Option(..., "--recipe", "-r", help='e.g. "int8" or "prune(flops=0.5)+int8"'),
+             out: Path = typer.Option(..., "--out", "-o", help="output folder (written atomically)"),
+             force: bool = typer.Option(False, "--force", help="overwrite an existing output folder"),
+             calib: Optional[Path] = typer.Option(None, "--calib", help="calibration text, one sentence a line"),
+             task: str = typer.Option("stsb", "--task", help="quality task for the report ('none' to skip)"),
+             runs: int = typer.Option(20, "--runs", help="timed runs per shape")):
+    """Compress MODEL with RECIPE into OUT, with report.json / report.md against the original."""
+    from . import api, io, recipe as recipes
+    from .measure.bench import SHAPES
+    from .measure.report import markdown, measure
+
+    steps = recipes.parse(recipe)  # a bad recipe fails before anything is loaded
+    if Path(out).exists() and not force:
+        raise SlimformerError(f"output exists: {out} (use --force to overwrite)")
+    base = io.load(model)
+    small = api.compress(base, steps, calib=str(calib) if calib else None)
+    task_ = None if task == "none" else task
+    bar = _bar(len(SHAPES) * (runs + 3) + (2 if task_ else 0), "measure")
+    result = measure({"original": base, "compressed": small}, task_, runs, progress=lambda: bar.update())
+    bar.close()
+    result["steps"] = small.manifest["steps"]
+    report_md = f"# slimformer report: `{small.manifest['recipe']}`\n\n" + markdown(result) + "\n"
+    path = io.save(small, out, force=force,
+                   extra_files={"report.json": json.dumps(result, indent=1), "report.md": report_md})
+    typer.echo(markdown(result))
+    typer.echo(f"\nwrote {path}")
+
+
+@app.command()
+def bench(model: Optional[str] = MODEL_ARG, as_json: bool = typer.Option(False, "--json"),
+          runs: int = typer.Option(20, "--runs", help="timed runs per shape (>= 20 for reported figures)")):
+    """Size, parameters and median latency at 1x16, 8x128 and 32x32."""
+    from . import io
+    from .measure.bench import bench as run_bench, cpu_info
+
+    m = io.load(model)
+    stats = run_bench({"m": m.encoder}, {"m": m.config.vocab_size}, runs=runs)["m"]
+    info = cpu_info()
+    out = {"model": model or "all-MiniLM-L6-v2 (embedded)", **stats, "threads": info["threads"],
+           "cpu": {"model": info["model"], "flags": info["flags"]}}
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    typer.echo(f"model    {out['model']}\nsize     {out['size_mb']:.2f} MB\nparams   {out['params']:,}")
+    for k, v in out["latency_ms"].items():
+        typer.echo(f"{k:<8} {v:.2f} ms")
+    typer.echo(f"cpu      {info['model']} ({', '.join(info['flags'])}), {info['threads']} threads")
+
+
+@app.command("eval")
+def eval_(model: Optional[str] = MODEL_ARG, task: str = typer.Option("stsb", "--task", help="stsb | sts:PATH"),
+          as_json: bool = typer.Option(False, "--json")):
+    """Quality on a real benchmark (STS-B test: Spearman of cosine x100)."""
+    from . import io
+    from .measure.tasks import evaluate, sts_pairs
+
+    sts_pairs(task)  # a bad task or missing file fails before the model loads
+    r = evaluate(io.load(model), task)
+    out = {"model": model or "all-MiniLM-L6-v2 (embedded)", "task": r.task, "metric": r.metric,
+           "value": round(r.value, 4), "n": r.n}
+    typer.echo(json.dumps(out) if as_json else f"{out['task']}: {out['metric']} = {out['value']:.2f} (n={r.n})")
+
+
+@app.command()
+def demo(full: bool = typer.Option(False, "--full", help="the README's table (longer training budgets)"),
+         runs: int = typer.Option(20, "--runs", help="timed runs per shape")):
+    """Compress the embedded all-MiniLM-L6-v2 with each method and print the measured comparison table."""
+    from .demo import run_demo
+
+    typer.echo(run_demo(full=full, runs=runs))
+
+
+def main() -> None:
+    _quiet()
+    try:
+        app()
+    except SlimformerError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise SystemExit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise SystemExit(130)
+
+
+if __name__ == "__main__":
+    main()

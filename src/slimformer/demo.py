@@ -1,0 +1,39 @@
+"""The main job: compress the embedded all-MiniLM-L6-v2 with each method alone and combined, save and reload each
+result (so the measured model is the one a user would serve), and print one measured table."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+
+from . import api, io
+from .measure.bench import SHAPES
+from .measure.peers import torch_ao_dynamic
+from .measure.report import markdown, measure
+
+# (row name, recipe): one row per method, alone and combined; grows as methods land
+ROWS = [
+    ("int8", "int8"),
+]
+# rows whose recipe trains get a short budget in the demo and the README's budget with --full
+FULL_ONLY: set[str] = set()
+
+
+def run_demo(full: bool = False, runs: int = 20, task: str = "stsb") -> str:
+    from tqdm import tqdm
+
+    base = io.load()
+    rows = [(n, r) for n, r in ROWS if full or n not in FULL_ONLY]
+    models = {"fp32 (original)": base, "torch.ao int8 one-liner (reference)": torch_ao_dynamic(base)}
+    with tempfile.TemporaryDirectory() as tmp, tqdm(total=len(rows), desc="compress", file=sys.stderr,
+                                                    leave=False) as bar:
+        for name, recipe in rows:
+            bar.set_postfix_str(name)
+            path = io.save(api.compress(base, recipe), f"{tmp}/{len(models)}")
+            models[name] = io.load(path)
+            bar.update()
+    total = len(SHAPES) * (runs + 3) + len(models)
+    with tqdm(total=total, desc="measure", file=sys.stderr, leave=False) as bar:
+        result = measure(models, task, runs, progress=bar.update)
+    recipes = "\n".join(f"- {r['name']}: `{r['recipe']}`" for r in result["rows"][2:])
+    return "all-MiniLM-L6-v2, compressed by slimformer\n\n" + markdown(result) + "\n\nRecipes:\n" + recipes

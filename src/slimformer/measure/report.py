@@ -1,0 +1,52 @@
+"""Measured comparisons: a baseline and its compressed variants, timed in one alternating loop, as JSON and as
+markdown tables (report.json / report.md, the demo table)."""
+
+from __future__ import annotations
+
+from .bench import SHAPES, bench, cpu_info
+from .tasks import evaluate
+from ..model import SlimModel
+
+SHAPE_KEYS = [f"{b}x{t}" for b, t in SHAPES]
+
+
+def measure(models: dict[str, SlimModel], task: str | None = "stsb", runs: int = 20, progress=None) -> dict:
+    """{"machine", "rows": [{"name", "recipe", "size_mb", "params", "latency_ms", task: value}]}; the first model
+    is the baseline, every ratio is against it."""
+    stats = bench({n: m.encoder for n, m in models.items()}, {n: m.config.vocab_size for n, m in models.items()},
+                  runs=runs, progress=progress)
+    rows = []
+    for name, m in models.items():
+        row = {"name": name, "recipe": m.manifest.get("recipe", ""), **stats[name]}
+        if task:
+            row[task] = round(evaluate(m, task).value, 2)
+            if progress:
+                progress()
+        rows.append(row)
+    base = rows[0]
+    for row in rows:
+        row["size_ratio"] = round(base["size_mb"] / row["size_mb"], 2)
+        row["speedup"] = {k: round(base["latency_ms"][k] / row["latency_ms"][k], 2) for k in SHAPE_KEYS}
+        if task:
+            row[f"{task}_delta"] = round(row[task] - base[task], 2)
+    return {"machine": cpu_info(), "task": task, "rows": rows}
+
+
+def markdown(result: dict) -> str:
+    task = result["task"]
+    head = ["method", "size MB", "smaller", *[f"speedup {k}" for k in SHAPE_KEYS], *[f"ms {k}" for k in SHAPE_KEYS]]
+    if task:
+        head += [task.upper() if task == "stsb" else task, "delta"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in result["rows"]:
+        cells = [r["name"], f"{r['size_mb']:.1f}", f"{r['size_ratio']:.2f}x",
+                 *[f"{r['speedup'][k]:.2f}x" for k in SHAPE_KEYS], *[f"{r['latency_ms'][k]:.1f}" for k in SHAPE_KEYS]]
+        if task:
+            cells += [f"{r[task]:.2f}", f"{r[f'{task}_delta']:+.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    m = result["machine"]
+    lines.append("")
+    lines.append(f"Measured on {m['model']} ({', '.join(m['flags']) or 'no AVX2'}), {m['threads']} threads; "
+                 "latency is the median of the encoder forward at batch x seq, all rows timed in one alternating "
+                 "loop; speedup and size are ratios to the first row.")
+    return "\n".join(lines)

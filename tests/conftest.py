@@ -1,0 +1,45 @@
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # never reach a hub from tests
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+from slimformer.data import read_stsb
+
+
+@pytest.fixture(scope="session")
+def sentences() -> list[str]:
+    """Real sentences of varied length from STS-B dev (not test)."""
+    pairs = read_stsb("dev")[:40]
+    return [s for a, b, _ in pairs for s in (a, b)]
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The embedded default, loaded once; tests must clone() before changing it."""
+    import slimformer
+
+    return slimformer.load()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, minilm):
+    """A tiny random BERT (2 layers, hidden 64, 4 heads) as a Hugging Face folder, with MiniLM's tokenizer."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=minilm.tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, intermediate_size=128, max_position_embeddings=128)
+    path = tmp_path_factory.mktemp("tiny") / "tiny-bert"
+    BertModel(cfg).eval().save_pretrained(path, safe_serialization=True)
+    minilm.tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def tiny(tiny_dir):
+    import slimformer
+
+    return slimformer.load(tiny_dir)

@@ -1,0 +1,122 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import slimformer
+from slimformer.measure.bench import size_mb
+from slimformer.passes.calib import Calibration
+from slimformer.passes.quantize import Int8, Int8Embedding, Int8Linear, _smoothing, int8
+
+
+def cosines(a, b):
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return (a * b).sum(1)
+
+
+@pytest.fixture(scope="module")
+def minilm_int8(minilm):
+    return slimformer.compress(minilm, "int8")
+
+
+def test_structure_changed(minilm, minilm_int8):
+    enc = minilm_int8.encoder
+    assert not any(isinstance(m, nn.Linear) for m in enc.modules())  # attention q/k/v/o included
+    n_int8 = sum(isinstance(m, Int8Linear) for m in enc.modules())
+    assert n_int8 == sum(isinstance(m, nn.Linear) for m in minilm.encoder.modules())
+    assert isinstance(enc.embeddings.word_embeddings, Int8Embedding)
+    assert enc.embeddings.word_embeddings.weight.dtype == torch.int8
+    assert size_mb(minilm.encoder) / size_mb(enc) > 3.5
+    assert isinstance(minilm.encoder.embeddings.word_embeddings, nn.Embedding)  # the input was not touched
+
+
+def test_outputs_close_on_real_sentences(minilm, minilm_int8, sentences):
+    cos = cosines(minilm.encode(sentences), minilm_int8.encode(sentences))
+    assert cos.mean() > 0.995 and cos.min() > 0.98, (cos.mean(), cos.min())
+
+
+def test_int8_linear_rows_are_independent():
+    """Per-token scales: a row's output is bit-identical whatever the other rows of the batch hold."""
+    torch.manual_seed(0)
+    qlin = Int8Linear.from_linear(nn.Linear(64, 32), smooth=torch.rand(64) + 0.5)
+    x = torch.randn(6, 64)
+    x[0] *= 100  # a loud batch-mate: with one scale per tensor it would crush the others' resolution
+    full = qlin(x)
+    for i in range(6):
+        assert torch.equal(full[i], qlin(x[i : i + 1])[0])
+
+
+def test_embedding_independent_of_batch_mates(minilm_int8, sentences):
+    """End to end, the only coupling left is fp32 noise (~1e-7, from padded attention shapes) that now and then
+    tips one activation across an int8 rounding boundary. torch.ao's per-tensor scales move the same embedding by
+    1 - cos ~ 3e-2 here; ours must stay within 1e-3 of cosine 1."""
+    longest = max(sentences, key=len)
+    shorts = sorted(sentences, key=len)[:4]
+    alone = minilm_int8.encode(shorts, batch_size=1)
+    mixed = minilm_int8.encode([longest, *shorts], batch_size=5)[1:]  # padded to the longest
+    assert cosines(alone, mixed).min() > 1 - 1e-3
+    np.testing.assert_allclose(mixed, alone, atol=5e-3)
+
+
+def test_identity_on_the_int8_grid():
+    """Weights and inputs that int8 represents exactly give exactly the float result."""
+    torch.manual_seed(0)
+    lin = nn.Linear(48, 20)
+    scale = torch.rand(20) + 0.5
+    q = torch.randint(-127, 128, (20, 48)).float()
+    q[:, 0] = 127  # each row reaches the full range, so its scale is exactly `scale`
+    with torch.no_grad():
+        lin.weight.copy_(q * scale[:, None])
+    x = torch.randint(-127, 128, (5, 48)).float()
+    x[:, 0] = 127  # per-token scale 1
+    ref = (x.double() @ (q * scale[:, None]).double().T + lin.bias.detach().double()).numpy()  # exact in fp64
+    out = Int8Linear.from_linear(lin)(x).double().numpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())  # fp32 rounding only
+
+
+def test_smoothing_tames_activation_outliers():
+    """A few loud input channels (as after LayerNorm in BERTs) crush per-token resolution; SmoothQuant's migration
+    into the weights must win the accuracy back."""
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 32)
+    x = torch.randn(16, 64)
+    x[:, [3, 40]] *= 60  # outlier channels
+    ref = lin(x).detach()
+    s = _smoothing(x.abs().amax(0), lin, 0.5)
+    err = {k: float((Int8Linear.from_linear(lin, sm)(x) - ref).norm() / ref.norm()) for k, sm in
+           (("plain", None), ("smooth", s))}
+    assert err["smooth"] < err["plain"] / 2, err
+    assert err["smooth"] < 0.01, err
+
+
+def test_int8_embedding_rows():
+    emb = nn.Embedding(50, 16)
+    q = Int8Embedding.from_embedding(emb)
+    ids = torch.tensor([[0, 3, 49], [7, 7, 1]])
+    ref = emb(ids).detach()
+    out = q(ids)
+    assert out.shape == ref.shape
+    assert ((out - ref).abs() <= emb.weight.abs().amax(1)[ids].unsqueeze(-1) / 254 + 1e-7).all()  # half a step
+
+
+def test_plain_torch_transformer_quantizes(sentences):
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    x = torch.randn(3, 10, 32)
+    ref = model(x).detach()
+    calib = Calibration([{"src": torch.randn(4, 10, 32)}])
+    model, decisions = int8(model, Int8(), calib)
+    assert decisions["quantized"] == 12  # (q, k, v, out_proj, linear1, linear2) x 2 layers
+    assert not any(isinstance(m, (nn.Linear, nn.MultiheadAttention)) for m in model.modules())
+    out = model(x)
+    assert (out - ref).norm() / ref.norm() < 0.05
+
+
+def test_sensitive_linears_kept_in_fp32(tiny, sentences):
+    calib = Calibration.from_texts(tiny.tokenizer, sentences[:16], 8)
+    _, decisions = int8(tiny.encoder, Int8(fp32=2), calib)
+    assert len(decisions["fp32_kept"]) == 2
+    for fqn in decisions["fp32_kept"]:
+        assert type(tiny.encoder.get_submodule(fqn)) is nn.Linear
