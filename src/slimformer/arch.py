@@ -30,6 +30,10 @@ class Adapter:
     word_embeddings: str | None
     heads_key: str  # config key of the head count
     ffn_key: str  # config key of the intermediate size
+    layers_key: str  # config key of the number of layers
+    hidden_key: str  # config key of the hidden size
+    o_in_attn: bool  # the output projection o lives inside the `attn` module (so a 0-head layer keeps its bias there)
+    shared_head_bias: bool = False  # one (B, heads, T, T) position bias, computed once, is passed to every layer
 
     def roles(self) -> dict[str, str]:
         return {"q": self.q, "k": self.k, "v": self.v, "o": self.o, "ffn_in": self.ffn_in, "ffn_out": self.ffn_out}
@@ -50,6 +54,9 @@ _BERT = Adapter(
     word_embeddings="embeddings.word_embeddings",
     heads_key="num_attention_heads",
     ffn_key="intermediate_size",
+    layers_key="num_hidden_layers",
+    hidden_key="hidden_size",
+    o_in_attn=False,
 )
 
 # model_type (config.json) -> adapter. RoBERTa, XLM-R, ELECTRA and MiniLM checkpoints use the BERT module layout.
@@ -73,6 +80,10 @@ ADAPTERS: dict[str, Adapter] = {
         word_embeddings="embeddings.word_embeddings",
         heads_key="num_attention_heads",
         ffn_key="intermediate_size",
+        layers_key="num_hidden_layers",
+        hidden_key="hidden_size",
+        o_in_attn=True,
+        shared_head_bias=True,
     ),
     "distilbert": Adapter(
         name="distilbert",
@@ -89,6 +100,9 @@ ADAPTERS: dict[str, Adapter] = {
         word_embeddings="embeddings.word_embeddings",
         heads_key="n_heads",
         ffn_key="hidden_dim",
+        layers_key="n_layers",
+        hidden_key="dim",
+        o_in_attn=True,
     ),
     # plain torch nn.TransformerEncoder after `mha.make_quantizable` swapped its attention for QuantizableMHA
     "torch": Adapter(
@@ -106,6 +120,9 @@ ADAPTERS: dict[str, Adapter] = {
         word_embeddings=None,
         heads_key="nhead",
         ffn_key="dim_feedforward",
+        layers_key="num_layers",
+        hidden_key="d_model",
+        o_in_attn=True,
     ),
 }
 
@@ -130,3 +147,20 @@ def adapter_for(model_type: str) -> Adapter:
 
 def blocks(encoder: nn.Module, adapter: Adapter) -> list[nn.Module]:
     return list(encoder.get_submodule(adapter.layers))
+
+
+def config_of(encoder: nn.Module) -> dict | None:
+    """The HF config as an attribute holder, or None for a plain torch module."""
+    return getattr(encoder, "config", None)
+
+
+def head_size(encoder: nn.Module, adapter: Adapter) -> int:
+    """Width of one head: constant through pruning (heads are dropped whole; the config keeps the original count)."""
+    cfg = config_of(encoder)
+    if cfg is not None:
+        return getattr(cfg, adapter.hidden_key) // getattr(cfg, adapter.heads_key)
+    for block in blocks(encoder, adapter):
+        attn = block.get_submodule(adapter.attn)
+        if hasattr(attn, "head_dim"):
+            return int(attn.head_dim)
+    raise ValueError("cannot tell the head size of a model whose every attention block was removed")

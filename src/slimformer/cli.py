@@ -44,7 +44,7 @@ def compress(model: Optional[str] = MODEL_ARG,
     """Compress MODEL with RECIPE into OUT, with report.json / report.md against the original."""
     from . import api, io, recipe as recipes
     from .measure.bench import SHAPES
-    from .measure.report import markdown, measure
+    from .measure.report import markdown, measure, structure_md
 
     steps = recipes.parse(recipe)  # a bad recipe fails before anything is loaded
     if Path(out).exists() and not force:
@@ -56,7 +56,8 @@ def compress(model: Optional[str] = MODEL_ARG,
     result = measure({"original": base, "compressed": small}, task_, runs, progress=lambda: bar.update())
     bar.close()
     result["steps"] = small.manifest["steps"]
-    report_md = f"# slimformer report: `{small.manifest['recipe']}`\n\n" + markdown(result) + "\n"
+    report_md = f"# slimformer report: `{small.manifest['recipe']}`\n\n" + markdown(result) + "\n\n" + \
+        structure_md(small.manifest["steps"]) + "\n"
     path = io.save(small, out, force=force,
                    extra_files={"report.json": json.dumps(result, indent=1), "report.md": report_md})
     typer.echo(markdown(result))

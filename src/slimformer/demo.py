@@ -9,11 +9,13 @@ import tempfile
 from . import api, io
 from .measure.bench import SHAPES
 from .measure.peers import torch_ao_dynamic
-from .measure.report import markdown, measure
+from .measure.report import markdown, measure, structure_md
 
 # (row name, recipe): one row per method, alone and combined; grows as methods land
 ROWS = [
     ("int8", "int8"),
+    ("narrowing", "prune(flops=0.5)"),
+    ("narrowing + int8", "prune(flops=0.5)+int8"),
 ]
 # rows whose recipe trains get a short budget in the demo and the README's budget with --full
 FULL_ONLY: set[str] = set()
@@ -36,4 +38,6 @@ def run_demo(full: bool = False, runs: int = 20, task: str = "stsb") -> str:
     with tqdm(total=total, desc="measure", file=sys.stderr, leave=False) as bar:
         result = measure(models, task, runs, progress=bar.update)
     recipes = "\n".join(f"- {r['name']}: `{r['recipe']}`" for r in result["rows"][2:])
-    return "all-MiniLM-L6-v2, compressed by slimformer\n\n" + markdown(result) + "\n\nRecipes:\n" + recipes
+    kept = "\n".join(filter(None, (structure_md(m.manifest["steps"]) for m in models.values())))
+    return "all-MiniLM-L6-v2, compressed by slimformer\n\n" + markdown(result) + "\n\nRecipes:\n" + recipes + \
+        ("\n\nStructure:\n" + kept if kept else "")

@@ -18,6 +18,7 @@ from .arch import adapter_for
 from .errors import ModelNotFoundError, OutputExistsError, SlimformerError
 from .mha import QuantizableMHA
 from .model import SlimModel
+from .passes.prune import NoAttention, restore_structure
 from .passes.quantize import Int8Embedding, Int8Linear
 from .surgery import set_module
 
@@ -32,6 +33,7 @@ MODULE_TYPES: dict[str, type[nn.Module]] = {
     "Int8Linear": Int8Linear,
     "Int8Embedding": Int8Embedding,
     "QuantizableMHA": QuantizableMHA,
+    "NoAttention": NoAttention,
 }
 
 
@@ -156,6 +158,7 @@ def _load_slim(path: Path) -> SlimModel:
     # parents before children: a swapped container (QuantizableMHA) is rebuilt before its swapped Linears
     for fqn, spec in sorted(manifest["modules"].items(), key=lambda kv: kv[0].count(".")):
         set_module(encoder, fqn, build_module(spec))
+    restore_structure(encoder, adapter_for(encoder.config.model_type))
     state = load_file(path / WEIGHTS)
     encoder.load_state_dict(state, strict=True)
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -50,3 +50,15 @@ def markdown(result: dict) -> str:
                  "latency is the median of the encoder forward at batch x seq, all rows timed in one alternating "
                  "loop; speedup and size are ratios to the first row.")
     return "\n".join(lines)
+
+
+def structure_md(steps: list[dict]) -> str:
+    """What the structural steps kept, per layer (heads, FFN neurons, layers)."""
+    lines = []
+    for s in steps:
+        if "heads_per_layer" in s:
+            lines.append(f"- {s['step']}: heads per layer {s['heads_per_layer']}, FFN neurons per layer "
+                         f"{s['ffn_per_layer']}, {s['flops_fraction']:.0%} of the encoder FLOPs at 128 tokens")
+        if "kept_layers" in s:
+            lines.append(f"- {s['step']}: kept layers {s['kept_layers']}")
+    return "\n".join(lines)

@@ -8,6 +8,8 @@ from typing import Callable
 
 from ..errors import RecipeError
 from .calib import Calibration
+from . import prune
+from .configs import Ffn, Heads, Layers, Prune
 from .quantize import Int8, int8
 
 
@@ -23,6 +25,10 @@ class Context:
 # config type -> handler(model: SlimModel, cfg, ctx) -> decisions (a JSON-able dict for the manifest)
 HANDLERS: dict[type, Callable] = {
     Int8: lambda model, cfg, ctx: int8(model.encoder, cfg, ctx.calib)[1],
+    Heads: prune.heads,
+    Ffn: prune.ffn,
+    Layers: prune.layers,
+    Prune: prune.prune,
 }
 
 

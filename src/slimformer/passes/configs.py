@@ -20,7 +20,8 @@ def check_keep(step: str, keep: float | int) -> None:
 
 @dataclass(frozen=True)
 class Heads:
-    keep: float | int  # fraction of all heads, or a count of heads to keep in the whole model
+    keep: float | int  # fraction of all heads (placed by importance), or a count kept in every layer
+    tune: bool = False  # least-squares mask tuning of what is kept (Kwon et al. 2022); off: it cost STS-B here
 
     def __post_init__(self):
         check_keep("heads", self.keep)
@@ -28,7 +29,8 @@ class Heads:
 
 @dataclass(frozen=True)
 class Ffn:
-    keep: float | int  # fraction of all FFN neurons, or a count
+    keep: float | int  # fraction of all FFN neurons (placed by importance), or a count kept in every layer
+    tune: bool = False  # least-squares mask tuning of what is kept
 
     def __post_init__(self):
         check_keep("ffn", self.keep)
@@ -45,6 +47,7 @@ class Layers:
 @dataclass(frozen=True)
 class Prune:
     flops: float  # target fraction of the original encoder's FLOPs, heads and FFN neurons chosen jointly
+    tune: bool = False  # least-squares mask tuning of what is kept
 
     def __post_init__(self):
         if isinstance(self.flops, bool) or not isinstance(self.flops, (int, float)) or not 0 < self.flops <= 1:

