@@ -18,9 +18,12 @@ def compress(model: SlimModel, recipe: str | list, calib: list[str] | str | None
     calib: calibration sentences, a path to a text file (one sentence a line), or None for the default mix of
     STS-B train and SST-2 train sentences."""
     steps = parse(recipe) if isinstance(recipe, str) else validate(list(recipe))
-    texts = calib if isinstance(calib, list) else calibration_texts(CALIB_SENTENCES, path=calib)
+    # the whole calibration text for vocabulary pruning; a sample of it for everything else
+    corpus = calib if isinstance(calib, list) else calibration_texts(None, path=calib)
+    texts = corpus[:CALIB_SENTENCES]
     out = model.clone()
     prior = out.manifest.get("recipe")
     out.manifest["recipe"] = "+".join(filter(None, [prior, to_text(steps)]))
-    ctx = Context(Calibration.from_texts(model.tokenizer, texts), teacher=model, calib_texts=texts)
+    ctx = Context(Calibration.from_texts(model.tokenizer, texts), teacher=model, calib_texts=texts,
+                  corpus_texts=corpus)
     return run_passes(out, steps, ctx, progress)

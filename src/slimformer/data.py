@@ -65,9 +65,9 @@ def read_sst2(split: str = "train") -> list[tuple[str, int]]:
     return out
 
 
-def calibration_texts(n: int = 512, path: str | Path | None = None, seed: int = 0) -> list[str]:
+def calibration_texts(n: int | None = 512, path: str | Path | None = None, seed: int = 0) -> list[str]:
     """Unlabeled calibration sentences: one a line from `path`, else a seeded mix of STS-B train and SST-2 train
-    sentences (never a test split). Returns at most n sentences."""
+    sentences (never a test split), shuffled. Returns at most n sentences (None: all)."""
     if path is not None:
         with open(_need(Path(path)), encoding="utf-8") as f:
             texts = [line.strip() for line in f if line.strip()]

@@ -16,6 +16,7 @@ ROWS = [
     ("int8", "int8"),
     ("narrowing", "prune(flops=0.5)"),
     ("narrowing + int8", "prune(flops=0.5)+int8"),
+    ("vocab + narrowing + int8", "vocab+prune(flops=0.5)+int8"),
 ]
 # rows whose recipe trains get a short budget in the demo and the README's budget with --full
 FULL_ONLY: set[str] = set()

@@ -20,6 +20,7 @@ from .mha import QuantizableMHA
 from .model import SlimModel
 from .passes.prune import NoAttention, restore_structure
 from .passes.quantize import Int8Embedding, Int8Linear
+from .passes.vocab import VocabEmbedding
 from .surgery import set_module
 
 MANIFEST = "slimformer.json"
@@ -34,6 +35,7 @@ MODULE_TYPES: dict[str, type[nn.Module]] = {
     "Int8Embedding": Int8Embedding,
     "QuantizableMHA": QuantizableMHA,
     "NoAttention": NoAttention,
+    "VocabEmbedding": VocabEmbedding,
 }
 
 

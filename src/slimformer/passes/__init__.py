@@ -9,7 +9,8 @@ from typing import Callable
 from ..errors import RecipeError
 from .calib import Calibration
 from . import prune
-from .configs import Ffn, Heads, Layers, Prune
+from .configs import Ffn, Heads, Layers, Prune, Vocab
+from .vocab import vocab
 from .quantize import Int8, int8
 
 
@@ -20,6 +21,7 @@ class Context:
     calib: Calibration | None
     teacher: object | None = None  # the SlimModel compress() started from (never modified)
     calib_texts: list[str] | None = None
+    corpus_texts: list[str] | None = None  # what `vocab` keeps the tokens of: all the calibration text there is
 
 
 # config type -> handler(model: SlimModel, cfg, ctx) -> decisions (a JSON-able dict for the manifest)
@@ -29,6 +31,7 @@ HANDLERS: dict[type, Callable] = {
     Ffn: prune.ffn,
     Layers: prune.layers,
     Prune: prune.prune,
+    Vocab: vocab,
 }
 
 

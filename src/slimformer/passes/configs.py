@@ -58,8 +58,11 @@ class Prune:
 class Vocab:
     corpus: str | None = None  # text file, one sentence a line; default: the calibration text
     keep: int | None = None  # keep the N most frequent tokens (plus the special tokens)
+    fallback: str = "nearest"  # a dropped token reads the row of its nearest kept token (cosine), or "unk"
 
     def __post_init__(self):
+        if self.fallback not in ("nearest", "unk"):
+            raise RecipeError(f"vocab: fallback must be nearest or unk, got {self.fallback!r}")
         if self.keep is not None and (isinstance(self.keep, bool) or not isinstance(self.keep, int)
                                       or self.keep < 1):
             raise RecipeError(f"vocab: keep must be a count >= 1, got {self.keep!r}")

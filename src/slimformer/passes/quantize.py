@@ -153,6 +153,7 @@ def int8(model: nn.Module, cfg: Int8, calib: Calibration | None = None) -> tuple
     if cfg.embeddings:
         # token embeddings only: position/type tables are tiny and indexed differently by each architecture
         emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        emb = getattr(emb, "embedding", emb)  # a vocabulary-pruned table sits inside its id remap
         if isinstance(emb, nn.Embedding):
             embedded = replace_modules(model, lambda m, _: m is emb, lambda m, _: Int8Embedding.from_embedding(m))
     return model, {"quantized": len(quantized), "fp32_kept": keep_fp32, "embeddings": embedded,
