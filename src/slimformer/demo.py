@@ -39,6 +39,6 @@ def run_demo(full: bool = False, runs: int = 20, task: str = "stsb") -> str:
     with tqdm(total=total, desc="measure", file=sys.stderr, leave=False) as bar:
         result = measure(models, task, runs, progress=bar.update)
     recipes = "\n".join(f"- {r['name']}: `{r['recipe']}`" for r in result["rows"][2:])
-    kept = "\n".join(filter(None, (structure_md(m.manifest["steps"]) for m in models.values())))
+    kept = "\n".join(filter(None, (structure_md(m.manifest["steps"], f"{n}, ") for n, m in models.items())))
     return "all-MiniLM-L6-v2, compressed by slimformer\n\n" + markdown(result) + "\n\nRecipes:\n" + recipes + \
         ("\n\nStructure:\n" + kept if kept else "")

@@ -52,13 +52,13 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def structure_md(steps: list[dict]) -> str:
+def structure_md(steps: list[dict], label: str = "") -> str:
     """What the structural steps kept, per layer (heads, FFN neurons, layers)."""
     lines = []
     for s in steps:
         if "heads_per_layer" in s:
-            lines.append(f"- {s['step']}: heads per layer {s['heads_per_layer']}, FFN neurons per layer "
+            lines.append(f"- {label}{s['step']}: heads per layer {s['heads_per_layer']}, FFN neurons per layer "
                          f"{s['ffn_per_layer']}, {s['flops_fraction']:.0%} of the encoder FLOPs at 128 tokens")
         if "kept_layers" in s:
-            lines.append(f"- {s['step']}: kept layers {s['kept_layers']}")
+            lines.append(f"- {label}{s['step']}: kept layers {s['kept_layers']}")
     return "\n".join(lines)
