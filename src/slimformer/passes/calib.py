@@ -23,8 +23,9 @@ class Calibration:
                    for i in range(0, len(texts), batch_size)]
         return cls(batches, texts)
 
-    def subset(self, n_batches: int) -> "Calibration":
-        return Calibration(self.batches[:n_batches], self.texts)
+    def split(self) -> tuple["Calibration", "Calibration"]:
+        """(fit, held-out): even and odd batches, so both halves span every sentence length (batches are sorted)."""
+        return Calibration(self.batches[0::2], self.texts), Calibration(self.batches[1::2], self.texts)
 
 
 def main_output(out) -> torch.Tensor:
