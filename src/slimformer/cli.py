@@ -50,7 +50,9 @@ def compress(model: Optional[str] = MODEL_ARG,
     if Path(out).exists() and not force:
         raise SlimformerError(f"output exists: {out} (use --force to overwrite)")
     base = io.load(model)
-    small = api.compress(base, steps, calib=str(calib) if calib else None)
+    # a training step keeps resumable state beside OUT: the same command after a crash (even kill -9) resumes
+    ckpt = Path(out).resolve().parent / f".{Path(out).name}.checkpoint"
+    small = api.compress(base, steps, calib=str(calib) if calib else None, checkpoint_dir=ckpt)
     task_ = None if task == "none" else task
     bar = _bar(len(SHAPES) * (runs + 3) + (2 if task_ else 0), "measure")
     result = measure({"original": base, "compressed": small}, task_, runs, progress=lambda: bar.update())

@@ -18,6 +18,8 @@ from .arch import adapter_for
 from .errors import ModelNotFoundError, OutputExistsError, SlimformerError
 from .mha import QuantizableMHA
 from .model import SlimModel
+from .passes.fnet import FourierMixer, restore_fnet
+from .passes.lowrank import FactorizedLinear
 from .passes.prune import NoAttention, restore_structure
 from .passes.quantize import Int8Embedding, Int8Linear
 from .passes.vocab import VocabEmbedding
@@ -36,6 +38,8 @@ MODULE_TYPES: dict[str, type[nn.Module]] = {
     "QuantizableMHA": QuantizableMHA,
     "NoAttention": NoAttention,
     "VocabEmbedding": VocabEmbedding,
+    "FactorizedLinear": FactorizedLinear,
+    "FourierMixer": FourierMixer,
 }
 
 
@@ -160,7 +164,9 @@ def _load_slim(path: Path) -> SlimModel:
     # parents before children: a swapped container (QuantizableMHA) is rebuilt before its swapped Linears
     for fqn, spec in sorted(manifest["modules"].items(), key=lambda kv: kv[0].count(".")):
         set_module(encoder, fqn, build_module(spec))
-    restore_structure(encoder, adapter_for(encoder.config.model_type))
+    adapter = adapter_for(encoder.config.model_type)
+    restore_structure(encoder, adapter)
+    restore_fnet(encoder, adapter)
     state = load_file(path / WEIGHTS)
     encoder.load_state_dict(state, strict=True)
     tokenizer = AutoTokenizer.from_pretrained(path)

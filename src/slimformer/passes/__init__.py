@@ -4,13 +4,13 @@ registered here; each pass function is also callable on its own on a plain nn.Mo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from ..errors import RecipeError
 from .calib import Calibration
-from . import prune
-from .configs import Ffn, Heads, Layers, Prune, Vocab
-from .vocab import vocab
+from . import distill, fnet, lowrank, prune, vocab
+from .configs import Distill, Ffn, FNet, Heads, Layers, LowRank, Prune, Vocab
 from .quantize import Int8, int8
 
 
@@ -22,6 +22,7 @@ class Context:
     teacher: object | None = None  # the SlimModel compress() started from (never modified)
     calib_texts: list[str] | None = None
     corpus_texts: list[str] | None = None  # what `vocab` keeps the tokens of: all the calibration text there is
+    checkpoint_dir: Path | None = None  # where a training step keeps its resumable state
 
 
 # config type -> handler(model: SlimModel, cfg, ctx) -> decisions (a JSON-able dict for the manifest)
@@ -31,7 +32,10 @@ HANDLERS: dict[type, Callable] = {
     Ffn: prune.ffn,
     Layers: prune.layers,
     Prune: prune.prune,
-    Vocab: vocab,
+    Vocab: vocab.vocab,
+    LowRank: lowrank.lowrank,
+    Distill: distill.distill,
+    FNet: fnet.fnet,
 }
 
 

@@ -102,8 +102,14 @@ class FNet:
 class Distill:
     minutes: float | None = None  # wall-clock budget
     steps: int | None = None  # or a number of optimizer steps
+    lr: float = 1e-4  # AdamW peak learning rate (linear warm-up, then linear decay)
+    batch_size: int = 32
+    seed: int = 0
 
     def __post_init__(self):
+        if not (isinstance(self.lr, float) and self.lr > 0) or not (isinstance(self.batch_size, int)
+                                                                    and self.batch_size >= 1):
+            raise RecipeError(f"distill: lr must be > 0 and batch_size >= 1, got {self.lr!r}, {self.batch_size!r}")
         if (self.minutes is None) == (self.steps is None):
             raise RecipeError("distill: give exactly one of minutes= or steps=")
         if self.minutes is not None and not self.minutes > 0:

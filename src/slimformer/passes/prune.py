@@ -29,8 +29,8 @@ REF_TOKENS = 128  # sequence length at which FLOPs are counted (the attention co
 
 def heads_per_layer(encoder: nn.Module, adapter: Adapter) -> list[int]:
     hs = head_size(encoder, adapter)
-    return [b.get_submodule(adapter.o).in_features // hs if not isinstance(b.get_submodule(adapter.attn), NoAttention)
-            else 0 for b in blocks(encoder, adapter)]
+    return [b.get_submodule(adapter.o).in_features // hs if _has_attention(b, adapter) else 0
+            for b in blocks(encoder, adapter)]
 
 
 def ffn_per_layer(encoder: nn.Module, adapter: Adapter) -> list[int]:
@@ -56,7 +56,9 @@ def encoder_flops(encoder: nn.Module, adapter: Adapter) -> float:
 # ------------------------------------------------------------------------------------------------- masks
 
 def _has_attention(block: nn.Module, adapter: Adapter) -> bool:
-    return not isinstance(block.get_submodule(adapter.attn), NoAttention)
+    from .fnet import FourierMixer  # a mixing layer has no heads to prune
+
+    return not isinstance(block.get_submodule(adapter.attn), (NoAttention, FourierMixer))
 
 
 @contextlib.contextmanager
@@ -205,7 +207,7 @@ def slice_heads(encoder: nn.Module, adapter: Adapter, keep_heads: list[list[int]
     hs = head_size(encoder, adapter)
     for block, kept in zip(blocks(encoder, adapter), keep_heads):
         attn = block.get_submodule(adapter.attn)
-        if isinstance(attn, NoAttention):
+        if not _has_attention(block, adapter):
             continue
         idx = torch.tensor([h * hs + i for h in kept for i in range(hs)], dtype=torch.long)  # (len(kept) * hs,)
         o = block.get_submodule(adapter.o)
@@ -274,7 +276,7 @@ def restore_structure(encoder: nn.Module, adapter: Adapter) -> None:
     for block, n, index in zip(blocks(encoder, adapter), heads,
                                getattr(cfg, "slimformer_head_index", None) or [None] * len(heads)):
         attn = block.get_submodule(adapter.attn)
-        if isinstance(attn, NoAttention):
+        if not _has_attention(block, adapter):
             continue
         _set_heads_attrs(attn, adapter, n, hs)
         if index is not None:

@@ -1,0 +1,156 @@
+"""Recovery training: the compressed student learns from the uncompressed teacher on unlabeled text.
+
+Loss per batch (real tokens only): 1 - cos(pooled student, pooled teacher) plus, for every student layer, the MSE of
+its hidden states to the teacher layer it stands for, divided by the teacher's mean square so layers weigh alike
+(layer map: identity, or the kept layers when layers were dropped). AdamW, linear warm-up then linear decay over
+the budget (steps, or minutes of wall clock), dynamic padding, no dropout, deterministic for a seed. With a
+checkpoint folder, the run saves its state every CHECKPOINT_SECONDS and a restarted run resumes from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .configs import Distill
+
+CHECKPOINT_SECONDS = 30.0
+WARMUP_STEPS = 50
+MAX_LENGTH = 128
+
+
+def layer_map(student, teacher) -> list[int]:
+    """For each student block, the index of the teacher block whose output it should reproduce."""
+    n_s = len(student.encoder.get_submodule(student.adapter.layers))
+    kept = next((s["kept_layers"] for s in reversed(student.manifest["steps"]) if "kept_layers" in s), None)
+    if kept is not None and len(kept) == n_s:
+        return list(kept)
+    n_t = len(teacher.encoder.get_submodule(teacher.adapter.layers))
+    return [round((i + 1) * n_t / n_s) - 1 for i in range(n_s)]  # evenly spread when nothing better is known
+
+
+def _forward(model, batch, grad: bool):
+    with torch.set_grad_enabled(grad):
+        out = model.encoder(**batch, output_hidden_states=True)
+        states = out.hidden_states[1:]  # per block: (B, T, H)
+        return model.pool(out.last_hidden_state, batch["attention_mask"]), states
+
+
+def loss_fn(student, teacher, batch, lmap) -> torch.Tensor:
+    with torch.no_grad():
+        t_pool, t_states = _forward(teacher, batch, grad=False)
+    s_pool, s_states = _forward(student, batch, grad=True)
+    real = batch["attention_mask"].bool()  # (B, T)
+    loss = (1 - torch.cosine_similarity(s_pool, t_pool, dim=-1)).mean()
+    for s, ti in zip(s_states, lmap):
+        t = t_states[ti][real]  # (N, H)
+        loss = loss + (s[real] - t).pow(2).mean() / t.pow(2).mean().clamp_min(1e-6) / len(lmap)
+    return loss
+
+
+class _Checkpoint:
+    """student weights + AdamW state (safetensors) + progress (JSON) in one folder, replaced atomically."""
+
+    def __init__(self, folder: Path | None, fingerprint: str):
+        self.folder, self.fingerprint = folder, fingerprint
+
+    def save(self, student, opt, progress: dict) -> None:
+        if self.folder is None:
+            return
+        tmp = self.folder.with_name(self.folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in student.encoder.state_dict().items()}, tmp / "student.safetensors")
+        state = opt.state_dict()
+        tensors = {f"{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
+        save_file(tensors, tmp / "optimizer.safetensors")
+        (tmp / "progress.json").write_text(json.dumps({**progress, "fingerprint": self.fingerprint,
+                                                       "param_groups": state["param_groups"]}))
+        if self.folder.exists():
+            shutil.rmtree(self.folder)
+        os.replace(tmp, self.folder)
+
+    def load(self, student, opt) -> dict | None:
+        if self.folder is None or not (self.folder / "progress.json").is_file():
+            return None
+        progress = json.loads((self.folder / "progress.json").read_text())
+        if progress.get("fingerprint") != self.fingerprint:
+            return None  # another run's checkpoint: start over
+        student.encoder.load_state_dict(load_file(self.folder / "student.safetensors"))
+        flat = load_file(self.folder / "optimizer.safetensors")
+        state: dict = {}
+        for key, v in flat.items():
+            i, name = key.split(".", 1)
+            state.setdefault(int(i), {})[name] = v
+        opt.load_state_dict({"state": state, "param_groups": progress["param_groups"]})
+        return progress
+
+    def remove(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def distill(model, cfg: Distill, ctx, progress_bar: bool = True) -> dict:
+    """Train `model` (the student, in place) towards ctx.teacher; returns the decisions for the manifest."""
+    from tqdm import tqdm
+
+    student, teacher = model, ctx.teacher
+    texts = ctx.corpus_texts
+    lmap = layer_map(student, teacher)
+    params = [p for p in student.encoder.parameters() if p.is_floating_point()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    fingerprint = json.dumps([student.manifest["recipe"], len(texts), [list(p.shape) for p in params]])
+    ckpt = _Checkpoint(getattr(ctx, "checkpoint_dir", None), fingerprint)
+    student.encoder.eval()  # no dropout: deterministic, and the teacher's targets are noise-free
+    teacher.encoder.eval()
+
+    done = ckpt.load(student, opt) or {"step": 0, "elapsed": 0.0, "losses": []}
+    step, elapsed = done["step"], done["elapsed"]
+    budget_s = cfg.minutes * 60 if cfg.minutes is not None else None
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    losses = done["losses"]
+    bar = tqdm(total=cfg.steps or int(budget_s), initial=step if cfg.steps else int(elapsed), disable=not progress_bar,
+               desc="distill", unit="step" if cfg.steps else "s", leave=False)
+    last_save = time.perf_counter()
+    start, start_elapsed = time.perf_counter(), elapsed
+
+    def finished() -> bool:
+        return step >= cfg.steps if cfg.steps else elapsed >= budget_s
+
+    while not finished():
+        frac = step / cfg.steps if cfg.steps else elapsed / budget_s
+        lr = cfg.lr * min(1.0, (step + 1) / WARMUP_STEPS) * max(0.0, 1.0 - frac)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = [order[(step * cfg.batch_size + j) % len(order)] for j in range(cfg.batch_size)]
+        batch = dict(student.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                       max_length=MAX_LENGTH, return_tensors="pt"))
+        loss = loss_fn(student, teacher, batch, lmap)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        losses.append(round(loss.item(), 7))
+        elapsed = start_elapsed + time.perf_counter() - start
+        bar.update(1 if cfg.steps else int(elapsed) - bar.n)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if time.perf_counter() - last_save > CHECKPOINT_SECONDS:
+            ckpt.save(student, opt, {"step": step, "elapsed": elapsed, "losses": losses})
+            last_save = time.perf_counter()
+    bar.close()
+    for p in params:
+        p.requires_grad_(False)
+    ckpt.remove()
+    head = losses[:20]
+    tail = losses[-20:]
+    return {"steps": step, "seconds": round(elapsed, 1), "layer_map": lmap, "sentences": step * cfg.batch_size,
+            "loss_first": round(sum(head) / max(1, len(head)), 6), "loss_last": round(sum(tail) / max(1, len(tail)), 6)}

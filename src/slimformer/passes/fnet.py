@@ -1,0 +1,123 @@
+"""FNet (Lee-Thorp et al. 2022, "FNet: Mixing Tokens with Fourier Transforms"): self-attention replaced by the real
+part of a 2-D DFT, over the hidden dimension and then over the sequence. No weights: q/k/v (and o, which FNet does
+not have) are removed, so the model really shrinks; `distill` then recovers quality.
+
+Padding: a DFT over the sequence depends on the sequence length, so zero-padding a sentence would change its
+mixing. Each sentence is mixed at its own length: the batch is grouped by length and each group transformed
+without its padding (padded positions come out as zeros); so a sentence embeds the same alone and in a batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..arch import Adapter, blocks
+from ..errors import BudgetError, UnsupportedArchitectureError
+from ..surgery import set_module
+from .calib import Calibration
+from .configs import FNet
+
+
+def token_validity(mask, batch: int, seq: int) -> torch.Tensor | None:
+    """(B, T) bool of real tokens from whichever attention mask the architecture passes its attention module:
+    None, (B, T) 1/0, or (B, 1, Tq, T) bool (True = attend) or additive float (0 = attend)."""
+    if mask is None:
+        return None
+    if mask.dim() == 4:
+        mask = mask[:, 0, 0, :]  # the first query ([CLS], always real) sees exactly the real keys
+    if mask.dtype == torch.bool:
+        return mask.expand(batch, seq)
+    if mask.dim() == 2 and mask.min() >= 0 and mask.max() <= 1:
+        return mask.bool()
+    return (mask == 0).expand(batch, seq)
+
+
+def fourier_mix(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Re(DFT_seq(DFT_hidden(x))) per sentence at its own length: x (B, T, H), valid (B, T) -> (B, T, H)."""
+    if valid is None or bool(valid.all()):
+        return torch.fft.fft2(x, dim=(-2, -1)).real
+    lengths = valid.sum(1)  # (B,)
+    right_padded = bool((valid == (torch.arange(x.shape[1]) < lengths[:, None])).all())
+    out = torch.zeros_like(x)
+    if right_padded:
+        for n in lengths.unique().tolist():
+            rows = (lengths == n).nonzero().flatten()
+            out[rows, :n] = torch.fft.fft2(x[rows, :n], dim=(-2, -1)).real
+    else:  # left padding or holes: one sentence at a time
+        for b in range(x.shape[0]):
+            out[b, valid[b]] = torch.fft.fft2(x[b, valid[b]], dim=(-2, -1)).real
+    return out
+
+
+class FourierMixer(nn.Module):
+    """Takes the place of an attention module: same call, (mixed, None) back; nothing to learn."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.hidden_size = hidden_size
+
+    def spec(self) -> dict:
+        return {"hidden_size": self.hidden_size}
+
+    def forward(self, hidden_states, attention_mask=None, *args, **kwargs):
+        del args  # position bias, cache, head mask: Fourier mixing has no heads and no positions to bias
+        mask = kwargs.get("attention_mask", attention_mask)
+        B, T, _ = hidden_states.shape
+        return fourier_mix(hidden_states, token_validity(mask, B, T)), None
+
+
+def to_fnet(encoder: nn.Module, adapter: Adapter, layer_ids: list[int]) -> None:
+    """Swap the attention of the given blocks for FourierMixer; where o lived outside the attention module it
+    becomes the identity (FNet adds the mixing output straight to the residual)."""
+    if adapter.name == "torch":
+        raise UnsupportedArchitectureError("fnet: plain torch encoders are not supported (Hugging Face models are)")
+    all_blocks = blocks(encoder, adapter)
+    hidden = all_blocks[0].get_submodule(adapter.ffn_in).in_features
+    for i in layer_ids:
+        set_module(all_blocks[i], adapter.attn, FourierMixer(hidden))
+        if not adapter.o_in_attn:
+            set_module(all_blocks[i], adapter.o, nn.Identity())
+    cfg = getattr(encoder, "config", None)
+    if cfg is not None:
+        cfg.slimformer_fnet_layers = sorted(set(getattr(cfg, "slimformer_fnet_layers", None) or []) | set(layer_ids))
+
+
+@torch.no_grad()
+def rank_layers(model, calib: Calibration) -> list[int]:
+    """Layers ordered by how little Fourier mixing in place of their attention (alone, untrained) moves the pooled
+    embeddings on calibration text: the least disturbed first."""
+    enc, adapter = model.encoder, model.adapter
+
+    def pooled(m):
+        outs = []
+        for b in calib.batches:
+            o = m.encoder(**b)
+            outs.append(m.pool(o[0] if isinstance(o, tuple) else o.last_hidden_state, b["attention_mask"]))
+        return outs
+
+    ref = pooled(model)
+    damage = {}
+    for i in range(len(blocks(enc, adapter))):
+        trial = model.clone()
+        to_fnet(trial.encoder, adapter, [i])
+        damage[i] = sum(float((1 - torch.cosine_similarity(p, r)).sum()) for p, r in zip(pooled(trial), ref))
+    return sorted(damage, key=damage.get)
+
+
+def fnet(model, cfg: FNet, ctx) -> dict:
+    enc, adapter = model.encoder, model.adapter
+    n_layers = len(blocks(enc, adapter))
+    n = n_layers if cfg.layers == "all" else cfg.layers
+    if n > n_layers:
+        raise BudgetError(f"fnet: cannot mix {n} layers: the model has {n_layers}")
+    chosen = list(range(n_layers)) if n == n_layers else sorted(rank_layers(model, ctx.calib.split()[1])[:n])
+    to_fnet(enc, adapter, chosen)
+    return {"fnet_layers": chosen}
+
+
+def restore_fnet(encoder: nn.Module, adapter: Adapter) -> None:
+    """At load: the Identity that replaced o is not a module the manifest can name; put it back from the config."""
+    ids = getattr(getattr(encoder, "config", None), "slimformer_fnet_layers", None)
+    if ids:
+        to_fnet(encoder, adapter, ids)
