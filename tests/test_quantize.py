@@ -6,7 +6,7 @@ from torch import nn
 import slimformer
 from slimformer.measure.bench import size_mb
 from slimformer.passes.calib import Calibration
-from slimformer.passes.quantize import Int8, Int8Embedding, Int8Linear, _smoothing, int8
+from slimformer.passes.quantize import Int8, QuantizedEmbedding, Int8Linear, _smoothing, int8
 
 
 def cosines(a, b):
@@ -25,7 +25,8 @@ def test_structure_changed(minilm, minilm_int8):
     assert not any(isinstance(m, nn.Linear) for m in enc.modules())  # attention q/k/v/o included
     n_int8 = sum(isinstance(m, Int8Linear) for m in enc.modules())
     assert n_int8 == sum(isinstance(m, nn.Linear) for m in minilm.encoder.modules())
-    assert isinstance(enc.embeddings.word_embeddings, Int8Embedding)
+    assert isinstance(enc.embeddings.word_embeddings, QuantizedEmbedding)
+    assert isinstance(enc.embeddings.position_embeddings, QuantizedEmbedding)
     assert enc.embeddings.word_embeddings.weight.dtype == torch.int8
     assert size_mb(minilm.encoder) / size_mb(enc) > 3.5
     assert isinstance(minilm.encoder.embeddings.word_embeddings, nn.Embedding)  # the input was not touched
@@ -90,14 +91,26 @@ def test_smoothing_tames_activation_outliers():
     assert err["smooth"] < 0.01, err
 
 
-def test_int8_embedding_rows():
+@pytest.mark.parametrize("bits, levels", [(8, 127), (4, 7)])
+def test_quantized_embedding_rows(bits, levels):
     emb = nn.Embedding(50, 16)
-    q = Int8Embedding.from_embedding(emb)
+    q = QuantizedEmbedding.from_embedding(emb, bits)
+    assert q.weight.numel() == 50 * 16 * bits // 8  # really stored in `bits` per weight
     ids = torch.tensor([[0, 3, 49], [7, 7, 1]])
     ref = emb(ids).detach()
     out = q(ids)
     assert out.shape == ref.shape
-    assert ((out - ref).abs() <= emb.weight.abs().amax(1)[ids].unsqueeze(-1) / 254 + 1e-7).all()  # half a step
+    half_step = emb.weight.abs().amax(1)[ids].unsqueeze(-1) / (2 * levels)
+    assert ((out - ref).abs() <= half_step + 1e-6).all()
+
+
+@pytest.mark.parametrize("bits, levels", [(8, 127), (4, 7)])
+def test_identity_for_embeddings_on_the_grid(bits, levels):
+    emb = nn.Embedding(6, 4)
+    with torch.no_grad():  # each row: integers up to `levels` times a row scale
+        emb.weight.copy_(torch.tensor([[levels, -levels, 3, 0]] * 6) * torch.arange(1, 7)[:, None] / 10)
+    q = QuantizedEmbedding.from_embedding(emb, bits)
+    torch.testing.assert_close(q(torch.arange(6)), emb.weight.detach(), atol=1e-6, rtol=1e-6)
 
 
 def test_plain_torch_transformer_quantizes(sentences):

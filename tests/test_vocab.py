@@ -4,7 +4,7 @@ import torch
 
 import slimformer
 from slimformer.errors import BudgetError
-from slimformer.passes.quantize import Int8Embedding
+from slimformer.passes.quantize import QuantizedEmbedding
 from slimformer.passes.vocab import VocabEmbedding
 
 
@@ -43,7 +43,7 @@ def test_nearest_fallback_and_keep(minilm, sentences):
 
 def test_round_trip_with_int8(minilm, sentences, tmp_path):
     small = slimformer.compress(minilm, "vocab+int8", calib=sentences)
-    assert isinstance(small.encoder.get_input_embeddings().embedding, Int8Embedding)
+    assert isinstance(small.encoder.get_input_embeddings().embedding, QuantizedEmbedding)
     back = slimformer.load(slimformer.save(small, tmp_path / "v"))
     np.testing.assert_array_equal(back.encode(sentences[:6]), small.encode(sentences[:6]))
 

@@ -21,7 +21,7 @@ from .model import SlimModel
 from .passes.fnet import FourierMixer, restore_fnet
 from .passes.lowrank import FactorizedLinear
 from .passes.prune import NoAttention, restore_structure
-from .passes.quantize import Int8Embedding, Int8Linear
+from .passes.quantize import Int8Linear, QuantizedEmbedding
 from .passes.vocab import VocabEmbedding
 from .surgery import set_module
 
@@ -34,7 +34,7 @@ MODULE_TYPES: dict[str, type[nn.Module]] = {
     "Linear": nn.Linear,
     "Embedding": nn.Embedding,
     "Int8Linear": Int8Linear,
-    "Int8Embedding": Int8Embedding,
+    "QuantizedEmbedding": QuantizedEmbedding,
     "QuantizableMHA": QuantizableMHA,
     "NoAttention": NoAttention,
     "VocabEmbedding": VocabEmbedding,

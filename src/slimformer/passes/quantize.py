@@ -1,4 +1,5 @@
-"""Dynamic int8: every Linear (attention q/k/v/o included) and the token embeddings.
+"""Dynamic int8: every Linear (attention q/k/v/o included) and the embedding tables (the token table optionally at
+4 bits).
 
 Weights: symmetric int8 with one scale per output channel (per row for embeddings). Activations: symmetric int8
 with one scale per token, computed at run time, so a sentence's embedding does not depend on its batch-mates or on
@@ -25,11 +26,14 @@ from .calib import Calibration, activation_absmax, output_error, outputs
 class Int8:
     smooth: float = 0.5  # SmoothQuant migration strength a in [0, 1]; 0 turns it off
     fp32: int = 0  # keep this many of the most sensitive Linears in fp32 (measured on calibration text)
-    embeddings: bool = True  # int8 token embeddings with per-row scales
+    embeddings: bool = True  # int8 embedding tables (token, position, type) with per-row scales
+    embedding_bits: int = 8  # bits of the token table: 8, or 4 (half the size again; for the last step to 10x)
 
     def __post_init__(self):
         if not 0.0 <= self.smooth <= 1.0:
             raise RecipeError(f"int8: smooth must be in [0, 1], got {self.smooth}")
+        if self.embedding_bits not in (4, 8):
+            raise RecipeError(f"int8: embedding_bits must be 8 or 4, got {self.embedding_bits}")
         if self.fp32 < 0:
             raise RecipeError(f"int8: fp32 must be >= 0, got {self.fp32}")
 
@@ -86,28 +90,46 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, smooth={self.inv_smooth is not None}"
 
 
-class Int8Embedding(nn.Module):
-    """Token embedding table stored as int8 with one scale per row: (V, D) int8 + (V,) fp32."""
+class QuantizedEmbedding(nn.Module):
+    """An embedding table stored in `bits` (8 or 4) per weight with one fp32 scale per row.
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None):
+    8 bits: weight (V, D) int8. 4 bits: weight (V, D/2) uint8, two weights a byte (low nibble first), each stored
+    as q + 8 with q in [-7, 7]. Only the gathered rows are dequantized."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, bits: int = 8):
         super().__init__()
-        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
-        self.register_buffer("weight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))  # (V, D)
+        if bits not in (4, 8) or (bits == 4 and embedding_dim % 2):
+            raise RecipeError(f"int8: embeddings of {bits} bits need bits 8, or 4 with an even width")
+        self.num_embeddings, self.embedding_dim, self.padding_idx, self.bits = (num_embeddings, embedding_dim,
+                                                                                 padding_idx, bits)
+        shape, dtype = ((num_embeddings, embedding_dim), torch.int8) if bits == 8 else \
+            ((num_embeddings, embedding_dim // 2), torch.uint8)
+        self.register_buffer("weight", torch.zeros(shape, dtype=dtype))  # (V, D) or (V, D/2)
         self.register_buffer("weight_scale", torch.ones(num_embeddings))  # (V,)
 
     def spec(self) -> dict:
-        return dict(num_embeddings=self.num_embeddings, embedding_dim=self.embedding_dim, padding_idx=self.padding_idx)
+        return dict(num_embeddings=self.num_embeddings, embedding_dim=self.embedding_dim,
+                    padding_idx=self.padding_idx, bits=self.bits)
 
     @classmethod
     @torch.no_grad()
-    def from_embedding(cls, emb: nn.Embedding) -> "Int8Embedding":
-        new = cls(emb.num_embeddings, emb.embedding_dim, emb.padding_idx)
-        new.weight, new.weight_scale = quantize_rows(emb.weight.detach().float())
+    def from_embedding(cls, emb: nn.Embedding, bits: int = 8) -> "QuantizedEmbedding":
+        new = cls(emb.num_embeddings, emb.embedding_dim, emb.padding_idx, bits)
+        w = emb.weight.detach().float()
+        if bits == 8:
+            new.weight, new.weight_scale = quantize_rows(w)
+        else:
+            scale = w.abs().amax(1).clamp_min(1e-8) / 7.0
+            q = (torch.round(w / scale[:, None]).clamp_(-7, 7) + 8).to(torch.uint8)  # (V, D) in [1, 15]
+            new.weight = q[:, 0::2] | (q[:, 1::2] << 4)  # (V, D/2)
+            new.weight_scale = scale
         return new
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        # (..., ) -> (..., D): gather int8 rows and their scales, then dequantize only what was gathered
-        return F.embedding(ids, self.weight).float() * self.weight_scale[ids].unsqueeze(-1)
+        rows = F.embedding(ids, self.weight)  # (..., D) int8 or (..., D/2) uint8
+        if self.bits == 4:
+            rows = torch.stack((rows & 15, rows >> 4), -1).flatten(-2).to(torch.int8) - 8  # (..., D)
+        return rows.float() * self.weight_scale[ids].unsqueeze(-1)
 
 
 def _smoothing(absmax_x: torch.Tensor, lin: nn.Linear, alpha: float) -> torch.Tensor:
@@ -151,10 +173,10 @@ def int8(model: nn.Module, cfg: Int8, calib: Calibration | None = None) -> tuple
     quantized = replace_modules(model, lambda m, fqn: isinstance(m, nn.Linear) and fqn not in keep_fp32, swap)
     embedded = []
     if cfg.embeddings:
-        # token embeddings only: position/type tables are tiny and indexed differently by each architecture
-        emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-        emb = getattr(emb, "embedding", emb)  # a vocabulary-pruned table sits inside its id remap
-        if isinstance(emb, nn.Embedding):
-            embedded = replace_modules(model, lambda m, _: m is emb, lambda m, _: Int8Embedding.from_embedding(m))
+        token = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        token = getattr(token, "embedding", token)  # a vocabulary-pruned table sits inside its id remap
+        embedded = replace_modules(
+            model, lambda m, _: type(m) is nn.Embedding,
+            lambda m, _: QuantizedEmbedding.from_embedding(m, cfg.embedding_bits if m is token else 8))
     return model, {"quantized": len(quantized), "fp32_kept": keep_fp32, "embeddings": embedded,
                    "smooth": cfg.smooth}

@@ -28,7 +28,7 @@ class VocabEmbedding(nn.Module):
         self.vocab_size, self.num_embeddings, self.embedding_dim = vocab_size, num_embeddings, embedding_dim
         self.padding_idx = padding_idx
         self.register_buffer("remap", torch.zeros(vocab_size, dtype=torch.int32))  # (V,) old id -> kept row
-        self.embedding = nn.Embedding(num_embeddings, embedding_dim)  # may become an Int8Embedding
+        self.embedding = nn.Embedding(num_embeddings, embedding_dim)  # may become an QuantizedEmbedding
 
     def spec(self) -> dict:
         return dict(vocab_size=self.vocab_size, num_embeddings=self.num_embeddings,
