@@ -74,7 +74,7 @@ def bench(model: Optional[str] = MODEL_ARG, as_json: bool = typer.Option(False, 
     from .measure.bench import bench as run_bench, cpu_info
 
     m = io.load(model)
-    stats = run_bench({"m": m.encoder}, {"m": m.config.vocab_size}, runs=runs)["m"]
+    stats = run_bench({"m": m.encoder}, {"m": m.tokenizer.vocab_size}, runs=runs)["m"]
     info = cpu_info()
     out = {"model": model or "all-MiniLM-L6-v2 (embedded)", **stats, "threads": info["threads"],
            "cpu": {"model": info["model"], "flags": info["flags"]}}
@@ -99,6 +99,24 @@ def eval_(model: Optional[str] = MODEL_ARG, task: str = typer.Option("stsb", "--
     out = {"model": model or "all-MiniLM-L6-v2 (embedded)", "task": r.task, "metric": r.metric,
            "value": round(r.value, 4), "n": r.n}
     typer.echo(json.dumps(out) if as_json else f"{out['task']}: {out['metric']} = {out['value']:.2f} (n={r.n})")
+
+
+@app.command()
+def export(model: Optional[str] = MODEL_ARG, out: Path = typer.Option(..., "--out", "-o", help="output folder"),
+           onnx: bool = typer.Option(True, "--onnx", help="export to ONNX Runtime (the only target so far)"),
+           int8: bool = typer.Option(True, "--int8/--fp32", help="int8 per-channel quantization in ONNX Runtime"),
+           optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="ORT transformer graph fusions"),
+           force: bool = typer.Option(False, "--force", help="overwrite an existing output folder")):
+    """Export MODEL (any slimformer output, or an original) to ONNX Runtime; bench/eval/load serve it."""
+    from . import io
+    from .runtime.onnx import export as run_export
+
+    if not onnx:
+        raise SlimformerError("export: --onnx is the only target")
+    if Path(out).exists() and not force:
+        raise SlimformerError(f"output exists: {out} (use --force to overwrite)")
+    path = run_export(io.load(model), out, int8=int8, optimize=optimize, force=force)
+    typer.echo(f"wrote {path}")
 
 
 @app.command()

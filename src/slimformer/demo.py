@@ -11,22 +11,31 @@ from .measure.bench import SHAPES
 from .measure.peers import torch_ao_dynamic
 from .measure.report import markdown, measure, structure_md
 
-# (row name, recipe): one row per method, alone and combined; grows as methods land
+# (row name, recipe, distillation minutes for --full): one row per method, alone and combined. Rows that train
+# get SHORT_MINUTES by default, and say so in their name; --full gives them the README's budget.
 ROWS = [
-    ("int8", "int8"),
-    ("narrowing", "prune(flops=0.5)"),
-    ("narrowing + int8", "prune(flops=0.5)+int8"),
-    ("vocab + narrowing + int8", "vocab+prune(flops=0.5)+int8"),
+    ("int8", "int8", None),
+    ("narrowing", "prune(flops=0.5)", None),
+    ("narrowing + int8", "prune(flops=0.5)+int8", None),
+    ("low-rank", "lowrank(ratio=0.5, fisher=true)", None),
+    ("low-rank + int8", "lowrank(ratio=0.5, fisher=true)+int8", None),
+    ("low-rank + distill", "lowrank(ratio=0.5, fisher=true)+distill(minutes={m})", 10),
+    ("FNet + distill", "fnet(layers=all)+distill(minutes={m})", 15),
+    ("combined", "vocab+prune(flops=0.35)+distill(minutes={m})+int8(embedding_bits=4)", 15),
 ]
-# rows whose recipe trains get a short budget in the demo and the README's budget with --full
-FULL_ONLY: set[str] = set()
+SHORT_MINUTES = 1
 
 
 def run_demo(full: bool = False, runs: int = 20, task: str = "stsb") -> str:
     from tqdm import tqdm
 
     base = io.load()
-    rows = [(n, r) for n, r in ROWS if full or n not in FULL_ONLY]
+    rows = []
+    for name, recipe, minutes in ROWS:
+        if minutes is not None:
+            m = minutes if full else SHORT_MINUTES
+            name, recipe = f"{name} ({m} min)", recipe.format(m=m)
+        rows.append((name, recipe))
     models = {"fp32 (original)": base, "torch.ao int8 one-liner (reference)": torch_ao_dynamic(base)}
     with tempfile.TemporaryDirectory() as tmp, tqdm(total=len(rows), desc="compress", file=sys.stderr,
                                                     leave=False) as bar:

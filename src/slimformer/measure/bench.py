@@ -48,11 +48,15 @@ def _nbytes(v) -> int:
 
 def size_mb(module: nn.Module) -> float:
     """Bytes of the saved weights (state_dict tensors as stored: int8 as 1 byte), in MB (1e6)."""
+    if hasattr(module, "size_mb"):  # an ONNX Runtime session: its file
+        return module.size_mb()
     return sum(_nbytes(v) for v in module.state_dict().values()) / 1e6
 
 
 def n_params(module: nn.Module) -> int:
     """Stored weight elements (parameters and weight buffers; an int8 weight counts like an fp32 one)."""
+    if hasattr(module, "n_params"):
+        return module.n_params()
     return sum(v.numel() for k, v in module.state_dict().items()
                if isinstance(v, torch.Tensor) and not k.endswith(("_scale", "inv_smooth")))
 

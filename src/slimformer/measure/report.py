@@ -13,7 +13,7 @@ SHAPE_KEYS = [f"{b}x{t}" for b, t in SHAPES]
 def measure(models: dict[str, SlimModel], task: str | None = "stsb", runs: int = 20, progress=None) -> dict:
     """{"machine", "rows": [{"name", "recipe", "size_mb", "params", "latency_ms", task: value}]}; the first model
     is the baseline, every ratio is against it."""
-    stats = bench({n: m.encoder for n, m in models.items()}, {n: m.config.vocab_size for n, m in models.items()},
+    stats = bench({n: m.encoder for n, m in models.items()}, {n: m.tokenizer.vocab_size for n, m in models.items()},
                   runs=runs, progress=progress)
     rows = []
     for name, m in models.items():

@@ -1,0 +1,226 @@
+"""ONNX Runtime export of any compressed model, and a backend that serves it with the same encode() as SlimModel.
+
+Quantized torch modules do not export, so the model is first turned back into plain float modules (int8 weights
+times their scales: the same grid ORT's per-channel quantization finds again), exported with eager attention (so
+ORT's transformer optimizer can fuse it), optionally graph-optimized, then dynamically quantized to int8 in ONNX
+with per-channel weights. The graph takes input_ids and attention_mask and returns the token states and the pooled
+(and, if the model does, normalized) sentence embedding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import OutputExistsError, SlimformerError, UnsupportedArchitectureError
+from ..model import SlimModel
+from ..passes.fnet import FourierMixer
+from ..passes.quantize import Int8Linear, QuantizedEmbedding
+from ..surgery import replace_modules
+
+ONNX_FILE = "model.onnx"
+MANIFEST = "slimformer.json"
+
+
+@torch.no_grad()
+def _dequantize_linear(q: Int8Linear) -> nn.Linear:
+    lin = nn.Linear(q.in_features, q.out_features, bias=q.bias is not None)
+    w = q.weight.float() * q.weight_scale[:, None]  # (N, K): W diag(s)
+    if q.inv_smooth is not None:
+        w = w * q.inv_smooth[None, :]  # fold the activation smoothing back: W
+    lin.weight.copy_(w)
+    if q.bias is not None:
+        lin.bias.copy_(q.bias)
+    return lin
+
+
+@torch.no_grad()
+def _dequantize_embedding(q: QuantizedEmbedding) -> nn.Embedding:
+    emb = nn.Embedding(q.num_embeddings, q.embedding_dim, padding_idx=q.padding_idx)
+    emb.weight.copy_(q(torch.arange(q.num_embeddings)))
+    return emb
+
+
+def float_copy(model: SlimModel) -> SlimModel:
+    """A copy of `model` made only of float torch modules (quantized ones dequantized), ready for export."""
+    out = model.clone()
+    replace_modules(out.encoder, lambda m, _: isinstance(m, Int8Linear), lambda m, _: _dequantize_linear(m))
+    replace_modules(out.encoder, lambda m, _: isinstance(m, QuantizedEmbedding),
+                    lambda m, _: _dequantize_embedding(m))
+    return out
+
+
+class _Graph(nn.Module):
+    """What the ONNX graph computes: (input_ids, attention_mask) -> (token states, sentence embedding)."""
+
+    def __init__(self, model: SlimModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        out = self.model.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        states = out.last_hidden_state  # (B, T, H)
+        return states, self.model.pool(states, attention_mask)  # (B, H)
+
+
+def export(model: SlimModel, out_dir: str | os.PathLike, int8: bool = True, optimize: bool = True,
+           force: bool = False) -> Path:
+    """Write out_dir/{model.onnx, slimformer.json, tokenizer files}, atomically."""
+    if any(isinstance(m, FourierMixer) for m in model.encoder.modules()):
+        raise UnsupportedArchitectureError("export: FNet's Fourier mixing (FFT) does not export to ONNX here; "
+                                           "serve this model on the torch runtime")
+    out = Path(out_dir).resolve()
+    if out.exists() and not force:
+        raise OutputExistsError(f"output exists: {out} (use --force to overwrite)")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        graph = _Graph(_eager(float_copy(model))).eval()  # eval: a fresh wrapper starts in train mode
+        batch = model.tokenize(["an example sentence for tracing", "another"])
+        raw = tmp / "raw.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(graph, (batch["input_ids"], batch["attention_mask"]), str(raw),
+                              input_names=["input_ids", "attention_mask"],
+                              output_names=["last_hidden_state", "sentence_embedding"],
+                              dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+                                            "last_hidden_state": {0: "batch", 1: "seq"},
+                                            "sentence_embedding": {0: "batch"}},
+                              opset_version=17, dynamo=False)
+        steps = []
+        current = raw
+        if optimize:
+            current = _optimize(current, tmp / "optimized.onnx", model)
+            steps.append("ort-optimize")
+        if int8:
+            current = _quantize(current, tmp / "int8.onnx")
+            steps.append("ort-int8-per-channel")
+        current.rename(tmp / ONNX_FILE)
+        for f in tmp.glob("*.onnx"):
+            if f.name != ONNX_FILE:
+                f.unlink()
+        manifest = {"format": 1, "runtime": "onnxruntime", "source": model.manifest.get("source"),
+                    "recipe": model.manifest.get("recipe", ""), "steps": model.manifest.get("steps", []),
+                    "export": steps, "pooling": {"mode": model.pooling, "normalize": model.normalize,
+                                                 "max_seq_length": model.max_seq_length}}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        model.tokenizer.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _eager(model: SlimModel) -> SlimModel:
+    """sdpa exports to ONNX that ORT cannot fuse; eager attention exports to the pattern its fusions know."""
+    cfg = getattr(model.encoder, "config", None)
+    if cfg is not None and hasattr(cfg, "_attn_implementation"):
+        cfg._attn_implementation = "eager"
+    return model
+
+
+def _optimize(src: Path, dst: Path, model: SlimModel) -> Path:
+    import logging
+
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    from ..passes.prune import heads_per_layer
+
+    heads = heads_per_layer(model.encoder, model.adapter)
+    options = FusionOptions("bert")
+    # ORT's Attention fusion takes one head count for the whole graph: only a model whose layers all keep the
+    # same number of heads can use it; the other fusions (LayerNorm, GELU, ...) apply to every model
+    uniform = len(set(heads)) == 1 and heads[0] > 0
+    options.enable_attention = uniform
+    hidden = model.encoder.get_input_embeddings()
+    hidden = getattr(hidden, "embedding_dim", 0)
+    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt = optimize_model(str(src), model_type="bert", num_heads=heads[0] if uniform else 0,
+                             hidden_size=hidden if uniform else 0, optimization_options=options)
+    opt.save_model_to_file(str(dst))
+    return dst
+
+
+def _quantize(src: Path, dst: Path) -> Path:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # DefaultTensorType: without it ORT cannot type some weights of an exported BERT (FIELD-NOTES)
+    quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    return dst
+
+
+class OrtEncoder:
+    """The session as a callable encoder: enc(input_ids=..., attention_mask=...) -> (token states, embedding)."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.path = path
+
+    def __call__(self, input_ids, attention_mask, **unused):
+        del unused  # token_type_ids: the exported graph uses its default
+        feed = {"input_ids": np.asarray(input_ids, dtype=np.int64),
+                "attention_mask": np.asarray(attention_mask, dtype=np.int64)}
+        states, emb = self.session.run(None, feed)
+        return torch.from_numpy(states), torch.from_numpy(emb)
+
+    def size_mb(self) -> float:
+        return self.path.stat().st_size / 1e6
+
+    def n_params(self) -> int:
+        import onnx
+
+        return sum(int(np.prod(t.dims)) for t in onnx.load(str(self.path), load_external_data=False).graph.initializer)
+
+
+class OrtModel:
+    """An exported model with SlimModel's encode(); pooling happens inside the graph."""
+
+    def __init__(self, folder: Path):
+        from transformers import AutoTokenizer
+
+        manifest = json.loads((folder / MANIFEST).read_text())
+        if manifest.get("runtime") != "onnxruntime":
+            raise SlimformerError(f"{folder}: not an ONNX Runtime export")
+        self.manifest = manifest
+        self.encoder = OrtEncoder(folder / ONNX_FILE)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        p = manifest["pooling"]
+        self.pooling, self.normalize, self.max_seq_length = p["mode"], p["normalize"], p["max_seq_length"]
+
+    def tokenize(self, texts):
+        return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_seq_length,
+                                   return_tensors="np"))
+
+    def encode(self, sentences, batch_size: int = 32, show_progress_bar: bool = False, convert_to_numpy=True,
+               convert_to_tensor=False, normalize_embeddings=None):
+        del show_progress_bar
+        single = isinstance(sentences, str)
+        texts = [sentences] if single else list(sentences)
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out = [self.encoder(**self.tokenize([texts[j] for j in order[i : i + batch_size]]))[1]
+               for i in range(0, len(texts), batch_size)]
+        emb = torch.cat(out)[torch.from_numpy(np.argsort(order))] if out else torch.empty(0, 0)
+        if normalize_embeddings:
+            emb = torch.nn.functional.normalize(emb, dim=-1)
+        emb = emb[0] if single else emb
+        return emb if (convert_to_tensor or not convert_to_numpy) else emb.numpy()

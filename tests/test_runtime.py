@@ -1,0 +1,54 @@
+"""ONNX Runtime export: embeddings match the torch model; every method's output exports or fails clearly."""
+
+import numpy as np
+import pytest
+
+import slimformer
+from slimformer.errors import UnsupportedArchitectureError
+from slimformer.runtime.onnx import OrtModel, export
+
+pytest.importorskip("onnxruntime")
+
+
+def cos(a, b):
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_fp32_export_matches_torch(minilm, sentences, tmp_path):
+    path = export(minilm, tmp_path / "fp32", int8=False)
+    ort_model = slimformer.load(path)
+    assert isinstance(ort_model, OrtModel)
+    np.testing.assert_allclose(ort_model.encode(sentences[:16]), minilm.encode(sentences[:16]), atol=1e-5)
+
+
+def test_int8_export_of_a_compressed_model(minilm, sentences, tmp_path):
+    small = slimformer.compress(minilm, "prune(flops=0.7)+int8", calib=sentences)
+    ort_model = slimformer.load(export(small, tmp_path / "int8"))
+    c = cos(ort_model.encode(sentences), small.encode(sentences))
+    assert c.mean() > 0.98 and c.min() > 0.93, (c.mean(), c.min())  # ORT's int8 uses one scale per tensor
+    assert ort_model.encoder.size_mb() < 30
+
+
+@pytest.mark.parametrize("recipe", ["heads(keep=1)+ffn(keep=0.5)", "lowrank(rank=8)", "vocab", "layers(keep=1)"])
+def test_each_method_exports(tiny, sentences, tmp_path, recipe, monkeypatch):
+    from slimformer.passes import lowrank
+
+    monkeypatch.setattr(lowrank, "fastest_rank", lambda m, n: 10**6)  # tiny layers: factorize anyway
+    small = slimformer.compress(tiny, recipe, calib=sentences)
+    ort_model = slimformer.load(export(small, tmp_path / "m", int8=False))
+    np.testing.assert_allclose(ort_model.encode(sentences[:8]), small.encode(sentences[:8]), atol=1e-4)
+
+
+def test_zero_head_layer_exports(tiny, sentences, tmp_path):
+    from slimformer.passes import prune as P
+
+    P.slice_heads(tiny.encoder, tiny.adapter, [[0], []])
+    ort_model = slimformer.load(export(tiny, tmp_path / "z", int8=False))
+    np.testing.assert_allclose(ort_model.encode(sentences[:4]), tiny.encode(sentences[:4]), atol=1e-4)
+
+
+def test_fnet_fails_with_one_clear_line(tiny, sentences, tmp_path):
+    small = slimformer.compress(tiny, "fnet(layers=1)", calib=sentences)
+    with pytest.raises(UnsupportedArchitectureError, match="FFT"):
+        export(small, tmp_path / "f")
+    assert not (tmp_path / "f").exists()
