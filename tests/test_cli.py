@@ -71,3 +71,16 @@ def test_compress_bench_eval_end_to_end(tiny_dir, tmp_path, sts_tsv):
 def test_bad_task(tiny_dir):
     assert "unknown task" in one_error_line(run("eval", str(tiny_dir), "--task", "glue"))
     assert "data file not found" in one_error_line(run("eval", str(tiny_dir), "--task", "sts:/nonexistent.tsv"))
+
+
+@pytest.mark.slow
+def test_bench_peers_writes_table_json_and_plot(tiny_dir, tmp_path):
+    p = run("bench", str(tiny_dir), "--peers", "--json", "--runs", "2", "--out-dir", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout)["rows"]
+    names = [r["name"] for r in rows]
+    assert names[:4] == ["torch fp32 eager (original)", "torch.ao dynamic int8", "ORT fp32",
+                         "ORT optimized + int8 per-channel"] and len(names) == 5
+    for r in rows:
+        assert {"name", "size_mb", "latency_ms", "stsb", "sentences_per_s"} <= set(r)
+    assert (tmp_path / "peers.png").stat().st_size > 1000 and "| ORT fp32 |" in (tmp_path / "peers.md").read_text()

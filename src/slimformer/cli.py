@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -67,12 +67,23 @@ def compress(model: Optional[str] = MODEL_ARG,
 
 
 @app.command()
-def bench(model: Optional[str] = MODEL_ARG, as_json: bool = typer.Option(False, "--json"),
-          runs: int = typer.Option(20, "--runs", help="timed runs per shape (>= 20 for reported figures)")):
-    """Size, parameters and median latency at 1x16, 8x128 and 32x32."""
+def bench(models: Optional[List[str]] = typer.Argument(None, help="model folder(s); none: the embedded default"),
+          as_json: bool = typer.Option(False, "--json"),
+          runs: int = typer.Option(20, "--runs", help="timed runs per shape (>= 20 for reported figures)"),
+          peers: bool = typer.Option(False, "--peers", help="also the original under torch fp32, torch.ao int8, "
+                                     "ORT fp32 and ORT int8, all in one run, with STS-B and throughput"),
+          out_dir: Path = typer.Option(Path("benchmarks/out"), "--out-dir", help="where --peers writes "
+                                       "peers.json, peers.md and peers.png")):
+    """Size, parameters and median latency at 1x16, 8x128 and 32x32 (with --peers: the side-by-side table)."""
     from . import io
     from .measure.bench import bench as run_bench, cpu_info
 
+    models = models or []
+    if peers:
+        return _bench_peers(models, as_json, runs, out_dir)
+    if len(models) > 1:
+        raise SlimformerError("bench: one model at a time (or --peers to compare several)")
+    model = models[0] if models else None
     m = io.load(model)
     stats = run_bench({"m": m.encoder}, {"m": m.tokenizer.vocab_size}, runs=runs)["m"]
     info = cpu_info()
@@ -85,6 +96,38 @@ def bench(model: Optional[str] = MODEL_ARG, as_json: bool = typer.Option(False, 
     for k, v in out["latency_ms"].items():
         typer.echo(f"{k:<8} {v:.2f} ms")
     typer.echo(f"cpu      {info['model']} ({', '.join(info['flags'])}), {info['threads']} threads")
+
+
+def _bench_peers(paths: list[str], as_json: bool, runs: int, out_dir: Path) -> None:
+    import tempfile
+
+    from . import io
+    from .data import read_stsb
+    from .measure.bench import throughput
+    from .measure.peers import SentenceTransformersPeer, peer_models
+    from .measure.report import markdown, measure, plot
+
+    base = io.load()
+    texts = list(dict.fromkeys(s for a, b, _ in read_stsb("test") for s in (a, b)))
+    with tempfile.TemporaryDirectory() as tmp:
+        models = peer_models(base, tmp)
+        for p in paths:
+            m = io.load(p)
+            runtime = "ORT" if m.manifest.get("runtime") == "onnxruntime" else "torch"
+            models[f"slimformer {m.manifest.get('recipe') or p} [{runtime}]"] = m
+        bar = _bar(3 * (runs + 3) + 2 * len(models), "measure")
+        result = measure(models, "stsb", runs, progress=lambda: bar.update(), throughput_texts=texts)
+        bar.close()
+    st = SentenceTransformersPeer(str(io.default_model_dir()))
+    result["sentence_transformers_sentences_per_s"] = round(throughput(st.encode, texts), 1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = markdown(result) + ("\n\nCorpus throughput (STS-B test, %d sentences, tokenization included): "
+                                "sentence-transformers encode() on the original: %.0f sentences/s."
+                                % (len(texts), result["sentence_transformers_sentences_per_s"]))
+    (out_dir / "peers.json").write_text(json.dumps(result, indent=1))
+    (out_dir / "peers.md").write_text(table + "\n")
+    plot(result, out_dir / "peers.png")
+    typer.echo(json.dumps({"rows": result["rows"]}) if as_json else table)
 
 
 @app.command("eval")

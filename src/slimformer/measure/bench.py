@@ -53,12 +53,22 @@ def size_mb(module: nn.Module) -> float:
     return sum(_nbytes(v) for v in module.state_dict().values()) / 1e6
 
 
+def _numel(v) -> int:
+    if isinstance(v, torch.Tensor):
+        return v.numel()
+    if isinstance(v, (tuple, list)):
+        return sum(_numel(x) for x in v)
+    if hasattr(v, "unpack"):  # torch.ao packed linear params
+        return _numel(v.unpack())
+    return 0
+
+
 def n_params(module: nn.Module) -> int:
     """Stored weight elements (parameters and weight buffers; an int8 weight counts like an fp32 one)."""
     if hasattr(module, "n_params"):
         return module.n_params()
-    return sum(v.numel() for k, v in module.state_dict().items()
-               if isinstance(v, torch.Tensor) and not k.endswith(("_scale", "inv_smooth")))
+    return sum(_numel(v) for k, v in module.state_dict().items()
+               if not k.endswith(("_scale", "inv_smooth", "remap", "zero_point", "dtype")))
 
 
 def example_inputs(batch: int, seq: int, vocab_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -96,3 +106,11 @@ def bench(models: dict[str, nn.Module], vocab_sizes: dict[str, int], shapes=SHAP
                      progress=progress)
     return {n: {"size_mb": round(size_mb(m), 2), "params": n_params(m), "latency_ms": lat[n]}
             for n, m in models.items()}
+
+
+def throughput(encode, texts: list[str], batch_size: int = 32) -> float:
+    """Sentences per second of encode(texts) end to end (tokenization, padding, pooling included)."""
+    encode(texts[:batch_size], batch_size=batch_size)  # warm-up
+    t0 = time.perf_counter()
+    encode(texts, batch_size=batch_size)
+    return len(texts) / (time.perf_counter() - t0)

@@ -20,3 +20,36 @@ def torch_ao_dynamic(model: SlimModel) -> SlimModel:
                                                                          dtype=torch.qint8)
     out.manifest["recipe"] = "torch.ao quantize_dynamic"
     return out
+
+
+def ort_peer(model: SlimModel, folder, int8: bool):
+    """The original model as ONNX Runtime serves it: exported, graph-optimized, and (int8) dynamically quantized
+    with per-channel weights -- what users pick today instead of a compressed model."""
+    from ..runtime.onnx import OrtModel, export
+
+    return OrtModel(export(model, folder, int8=int8, force=True))
+
+
+class SentenceTransformersPeer:
+    """sentence-transformers' own encode() on the original folder, for corpus throughput only."""
+
+    def __init__(self, path: str):
+        from sentence_transformers import SentenceTransformer
+
+        self.st = SentenceTransformer(path, device="cpu")
+
+    def encode(self, texts, batch_size: int = 32):
+        return self.st.encode(texts, batch_size=batch_size, convert_to_numpy=True)
+
+
+def peer_models(base: SlimModel, workdir) -> dict:
+    """name -> model with encode() and .encoder/.tokenizer, in the order the table shows them."""
+    from pathlib import Path
+
+    work = Path(workdir)
+    return {
+        "torch fp32 eager (original)": base,
+        "torch.ao dynamic int8": torch_ao_dynamic(base),
+        "ORT fp32": ort_peer(base, work / "ort-fp32", int8=False),
+        "ORT optimized + int8 per-channel": ort_peer(base, work / "ort-int8", int8=True),
+    }

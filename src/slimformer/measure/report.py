@@ -3,16 +3,18 @@ markdown tables (report.json / report.md, the demo table)."""
 
 from __future__ import annotations
 
-from .bench import SHAPES, bench, cpu_info
+from .bench import SHAPES, bench, cpu_info, throughput
 from .tasks import evaluate
 from ..model import SlimModel
 
 SHAPE_KEYS = [f"{b}x{t}" for b, t in SHAPES]
 
 
-def measure(models: dict[str, SlimModel], task: str | None = "stsb", runs: int = 20, progress=None) -> dict:
+def measure(models: dict[str, SlimModel], task: str | None = "stsb", runs: int = 20, progress=None,
+            throughput_texts: list[str] | None = None) -> dict:
     """{"machine", "rows": [{"name", "recipe", "size_mb", "params", "latency_ms", task: value}]}; the first model
-    is the baseline, every ratio is against it."""
+    is the baseline, every ratio is against it. With throughput_texts, each row also gets sentences/s of encode()
+    over them, end to end."""
     stats = bench({n: m.encoder for n, m in models.items()}, {n: m.tokenizer.vocab_size for n, m in models.items()},
                   runs=runs, progress=progress)
     rows = []
@@ -22,6 +24,8 @@ def measure(models: dict[str, SlimModel], task: str | None = "stsb", runs: int =
             row[task] = round(evaluate(m, task).value, 2)
             if progress:
                 progress()
+        if throughput_texts:
+            row["sentences_per_s"] = round(throughput(m.encode, throughput_texts), 1)
         rows.append(row)
     base = rows[0]
     for row in rows:
@@ -37,12 +41,17 @@ def markdown(result: dict) -> str:
     head = ["method", "size MB", "smaller", *[f"speedup {k}" for k in SHAPE_KEYS], *[f"ms {k}" for k in SHAPE_KEYS]]
     if task:
         head += [task.upper() if task == "stsb" else task, "delta"]
+    tput = all("sentences_per_s" in r for r in result["rows"])
+    if tput:
+        head += ["sentences/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
         cells = [r["name"], f"{r['size_mb']:.1f}", f"{r['size_ratio']:.2f}x",
                  *[f"{r['speedup'][k]:.2f}x" for k in SHAPE_KEYS], *[f"{r['latency_ms'][k]:.1f}" for k in SHAPE_KEYS]]
         if task:
             cells += [f"{r[task]:.2f}", f"{r[f'{task}_delta']:+.2f}"]
+        if tput:
+            cells += [f"{r['sentences_per_s']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     m = result["machine"]
     lines.append("")
@@ -62,3 +71,26 @@ def structure_md(steps: list[dict], label: str = "") -> str:
         if "kept_layers" in s:
             lines.append(f"- {label}{s['step']}: kept layers {s['kept_layers']}")
     return "\n".join(lines)
+
+
+def plot(result: dict, path) -> None:
+    """Speedup at 8x128 against quality, one labelled point a row (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    task = result["task"]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in result["rows"]:
+        ax.scatter(r["speedup"]["8x128"], r[task])
+        ax.annotate(r["name"], (r["speedup"]["8x128"], r[task]), fontsize=7, xytext=(4, 2),
+                    textcoords="offset points")
+    ax.set_xlabel("speedup at 8x128 vs torch fp32 (same run)")
+    ax.set_ylabel(f"{task} (Spearman x100)")
+    m = result["machine"]
+    ax.set_title(f"{m['model']} ({', '.join(m['flags'])}), {m['threads']} threads", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -150,7 +150,7 @@ def distill(model, cfg: Distill, ctx, progress_bar: bool = True) -> dict:
     for p in params:
         p.requires_grad_(False)
     ckpt.remove()
-    head = losses[:20]
-    tail = losses[-20:]
+    k = max(1, min(20, len(losses) // 3))  # mean of the first and last k steps, k small enough not to overlap
+    head, tail = losses[:k], losses[-k:]
     return {"steps": step, "seconds": round(elapsed, 1), "layer_map": lmap, "sentences": step * cfg.batch_size,
             "loss_first": round(sum(head) / max(1, len(head)), 6), "loss_last": round(sum(tail) / max(1, len(tail)), 6)}
