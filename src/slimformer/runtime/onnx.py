@@ -175,6 +175,9 @@ class OrtEncoder:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.inter_op_num_threads = 1
+        # no busy-waiting between runs: spinning ORT threads steal the cores from torch when both serve in one
+        # process (bench alternates them), which made every torch row 2-5x slower
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.path = path
 
