@@ -68,3 +68,34 @@ def activation_absmax(model: nn.Module, calib: Calibration, names: set[str]) -> 
         for h in handles:
             h.remove()
     return stats
+
+
+def pooled(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's sentence embeddings for one batch of inputs, through its own pooling: (B, H)."""
+    return model.pool(main_output(model.encoder(**batch)), batch["attention_mask"])
+
+
+def squared_gradients(model, calib: Calibration, tensors: list[torch.Tensor], seed: int = 0,
+                      progress=None) -> list[torch.Tensor]:
+    """Label-free empirical Fisher: the sum over calibration sentences of the squared gradient of r . pooled(s)
+    with respect to each tensor, r a fresh Gaussian vector per sentence, so that in expectation it is
+    sum_d (d pooled_d / d t)^2, the Fisher of the embedding under a Gaussian model. One backward per sentence
+    (cut to its own length): a Fisher is a sum of squares, which a batched gradient would mix. Same shapes as
+    `tensors` (each must require grad)."""
+    sums = [torch.zeros_like(t) for t in tensors]
+    g = torch.Generator().manual_seed(seed)
+    model.encoder.eval()
+    with torch.enable_grad():
+        for batch in calib.batches:
+            for i in range(batch["input_ids"].shape[0]):
+                n = int(batch["attention_mask"][i].sum())
+                one = {k: v[i : i + 1, :n] for k, v in batch.items()}
+                out = pooled(model, one)  # (1, H)
+                grads = torch.autograd.grad((out * torch.randn(out.shape, generator=g)).sum(), tensors,
+                                            allow_unused=True)
+                for acc, gr in zip(sums, grads):
+                    if gr is not None:  # a mask of a layer that has no such units
+                        acc += gr.detach().pow(2)
+            if progress:
+                progress()
+    return sums

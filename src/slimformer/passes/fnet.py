@@ -15,7 +15,7 @@ from torch import nn
 from ..arch import Adapter, blocks
 from ..errors import BudgetError, UnsupportedArchitectureError
 from ..surgery import set_module
-from .calib import Calibration
+from .calib import Calibration, pooled
 from .configs import FNet
 
 
@@ -89,19 +89,15 @@ def rank_layers(model, calib: Calibration) -> list[int]:
     embeddings on calibration text: the least disturbed first."""
     enc, adapter = model.encoder, model.adapter
 
-    def pooled(m):
-        outs = []
-        for b in calib.batches:
-            o = m.encoder(**b)
-            outs.append(m.pool(o[0] if isinstance(o, tuple) else o.last_hidden_state, b["attention_mask"]))
-        return outs
+    def embeddings(m):
+        return [pooled(m, b) for b in calib.batches]
 
-    ref = pooled(model)
+    ref = embeddings(model)
     damage = {}
     for i in range(len(blocks(enc, adapter))):
         trial = model.clone()
         to_fnet(trial.encoder, adapter, [i])
-        damage[i] = sum(float((1 - torch.cosine_similarity(p, r)).sum()) for p, r in zip(pooled(trial), ref))
+        damage[i] = sum(float((1 - torch.cosine_similarity(p, r)).sum()) for p, r in zip(embeddings(trial), ref))
     return sorted(damage, key=damage.get)
 
 

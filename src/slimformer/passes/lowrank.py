@@ -18,7 +18,7 @@ from torch import nn
 from ..arch import Adapter, blocks
 from ..errors import BudgetError
 from ..surgery import set_module
-from .calib import Calibration
+from .calib import Calibration, squared_gradients
 from .configs import LowRank
 
 FAST_MARGIN = 0.9  # a factorized layer must take at most this share of the dense layer's time
@@ -158,25 +158,16 @@ def _fill(names, spectra, shapes, caps, budget) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------- Fisher rows
 
 def row_fisher(model, calib: Calibration, names: list[str], seed: int = 0) -> dict[str, torch.Tensor]:
-    """Sum over calibration sentences of squared gradients of each weight row, label-free (random projections of
-    the pooled embedding, as in prune.importance): {fqn: (out,)}."""
-    enc = model.encoder
-    weights = [enc.get_submodule(n).weight for n in names]
-    fisher = {n: torch.zeros(w.shape[0]) for n, w in zip(names, weights)}
-    g = torch.Generator().manual_seed(seed)
-    enc.eval()
-    with torch.enable_grad():
-        for batch in calib.batches:
-            for i in range(batch["input_ids"].shape[0]):
-                n_tok = int(batch["attention_mask"][i].sum())
-                one = {k: v[i : i + 1, :n_tok] for k, v in batch.items()}
-                out = enc(**one)
-                pooled = model.pool(out[0] if isinstance(out, tuple) else out.last_hidden_state,
-                                    one["attention_mask"])
-                grads = torch.autograd.grad((pooled * torch.randn(pooled.shape, generator=g)).sum(), weights)
-                for n, gr in zip(names, grads):
-                    fisher[n] += gr.pow(2).sum(1)
-    return fisher
+    """Label-free Fisher importance of each weight row (calib.squared_gradients summed over a row): {fqn: (out,)}."""
+    weights = [model.encoder.get_submodule(n).weight for n in names]
+    before = [w.requires_grad for w in weights]
+    for w in weights:
+        w.requires_grad_(True)
+    try:
+        return {n: f.sum(1) for n, f in zip(names, squared_gradients(model, calib, weights, seed))}
+    finally:
+        for w, flag in zip(weights, before):
+            w.requires_grad_(flag)
 
 
 # --------------------------------------------------------------------------------------------- the pass

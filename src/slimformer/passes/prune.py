@@ -19,7 +19,7 @@ from torch import nn
 from ..arch import Adapter, blocks, config_of, head_size
 from ..errors import BudgetError
 from ..surgery import keep, set_module
-from .calib import Calibration
+from .calib import Calibration, pooled, squared_gradients
 from .configs import Ffn, Heads, Layers, Prune
 
 REF_TOKENS = 128  # sequence length at which FLOPs are counted (the attention core grows with it)
@@ -87,11 +87,6 @@ def unit_masks(encoder: nn.Module, adapter: Adapter, head_mask: torch.Tensor, ne
             h.remove()
 
 
-def _pooled(model, encoder, batch) -> torch.Tensor:
-    out = encoder(**batch)
-    return model.pool(out[0] if isinstance(out, tuple) else out.last_hidden_state, batch["attention_mask"])
-
-
 def importance(model, calib: Calibration, seed: int = 0, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Diagonal Fisher of head and neuron masks w.r.t. the pooled embedding: (L, max heads) and (L, max neurons).
     Units a layer does not have score -inf."""
@@ -99,25 +94,12 @@ def importance(model, calib: Calibration, seed: int = 0, progress=None) -> tuple
     heads, ffn = heads_per_layer(encoder, adapter), ffn_per_layer(encoder, adapter)
     head_mask = torch.ones(len(heads), max(heads), requires_grad=True)
     neuron_mask = torch.ones(len(ffn), max(ffn), requires_grad=True)
-    fisher_h, fisher_n = torch.zeros_like(head_mask), torch.zeros_like(neuron_mask)
-    g = torch.Generator().manual_seed(seed)
-    encoder.eval()
-    with unit_masks(encoder, adapter, head_mask, neuron_mask), torch.enable_grad():
-        for batch in calib.batches:
-            for i in range(batch["input_ids"].shape[0]):  # one sentence at a time: Fisher is a sum of squares
-                n = int(batch["attention_mask"][i].sum())
-                one = {k: v[i : i + 1, :n] for k, v in batch.items()}  # without the padding it does not need
-                pooled = _pooled(model, encoder, one)  # (1, H)
-                r = torch.randn(pooled.shape, generator=g)
-                gh, gn = torch.autograd.grad((pooled * r).sum(), (head_mask, neuron_mask), allow_unused=True)
-                fisher_h += gh.pow(2) if gh is not None else 0
-                fisher_n += gn.pow(2)
-            if progress:
-                progress()
+    with unit_masks(encoder, adapter, head_mask, neuron_mask):
+        fisher_h, fisher_n = squared_gradients(model, calib, [head_mask, neuron_mask], seed, progress)
     for l, (h, f) in enumerate(zip(heads, ffn)):
         fisher_h[l, h:] = float("-inf")
         fisher_n[l, f:] = float("-inf")
-    return fisher_h.detach(), fisher_n.detach()
+    return fisher_h, fisher_n
 
 
 # ------------------------------------------------------------------------------------------------- choosing
@@ -290,13 +272,13 @@ def choose_layers(model, calib: Calibration, n_keep: int) -> list[int]:
     """Greedy: repeatedly drop the layer whose removal moves the pooled embeddings least (cosine distance)."""
     enc, adapter = model.encoder, model.adapter
     layers = enc.get_submodule(adapter.layers)
-    ref = [_pooled(model, enc, b) for b in calib.batches]
+    ref = [pooled(model, b) for b in calib.batches]
     kept = list(range(len(layers)))
 
     def distance(candidate: list[int]) -> float:
         set_module(enc, adapter.layers, nn.ModuleList([layers[i] for i in candidate]))
         try:
-            return sum(float((1 - torch.cosine_similarity(_pooled(model, enc, b), r)).sum())
+            return sum(float((1 - torch.cosine_similarity(pooled(model, b), r)).sum())
                        for b, r in zip(calib.batches, ref))
         finally:
             set_module(enc, adapter.layers, layers)
@@ -332,7 +314,7 @@ def narrow(model, teacher, calib: Calibration, keep_heads, keep_neurons, tune: b
 @torch.no_grad()
 def pair_similarities(model, calib: Calibration) -> torch.Tensor:
     """Cosine similarity of every pair of calibration sentences' pooled embeddings: (N (N - 1) / 2,)."""
-    e = torch.cat([torch.nn.functional.normalize(_pooled(model, model.encoder, b), dim=-1) for b in calib.batches])
+    e = torch.cat([torch.nn.functional.normalize(pooled(model, b), dim=-1) for b in calib.batches])
     iu = torch.triu_indices(len(e), len(e), 1)
     return (e @ e.T)[iu[0], iu[1]]
 
