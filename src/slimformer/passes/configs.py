@@ -102,7 +102,7 @@ class FNet:
 class Distill:
     minutes: float | None = None  # wall-clock budget
     steps: int | None = None  # or a number of optimizer steps
-    lr: float = 1e-4  # AdamW peak learning rate (linear warm-up, then linear decay)
+    lr: float = 3e-4  # AdamW peak (warm-up, then linear decay); beat 1e-4 by 2 STS-B points on low-rank
     batch_size: int = 32
     seed: int = 0
 
