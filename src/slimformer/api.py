@@ -27,6 +27,6 @@ def compress(model: SlimModel, recipe: str | list, calib: list[str] | str | None
     out = model.clone()
     prior = out.manifest.get("recipe")
     out.manifest["recipe"] = "+".join(filter(None, [prior, to_text(steps)]))
-    ctx = Context(Calibration.from_texts(model.tokenizer, texts), teacher=model, calib_texts=texts,
-                  corpus_texts=corpus, checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None)
+    ctx = Context(Calibration.from_texts(model.tokenizer, texts), teacher=model, corpus_texts=corpus,
+                  checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None)
     return run_passes(out, steps, ctx, progress)

@@ -19,6 +19,15 @@ from .arch import Adapter, adapter_for, model_type_of
 POOLING_MODES = ("mean", "cls", "max")
 
 
+def main_output(out) -> torch.Tensor:
+    """The token states of an encoder's output, whatever its type: (B, T, H)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "last_hidden_state"):
+        return out.last_hidden_state
+    return out[0]
+
+
 class SlimModel(nn.Module):
     def __init__(self, encoder: nn.Module, tokenizer, pooling: str = "mean", normalize: bool = False,
                  max_seq_length: int = 256, manifest: dict | None = None):
@@ -86,9 +95,7 @@ class SlimModel(nn.Module):
         out = []
         for i in chunks:
             batch = self.tokenize([texts[j] for j in order[i : i + batch_size]])
-            states = self.encoder(**batch)
-            states = states.last_hidden_state if hasattr(states, "last_hidden_state") else states[0]
-            out.append(self.pool(states, batch["attention_mask"]))
+            out.append(self.pool(main_output(self.encoder(**batch)), batch["attention_mask"]))
         emb = torch.cat(out) if out else torch.empty(0, 0)
         emb = emb[torch.from_numpy(np.argsort(order))]  # back to input order
         if normalize_embeddings:

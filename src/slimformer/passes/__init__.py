@@ -20,7 +20,6 @@ class Context:
 
     calib: Calibration | None
     teacher: object | None = None  # the SlimModel compress() started from (never modified)
-    calib_texts: list[str] | None = None
     corpus_texts: list[str] | None = None  # what `vocab` keeps the tokens of: all the calibration text there is
     checkpoint_dir: Path | None = None  # where a training step keeps its resumable state
 

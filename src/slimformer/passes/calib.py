@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..model import main_output
+
 
 @dataclass
 class Calibration:
-    """Batches of encoder inputs (forward kwargs), padded per batch; `texts` kept for passes that need words."""
+    """Batches of encoder inputs (forward kwargs), padded per batch."""
 
     batches: list[dict[str, torch.Tensor]]
-    texts: list[str] = field(default_factory=list)
 
     @classmethod
     def from_texts(cls, tokenizer, texts: list[str], batch_size: int = 32, max_length: int = 128) -> "Calibration":
@@ -21,20 +22,11 @@ class Calibration:
         batches = [dict(tokenizer(texts[i : i + batch_size], padding=True, truncation=True, max_length=max_length,
                                   return_tensors="pt"))
                    for i in range(0, len(texts), batch_size)]
-        return cls(batches, texts)
+        return cls(batches)
 
     def split(self) -> tuple["Calibration", "Calibration"]:
         """(fit, held-out): even and odd batches, so both halves span every sentence length (batches are sorted)."""
-        return Calibration(self.batches[0::2], self.texts), Calibration(self.batches[1::2], self.texts)
-
-
-def main_output(out) -> torch.Tensor:
-    """The token states of an encoder's output, whatever its type: (B, T, H)."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if hasattr(out, "last_hidden_state"):
-        return out.last_hidden_state
-    return out[0]
+        return Calibration(self.batches[0::2]), Calibration(self.batches[1::2])
 
 
 @torch.inference_mode()
