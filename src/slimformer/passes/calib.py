@@ -67,6 +67,14 @@ def pooled(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model.pool(main_output(model.encoder(**batch)), batch["attention_mask"])
 
 
+@torch.no_grad()
+def embedding_distance(model, calib: Calibration, reference: list[torch.Tensor]) -> float:
+    """Sum over calibration sentences of 1 - cos(model's pooled embedding, the reference's): how far a changed
+    model has moved. `reference`: one (B, H) tensor per batch, e.g. [pooled(original, b) for b in calib.batches]."""
+    return sum(float((1 - torch.cosine_similarity(pooled(model, b), r)).sum())
+               for b, r in zip(calib.batches, reference))
+
+
 def squared_gradients(model, calib: Calibration, tensors: list[torch.Tensor], seed: int = 0,
                       progress=None) -> list[torch.Tensor]:
     """Label-free empirical Fisher: the sum over calibration sentences of the squared gradient of r . pooled(s)

@@ -15,7 +15,7 @@ from torch import nn
 from ..arch import Adapter, blocks
 from ..errors import BudgetError, UnsupportedArchitectureError
 from ..surgery import set_module
-from .calib import Calibration, pooled
+from .calib import Calibration, embedding_distance, pooled
 from .configs import FNet
 
 
@@ -88,16 +88,12 @@ def rank_layers(model, calib: Calibration) -> list[int]:
     """Layers ordered by how little Fourier mixing in place of their attention (alone, untrained) moves the pooled
     embeddings on calibration text: the least disturbed first."""
     enc, adapter = model.encoder, model.adapter
-
-    def embeddings(m):
-        return [pooled(m, b) for b in calib.batches]
-
-    ref = embeddings(model)
+    ref = [pooled(model, b) for b in calib.batches]
     damage = {}
     for i in range(len(blocks(enc, adapter))):
         trial = model.clone()
         to_fnet(trial.encoder, adapter, [i])
-        damage[i] = sum(float((1 - torch.cosine_similarity(p, r)).sum()) for p, r in zip(embeddings(trial), ref))
+        damage[i] = embedding_distance(trial, calib, ref)
     return sorted(damage, key=damage.get)
 
 

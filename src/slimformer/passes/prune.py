@@ -19,7 +19,7 @@ from torch import nn
 from ..arch import Adapter, blocks, config_of, head_size
 from ..errors import BudgetError
 from ..surgery import keep, set_module
-from .calib import Calibration, pooled, squared_gradients
+from .calib import Calibration, embedding_distance, pooled, squared_gradients
 from .configs import Ffn, Heads, Layers, Prune
 
 REF_TOKENS = 128  # sequence length at which FLOPs are counted (the attention core grows with it)
@@ -278,8 +278,7 @@ def choose_layers(model, calib: Calibration, n_keep: int) -> list[int]:
     def distance(candidate: list[int]) -> float:
         set_module(enc, adapter.layers, nn.ModuleList([layers[i] for i in candidate]))
         try:
-            return sum(float((1 - torch.cosine_similarity(pooled(model, b), r)).sum())
-                       for b, r in zip(calib.batches, ref))
+            return embedding_distance(model, calib, ref)
         finally:
             set_module(enc, adapter.layers, layers)
 
