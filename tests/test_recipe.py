@@ -28,6 +28,7 @@ def test_round_trip_text():
     ("prune(flops=0)", "prune: flops must be a fraction in (0, 1]"),
     ("lowrank(ratio=0.5, rank=8)", "lowrank: give exactly one of"),
     ("distill", "distill: give exactly one of minutes= or steps="),
+    ("distill(steps=3, device=tpu)", "distill: device must be cpu or cuda"),
     ("int8+heads(keep=0.5)", "step 'heads' must come before 'int8'"),
     ("int8+distill(steps=3)", "step 'distill' must come before 'int8'"),
     ("int8+int8", "step 'int8' appears twice"),

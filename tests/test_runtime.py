@@ -47,6 +47,18 @@ def test_zero_head_layer_exports(tiny, sentences, tmp_path):
     np.testing.assert_allclose(ort_model.encode(sentences[:4]), tiny.encode(sentences[:4]), atol=1e-4)
 
 
+def test_layers_with_different_head_counts_still_fuse_attention(tiny, sentences, tmp_path):
+    import onnx
+
+    from slimformer.passes import prune as P
+
+    P.slice_heads(tiny.encoder, tiny.adapter, [[0, 2, 3], [1]])  # 3 heads, then 1
+    path = export(tiny, tmp_path / "h", int8=False)
+    ops = [n.op_type for n in onnx.load(str(path / "model.onnx")).graph.node]
+    assert ops.count("Attention") == 2  # ORT's fused kernel, one per layer, each with its own head count
+    np.testing.assert_allclose(slimformer.load(path).encode(sentences[:8]), tiny.encode(sentences[:8]), atol=1e-4)
+
+
 def test_fnet_fails_with_one_clear_line(tiny, sentences, tmp_path):
     small = slimformer.compress(tiny, "fnet(layers=1)", calib=sentences)
     with pytest.raises(UnsupportedArchitectureError, match="FFT"):

@@ -19,6 +19,7 @@ from .errors import ModelNotFoundError, OutputExistsError, SlimformerError
 from .mha import QuantizableMHA
 from .model import SlimModel
 from .passes.fnet import FourierMixer, restore_fnet
+from .runtime import freeze
 from .passes.lowrank import FactorizedLinear
 from .passes.prune import NoAttention, restore_structure
 from .passes.quantize import Int8Linear, QuantizedEmbedding
@@ -177,7 +178,10 @@ def _load_slim(path: Path) -> SlimModel:
     tokenizer = AutoTokenizer.from_pretrained(path)
     p = manifest["pooling"]
     kept = {k: manifest[k] for k in ("source", "recipe", "steps")}
-    return SlimModel(encoder, tokenizer, p["mode"], p["normalize"], p["max_seq_length"], kept)
+    model = SlimModel(encoder, tokenizer, p["mode"], p["normalize"], p["max_seq_length"], kept)
+    runtime = next((s["runtime"] for s in kept["steps"] if s.get("step") == "freeze"), "eager")
+    freeze.apply(model, runtime)  # re-trace: the graph itself is never stored (no pickles)
+    return model
 
 
 # ----------------------------------------------------------------------------------------------------------- save

@@ -54,6 +54,9 @@ class SlimModel(nn.Module):
         return adapter_for(self.model_type)
 
     def forward(self, *args, **kwargs):
+        frozen = self.__dict__.get("frozen")  # set by the `freeze` step (runtime/freeze.py); not a submodule
+        if frozen is not None and frozen.handles(args, kwargs):
+            return frozen(**kwargs)
         return self.encoder(*args, **kwargs)
 
     def clone(self) -> "SlimModel":
@@ -61,6 +64,7 @@ class SlimModel(nn.Module):
         new = copy.copy(self)
         new._modules = {"encoder": copy.deepcopy(self.encoder)}
         new.manifest = copy.deepcopy(self.manifest)
+        new.__dict__["frozen"] = None  # a traced graph holds the old weights; the copy runs eager
         return new
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -95,7 +99,7 @@ class SlimModel(nn.Module):
         out = []
         for i in chunks:
             batch = self.tokenize([texts[j] for j in order[i : i + batch_size]])
-            out.append(self.pool(main_output(self.encoder(**batch)), batch["attention_mask"]))
+            out.append(self.pool(main_output(self(**batch)), batch["attention_mask"]))
         emb = torch.cat(out) if out else torch.empty(0, 0)
         emb = emb[torch.from_numpy(np.argsort(order))]  # back to input order
         if normalize_embeddings:

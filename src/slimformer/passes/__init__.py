@@ -10,7 +10,8 @@ from typing import Callable
 from ..errors import RecipeError
 from .calib import Calibration
 from . import distill, fnet, lowrank, prune, vocab
-from .configs import Distill, Ffn, FNet, Heads, Layers, LowRank, Prune, Vocab
+from ..runtime import freeze
+from .configs import Distill, Ffn, FNet, Freeze, Heads, Layers, LowRank, Prune, Vocab
 from .quantize import Int8, int8
 
 
@@ -35,6 +36,7 @@ HANDLERS: dict[type, Callable] = {
     LowRank: lowrank.lowrank,
     Distill: distill.distill,
     FNet: fnet.fnet,
+    Freeze: freeze.freeze,
 }
 
 

@@ -105,6 +105,8 @@ class Distill:
     lr: float = 3e-4  # AdamW peak (warm-up, then linear decay); beat 1e-4 by 2 STS-B points on low-rank
     batch_size: int = 32
     seed: int = 0
+    device: str = "cpu"  # where to train ("cuda" when lent a GPU); the model comes back to the CPU
+
 
     def __post_init__(self):
         if not (isinstance(self.lr, float) and self.lr > 0) or not (isinstance(self.batch_size, int)
@@ -112,6 +114,8 @@ class Distill:
             raise RecipeError(f"distill: lr must be > 0 and batch_size >= 1, got {self.lr!r}, {self.batch_size!r}")
         if (self.minutes is None) == (self.steps is None):
             raise RecipeError("distill: give exactly one of minutes= or steps=")
+        if self.device not in ("cpu", "cuda"):
+            raise RecipeError(f"distill: device must be cpu or cuda, got {self.device!r}")
         if self.minutes is not None and not self.minutes > 0:
             raise RecipeError(f"distill: minutes must be > 0, got {self.minutes}")
         if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..errors import RecipeError
 from .configs import Distill
 
 CHECKPOINT_SECONDS = 30.0
@@ -66,9 +67,10 @@ class _Checkpoint:
         tmp = self.folder.with_name(self.folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file({k: v.contiguous() for k, v in student.encoder.state_dict().items()}, tmp / "student.safetensors")
+        save_file({k: v.contiguous().cpu() for k, v in student.encoder.state_dict().items()},
+                  tmp / "student.safetensors")
         state = opt.state_dict()
-        tensors = {f"{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
+        tensors = {f"{i}.{k}": v.cpu() for i, s in state["state"].items() for k, v in s.items()}
         save_file(tensors, tmp / "optimizer.safetensors")
         (tmp / "progress.json").write_text(json.dumps({**progress, "fingerprint": self.fingerprint,
                                                        "param_groups": state["param_groups"]}))
@@ -102,6 +104,10 @@ def distill(model, cfg: Distill, ctx, progress_bar: bool = True) -> dict:
 
     student, teacher = model, ctx.teacher
     texts = ctx.corpus_texts
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RecipeError("distill: device=cuda, but this machine has no CUDA device")
+    student.encoder.to(cfg.device)
+    teacher.encoder.to(cfg.device)
     lmap = layer_map(student, teacher)
     params = [p for p in student.encoder.parameters() if p.is_floating_point()]
     for p in params:
@@ -132,7 +138,7 @@ def distill(model, cfg: Distill, ctx, progress_bar: bool = True) -> dict:
             g["lr"] = lr
         idx = [order[(step * cfg.batch_size + j) % len(order)] for j in range(cfg.batch_size)]
         batch = dict(student.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                       max_length=MAX_LENGTH, return_tensors="pt"))
+                                       max_length=MAX_LENGTH, return_tensors="pt").to(cfg.device))
         loss = loss_fn(student, teacher, batch, lmap)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -147,6 +153,8 @@ def distill(model, cfg: Distill, ctx, progress_bar: bool = True) -> dict:
             ckpt.save(student, opt, {"step": step, "elapsed": elapsed, "losses": losses})
             last_save = time.perf_counter()
     bar.close()
+    student.encoder.cpu()
+    teacher.encoder.cpu()
     for p in params:
         p.requires_grad_(False)
     ckpt.remove()

@@ -3,8 +3,8 @@ part of a 2-D DFT, over the hidden dimension and then over the sequence. No weig
 not have) are removed, so the model really shrinks; `distill` then recovers quality.
 
 Padding: a DFT over the sequence depends on the sequence length, so zero-padding a sentence would change its
-mixing. Each sentence is mixed at its own length: the batch is grouped by length and each group transformed
-without its padding (padded positions come out as zeros); so a sentence embeds the same alone and in a batch.
+mixing. Each sentence is mixed at its own length: the sequence DFT is a batched matmul with per-sentence DFT matrices
+that are zero on padding (padded positions come out as zeros); so a sentence embeds the same alone and in a batch.
 """
 
 from __future__ import annotations
@@ -33,21 +33,28 @@ def token_validity(mask, batch: int, seq: int) -> torch.Tensor | None:
     return (mask == 0).expand(batch, seq)
 
 
+def sequence_dft(valid: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sentence DFT matrices over the real tokens only: valid (B, T) -> cos, sin (B, T, T), with
+    cos[b, j, k] = cos(2 pi p_j p_k / n_b) for real tokens j, k (p = position among the sentence's real tokens,
+    n_b = its length) and 0 wherever j or k is padding. Works for right, left or holey padding alike."""
+    n = valid.sum(1, keepdim=True)  # (B, 1)
+    pos = valid.long().cumsum(1) - 1  # (B, T)
+    prod = (pos[:, :, None] * pos[:, None, :]) % n[:, :, None]  # (B, T, T), exact in integers
+    angle = prod.double() * (2 * torch.pi / n[:, :, None].double())
+    both = (valid[:, :, None] & valid[:, None, :]).double()
+    return (angle.cos() * both).to(dtype), (angle.sin() * both).to(dtype)
+
+
 def fourier_mix(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """Re(DFT_seq(DFT_hidden(x))) per sentence at its own length: x (B, T, H), valid (B, T) -> (B, T, H)."""
+    """Re(DFT_seq(DFT_hidden(x))) per sentence at its own length: x (B, T, H), valid (B, T) -> (B, T, H).
+
+    With padding, the sequence DFT is a batched matmul with each sentence's own DFT matrix (zero on padding):
+    Re(F_n Y) = C_n Re(Y) + S_n Im(Y) for F_n = C_n - i S_n. One bmm for the batch, no loop over lengths."""
+    y = torch.fft.fft(x, dim=-1)  # (B, T, H) complex: the hidden dimension is never padded
     if valid is None or bool(valid.all()):
-        return torch.fft.fft2(x, dim=(-2, -1)).real
-    lengths = valid.sum(1)  # (B,)
-    right_padded = bool((valid == (torch.arange(x.shape[1]) < lengths[:, None])).all())
-    out = torch.zeros_like(x)
-    if right_padded:
-        for n in lengths.unique().tolist():
-            rows = (lengths == n).nonzero().flatten()
-            out[rows, :n] = torch.fft.fft2(x[rows, :n], dim=(-2, -1)).real
-    else:  # left padding or holes: one sentence at a time
-        for b in range(x.shape[0]):
-            out[b, valid[b]] = torch.fft.fft2(x[b, valid[b]], dim=(-2, -1)).real
-    return out
+        return torch.fft.fft(y, dim=-2).real
+    cos, sin = sequence_dft(valid, x.dtype)
+    return cos @ y.real + sin @ y.imag
 
 
 class FourierMixer(nn.Module):

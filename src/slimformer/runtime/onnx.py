@@ -131,6 +131,33 @@ def _eager(model: SlimModel) -> SlimModel:
     return model
 
 
+def _explicit_heads(path: Path) -> None:
+    """Hugging Face reshapes q/k/v with view(B, T, -1, head_size); ORT's Attention fusion reads the head count from
+    that shape and gives up on -1 unless one count is given for the whole graph. A narrowed model keeps a different
+    number of heads per layer, so write each layer's count (its q/k/v MatMul width / head_size) into the shape."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    graph = OnnxModel(onnx.load(str(path)))
+    for node in graph.model.graph.node:
+        concat, src = graph.get_parent(node, 1), graph.get_parent(node, 0)
+        if node.op_type != "Reshape" or concat is None or concat.op_type != "Concat" or len(concat.input) != 4:
+            continue
+        matmul = src if src is not None and src.op_type == "MatMul" else next(
+            (p for p in graph.get_parents(src) if p.op_type == "MatMul"), None) if src is not None else None
+        weight = graph.get_initializer(matmul.input[1]) if matmul is not None else None  # (in, heads * head_size)
+        heads, head_size = graph.get_constant_value(concat.input[2]), graph.get_constant_value(concat.input[3])
+        if weight is None or heads is None or head_size is None or int(np.ravel(heads)[0]) != -1:
+            continue
+        name = f"{concat.name}/heads"
+        count = weight.dims[1] // int(np.ravel(head_size)[0])
+        graph.add_initializer(numpy_helper.from_array(np.array([count], dtype=np.int64), name))
+        concat.input[2] = name
+    onnx.save(graph.model, str(path))
+
+
 def _optimize(src: Path, dst: Path, model: SlimModel) -> Path:
     import logging
 
@@ -140,18 +167,19 @@ def _optimize(src: Path, dst: Path, model: SlimModel) -> Path:
     from ..passes.prune import heads_per_layer
 
     heads = heads_per_layer(model.encoder, model.adapter)
-    options = FusionOptions("bert")
-    # ORT's Attention fusion takes one head count for the whole graph: only a model whose layers all keep the
-    # same number of heads can use it; the other fusions (LayerNorm, GELU, ...) apply to every model
     uniform = len(set(heads)) == 1 and heads[0] > 0
-    options.enable_attention = uniform
+    if not uniform:
+        _explicit_heads(src)  # then ORT's Attention fusion detects each layer's head count on its own
     hidden = model.encoder.get_input_embeddings()
     hidden = getattr(hidden, "embedding_dim", 0)
-    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        opt = optimize_model(str(src), model_type="bert", num_heads=heads[0] if uniform else 0,
-                             hidden_size=hidden if uniform else 0, optimization_options=options)
+    logging.disable(logging.WARNING)  # ORT's fusion logs a warning per narrowed layer (its width != hidden)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            opt = optimize_model(str(src), model_type="bert", num_heads=heads[0] if uniform else 0,
+                                 hidden_size=hidden if uniform else 0, optimization_options=FusionOptions("bert"))
+    finally:
+        logging.disable(logging.NOTSET)
     opt.save_model_to_file(str(dst))
     return dst
 

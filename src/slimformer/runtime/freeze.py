@@ -1,0 +1,110 @@
+"""`freeze`: serve a compressed model through the fastest runtime that gives the same outputs, chosen by measurement
+on this CPU: plain eager PyTorch, or TorchScript (jit.trace, then jit.freeze, which folds the weights into the graph
+as constants and drops Python dispatch). The choice goes into the manifest and load re-traces (no pickled graph).
+
+Not a candidate: torch.compile. FIELD-NOTES measured it at 1.19-1.37x for fp32 here, but it needs a C++ toolchain at
+run time, compiles for ~24 s per new shape, and has no CPU kernel for our per-token int8 matmul to fuse into.
+
+A trace records one path through Python control flow (Hugging Face builds its attention mask with data-dependent
+branches), so the graph is traced on a padded batch and accepted only if it reproduces eager outputs on padded and
+unpadded batches of several shapes; otherwise eager is kept.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import nn
+
+from ..measure.bench import latency_ms
+
+TIME_SHAPES = ((1, 16), (8, 128))  # the latency that matters for serving one query, and a batch
+MIN_GAIN = 1.05  # a runtime must be this much faster (geometric mean over TIME_SHAPES) to replace eager
+ATOL = 1e-4  # largest |traced - eager| allowed in the token states
+
+
+class _Graph(nn.Module):
+    """(input_ids, attention_mask) -> (last_hidden_state (B, T, H), pooler_output (B, H)) or (last_hidden_state,)."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids, attention_mask):
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        pooled = getattr(out, "pooler_output", None)
+        return (out.last_hidden_state,) if pooled is None else (out.last_hidden_state, pooled)
+
+
+class Frozen:
+    """A traced encoder behind the encoder's own call: inputs it was traced for go to the graph, anything else
+    (hidden states asked for, non-zero token types, positional arguments) to the eager encoder."""
+
+    def __init__(self, encoder: nn.Module, example: dict[str, torch.Tensor]):
+        self.encoder = encoder
+        graph = _Graph(encoder).eval()  # eval: a fresh wrapper starts in train mode
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings about Python branches: checked against eager below
+            self.output_type = type(encoder(**example))
+            traced = torch.jit.trace(graph, (example["input_ids"], example["attention_mask"]), check_trace=False)
+            self.graph = torch.jit.freeze(traced.eval())
+
+    def handles(self, args, kwargs) -> bool:
+        if args or not {"input_ids", "attention_mask"} <= kwargs.keys():
+            return False
+        if not set(kwargs) <= {"input_ids", "attention_mask", "token_type_ids"}:
+            return False
+        types = kwargs.get("token_type_ids")
+        return types is None or not bool(types.any())
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None):
+        del token_type_ids  # all zeros (handles() checked): the encoder's default
+        outs = self.graph(input_ids, attention_mask)
+        names = ("last_hidden_state", "pooler_output")
+        return self.output_type(**dict(zip(names, outs)))
+
+
+def trace_example(model) -> dict[str, torch.Tensor]:
+    """A padded batch of two sentences: the trace must keep the masking path."""
+    batch = model.tokenize(["an example sentence to trace the encoder with padding", "short"])
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
+@torch.no_grad()
+def max_error(frozen: Frozen, model, batches: list[dict]) -> float:
+    """Largest |traced - eager| over the real tokens of each batch."""
+    err = 0.0
+    for b in batches:
+        inputs = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
+        real = b["attention_mask"].bool()
+        ref = model.encoder(**inputs).last_hidden_state[real]
+        got = frozen(**inputs).last_hidden_state[real]
+        err = max(err, float((got - ref).abs().max()))
+    return err
+
+
+def check_batches(model, sentences: list[str]) -> list[dict]:
+    """Padded and unpadded batches of 1, 3 and 8 real sentences, so a baked-in shape or branch shows."""
+    return [model.tokenize(sentences[:1]), model.tokenize(sentences[1:4]), model.tokenize(sentences[4:12])]
+
+
+def apply(model, runtime: str) -> None:
+    """Make `model` (a SlimModel) serve through `runtime` ("eager" or "trace")."""
+    model.__dict__["frozen"] = Frozen(model.encoder, trace_example(model)) if runtime == "trace" else None
+
+
+def freeze(model, cfg, ctx, runs: int = 10) -> dict:
+    sentences = getattr(ctx, "corpus_texts", None) or []
+    if len(sentences) < 12:
+        sentences = (sentences + ["a sentence to check the traced graph against eager", "another, shorter one"] * 6)
+    frozen = Frozen(model.encoder, trace_example(model))
+    err = max_error(frozen, model, check_batches(model, sentences))
+    vocab = model.encoder.get_input_embeddings().num_embeddings
+    runners = {"eager": lambda x: model.encoder(**x), "trace": lambda x: frozen(**x)}
+    lat = latency_ms(runners, {k: vocab for k in runners}, shapes=TIME_SHAPES, runs=runs)
+    gain = math.prod(lat["eager"][k] / lat["trace"][k] for k in lat["eager"]) ** (1 / len(TIME_SHAPES))
+    runtime = "trace" if err <= ATOL and gain >= MIN_GAIN else "eager"
+    model.__dict__["frozen"] = frozen if runtime == "trace" else None
+    return {"runtime": runtime, "latency_ms": lat, "max_error": err}

@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+import torch
+
+import slimformer
+from slimformer.runtime import freeze
+from slimformer.runtime.freeze import Frozen
+
+
+@pytest.fixture(scope="module")
+def small(tiny_dir, sentences):
+    return slimformer.compress(slimformer.load(tiny_dir), "prune(flops=0.6)+int8", calib=sentences)
+
+
+def test_traced_graph_reproduces_eager_on_padded_and_unpadded_batches(small, sentences):
+    eager = small.encode(sentences, batch_size=7)  # batches of mixed lengths: padded
+    one = small.encode(sentences[:1])
+    traced = small.clone()
+    freeze.apply(traced, "trace")
+    assert isinstance(traced.__dict__["frozen"], Frozen)
+    assert isinstance(traced.__dict__["frozen"].graph, torch.jit.ScriptModule)
+    np.testing.assert_allclose(traced.encode(sentences, batch_size=7), eager, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(traced.encode(sentences[:1]), one, atol=1e-5, rtol=0)
+    assert freeze.max_error(traced.__dict__["frozen"], traced, freeze.check_batches(traced, sentences)) < 1e-5
+
+
+def test_frozen_forward_keeps_the_hugging_face_outputs(small, sentences):
+    traced = small.clone()
+    freeze.apply(traced, "trace")
+    batch = traced.tokenize(sentences[:3])
+    out, ref = traced(**batch), small(**batch)
+    assert type(out) is type(ref)
+    torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.pooler_output, ref.pooler_output, atol=1e-5, rtol=0)
+    # what the graph was not traced for goes to the eager encoder
+    hidden = traced(**batch, output_hidden_states=True).hidden_states
+    assert len(hidden) == 3
+    assert traced.clone().__dict__["frozen"] is None  # a copy's weights may change: it runs eager
+
+
+def test_freeze_step_measures_records_and_load_restores(small, sentences, tmp_path):
+    m = slimformer.compress(small, "freeze", calib=sentences)
+    step = m.manifest["steps"][-1]
+    assert step["step"] == "freeze" and step["runtime"] in ("eager", "trace")
+    assert set(step["latency_ms"]) == {"eager", "trace"} and step["max_error"] < 1e-4
+    assert (m.__dict__["frozen"] is not None) == (step["runtime"] == "trace")
+    for runtime in ("eager", "trace"):  # whichever won on this machine, both restore at load
+        step["runtime"] = runtime
+        back = slimformer.load(slimformer.save(m, tmp_path / runtime))
+        assert (back.__dict__["frozen"] is not None) == (runtime == "trace")
+        np.testing.assert_allclose(back.encode(sentences[:9]), small.encode(sentences[:9]), atol=1e-5, rtol=0)
+
+
+def test_fnet_traces_with_per_sentence_mixing(tiny_dir, sentences):
+    f = slimformer.compress(slimformer.load(tiny_dir), "fnet(layers=all)", calib=sentences)
+    eager = f.encode(sentences[:9], batch_size=9)
+    freeze.apply(f, "trace")
+    np.testing.assert_allclose(f.encode(sentences[:9], batch_size=9), eager, atol=1e-4, rtol=0)
+    alone = f.encode(sentences[4])
+    np.testing.assert_allclose(f.encode(sentences[:9], batch_size=9)[4], alone, atol=1e-4, rtol=0)
