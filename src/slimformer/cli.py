@@ -77,6 +77,7 @@ def bench(models: Optional[List[str]] = typer.Argument(None, help="model folder(
     """Size, parameters and median latency at 1x16, 8x128 and 32x32 (with --peers: the side-by-side table)."""
     from . import io
     from .measure.bench import bench as run_bench, cpu_info
+    from .measure.report import runnable
 
     models = models or []
     if peers:
@@ -85,7 +86,7 @@ def bench(models: Optional[List[str]] = typer.Argument(None, help="model folder(
         raise SlimformerError("bench: one model at a time (or --peers to compare several)")
     model = models[0] if models else None
     m = io.load(model)
-    stats = run_bench({"m": m.encoder}, {"m": m.tokenizer.vocab_size}, runs=runs)["m"]
+    stats = run_bench({"m": runnable(m)}, {"m": m.tokenizer.vocab_size}, runs=runs)["m"]
     info = cpu_info()
     out = {"model": model or "all-MiniLM-L6-v2 (embedded)", **stats, "threads": info["threads"],
            "cpu": {"model": info["model"], "flags": info["flags"]}}

@@ -10,12 +10,17 @@ from ..model import SlimModel
 SHAPE_KEYS = [f"{b}x{t}" for b, t in SHAPES]
 
 
+def runnable(model):
+    """What serves a forward: the SlimModel itself (so a frozen graph is what gets timed), or an export's session."""
+    return model if isinstance(model, SlimModel) else model.encoder
+
+
 def measure(models: dict[str, SlimModel], task: str | None = "stsb", runs: int = 20, progress=None,
             throughput_texts: list[str] | None = None) -> dict:
     """{"machine", "rows": [{"name", "recipe", "size_mb", "params", "latency_ms", task: value}]}; the first model
     is the baseline, every ratio is against it. With throughput_texts, each row also gets sentences/s of encode()
     over them, end to end."""
-    stats = bench({n: m.encoder for n, m in models.items()}, {n: m.tokenizer.vocab_size for n, m in models.items()},
+    stats = bench({n: runnable(m) for n, m in models.items()}, {n: m.tokenizer.vocab_size for n, m in models.items()},
                   runs=runs, progress=progress)
     rows = []
     for name, m in models.items():

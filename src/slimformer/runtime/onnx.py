@@ -226,16 +226,17 @@ class OrtEncoder:
 
 
 class OrtModel:
-    """An exported model with SlimModel's encode(); pooling happens inside the graph."""
+    """An exported model with SlimModel's encode(); pooling happens inside the graph. `encoder` replaces the ORT
+    session with another runtime of the same graph (the OpenVINO peer)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, encoder=None):
         from transformers import AutoTokenizer
 
         manifest = json.loads((folder / MANIFEST).read_text())
         if manifest.get("runtime") != "onnxruntime":
             raise SlimformerError(f"{folder}: not an ONNX Runtime export")
         self.manifest = manifest
-        self.encoder = OrtEncoder(folder / ONNX_FILE)
+        self.encoder = encoder or OrtEncoder(folder / ONNX_FILE)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         p = manifest["pooling"]
         self.pooling, self.normalize, self.max_seq_length = p["mode"], p["normalize"], p["max_seq_length"]
