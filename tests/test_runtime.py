@@ -64,3 +64,14 @@ def test_fnet_fails_with_one_clear_line(tiny, sentences, tmp_path):
     with pytest.raises(UnsupportedArchitectureError, match="FFT"):
         export(small, tmp_path / "f")
     assert not (tmp_path / "f").exists()
+
+
+def test_openvino_peer_matches_the_original(tiny, sentences, tmp_path):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from slimformer.measure.peers import openvino_peer
+
+    ov = openvino_peer(tiny, tmp_path / "ov")
+    c = cos(ov.encode(sentences[:8]), tiny.encode(sentences[:8]))
+    assert c.min() > 0.99, c  # int8 weights per channel, fp32 activations
+    assert 0 < ov.encoder.size_mb() < 0.5 * tiny.encoder.get_input_embeddings().weight.nbytes / 1e6 + 1
