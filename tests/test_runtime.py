@@ -75,3 +75,33 @@ def test_openvino_peer_matches_the_original(tiny, sentences, tmp_path):
     c = cos(ov.encode(sentences[:8]), tiny.encode(sentences[:8]))
     assert c.min() > 0.99, c  # int8 weights per channel, fp32 activations
     assert 0 < ov.encoder.size_mb() < 0.5 * tiny.encoder.get_input_embeddings().weight.nbytes / 1e6 + 1
+
+
+def test_openvino_export_of_a_narrowed_model(tiny, sentences, tmp_path):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    small = slimformer.compress(tiny, "heads(keep=0.5)+ffn(keep=0.5)+int8", calib=sentences)
+    back = slimformer.load(export(small, tmp_path / "ov", runtime="openvino"))
+    assert back.manifest["runtime"] == "openvino" and (tmp_path / "ov" / "model.xml").is_file()
+    c = cos(back.encode(sentences), small.encode(sentences))
+    assert c.mean() > 0.99 and c.min() > 0.97, (c.mean(), c.min())  # int8 weights, fp32 activations
+
+
+def test_openvino_missing_or_bad_runtime_is_one_clear_line(tiny, tmp_path, monkeypatch):
+    import builtins
+
+    from slimformer.errors import SlimformerError
+
+    with pytest.raises(SlimformerError, match="runtime must be one of"):
+        export(tiny, tmp_path / "x", runtime="tensorrt")
+    real_import = builtins.__import__
+
+    def no_openvino(name, *args, **kwargs):
+        if name in ("openvino", "nncf"):
+            raise ImportError(name=name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_openvino)
+    with pytest.raises(SlimformerError, match=r"pip install 'slimformer\[openvino\]'"):
+        export(tiny, tmp_path / "y", runtime="openvino")
+    assert not (tmp_path / "y").exists()

@@ -114,7 +114,7 @@ def _bench_peers(paths: list[str], as_json: bool, runs: int, out_dir: Path) -> N
         models = peer_models(base, tmp)
         for p in paths:
             m = io.load(p)
-            runtime = "ORT" if m.manifest.get("runtime") == "onnxruntime" else "torch"
+            runtime = {"onnxruntime": "ORT", "openvino": "OpenVINO"}.get(m.manifest.get("runtime"), "torch")
             models[f"slimformer {m.manifest.get('recipe') or p} [{runtime}]"] = m
         bar = _bar(3 * (runs + 3) + 2 * len(models), "measure")
         result = measure(models, "stsb", runs, progress=lambda: bar.update(), throughput_texts=texts)
@@ -147,19 +147,21 @@ def eval_(model: Optional[str] = MODEL_ARG, task: str = typer.Option("stsb", "--
 
 @app.command()
 def export(model: Optional[str] = MODEL_ARG, out: Path = typer.Option(..., "--out", "-o", help="output folder"),
-           onnx: bool = typer.Option(True, "--onnx", help="export to ONNX Runtime (the only target so far)"),
-           int8: bool = typer.Option(True, "--int8/--fp32", help="int8 per-channel quantization in ONNX Runtime"),
+           onnx: bool = typer.Option(True, "--onnx", help="export to ONNX Runtime (the default target)"),
+           openvino: bool = typer.Option(False, "--openvino", help="export to OpenVINO IR instead (int8 weights; "
+                                         "needs pip install 'slimformer[openvino]')"),
+           int8: bool = typer.Option(True, "--int8/--fp32", help="int8 per-channel quantization in the runtime"),
            optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="ORT transformer graph fusions"),
            force: bool = typer.Option(False, "--force", help="overwrite an existing output folder")):
-    """Export MODEL (any slimformer output, or an original) to ONNX Runtime; bench/eval/load serve it."""
+    """Export MODEL (any slimformer output, or an original) to ONNX Runtime or OpenVINO; bench/eval/load serve it."""
     from . import io
     from .runtime.onnx import export as run_export
 
-    if not onnx:
-        raise SlimformerError("export: --onnx is the only target")
+    del onnx  # the default target; --openvino picks the other
     if Path(out).exists() and not force:
         raise SlimformerError(f"output exists: {out} (use --force to overwrite)")
-    path = run_export(io.load(model), out, int8=int8, optimize=optimize, force=force)
+    path = run_export(io.load(model), out, int8=int8, optimize=optimize, force=force,
+                      runtime="openvino" if openvino else "onnxruntime")
     typer.echo(f"wrote {path}")
 
 

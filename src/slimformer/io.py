@@ -80,14 +80,14 @@ def default_model_dir() -> Path:
 
 def load(path: str | os.PathLike | None = None) -> SlimModel:
     """Load a Hugging Face, sentence-transformers or slimformer folder; None -> the embedded all-MiniLM-L6-v2.
-    A slimformer ONNX export loads as an OrtModel (same encode())."""
+    An ONNX Runtime or OpenVINO export loads as an OrtModel (same encode())."""
     path = Path(path) if path is not None else default_model_dir()
     if not path.exists():
         raise ModelNotFoundError(f"model path not found: {path}")
     if not path.is_dir():
         raise ModelNotFoundError(f"not a model folder (a file was given): {path}")
     if (path / MANIFEST).is_file():
-        if json.loads((path / MANIFEST).read_text()).get("runtime") == "onnxruntime":
+        if json.loads((path / MANIFEST).read_text()).get("runtime") in ("onnxruntime", "openvino"):
             from .runtime.onnx import OrtModel
 
             return OrtModel(path)

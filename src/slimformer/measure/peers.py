@@ -30,44 +30,17 @@ def ort_peer(model: SlimModel, folder, int8: bool):
     return OrtModel(export(model, folder, int8=int8, force=True))
 
 
-class OpenVinoEncoder:
-    """An OpenVINO compiled model as a callable encoder: (input_ids, attention_mask) -> (token states, embedding)."""
-
-    def __init__(self, ov_model, path):
-        import openvino as ov
-
-        self.path = path  # the saved IR (.xml; weights in the .bin beside it)
-        config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"}
-        self.compiled = ov.Core().compile_model(ov_model, "CPU", config)
-
-    def __call__(self, input_ids, attention_mask, **unused):
-        import numpy as np
-
-        out = self.compiled({"input_ids": np.asarray(input_ids, dtype=np.int64),
-                             "attention_mask": np.asarray(attention_mask, dtype=np.int64)})
-        return tuple(torch.from_numpy(out[i]) for i in range(2))
-
-    def size_mb(self) -> float:
-        return self.path.with_suffix(".bin").stat().st_size / 1e6
-
-    def n_params(self) -> int:
-        return 0  # not read back from the IR
-
-
 def openvino_peer(model: SlimModel, folder):
-    """OpenVINO's int8 route for transformers: the plain ONNX export converted by ov.convert_model, weights
-    compressed to int8 by nncf.compress_weights (per channel; activations stay fp32). None when not installed."""
+    """OpenVINO's int8 route for transformers: the ONNX export converted to IR, weights compressed to int8 by
+    nncf.compress_weights (per channel; activations stay fp32). None when the optional extra is not installed."""
     try:
-        import nncf
-        import openvino as ov
+        import nncf  # noqa: F401
+        import openvino  # noqa: F401
     except ImportError:
         return None
     from ..runtime.onnx import OrtModel, export
 
-    folder = export(model, folder, int8=False, optimize=False, force=True)  # standard ONNX ops only
-    ov_model = nncf.compress_weights(ov.convert_model(folder / "model.onnx"))
-    ov.save_model(ov_model, folder / "model.xml", compress_to_fp16=False)
-    return OrtModel(folder, encoder=OpenVinoEncoder(ov_model, folder / "model.xml"))
+    return OrtModel(export(model, folder, runtime="openvino", force=True))
 
 
 class SentenceTransformersPeer:
@@ -94,6 +67,6 @@ def peer_models(base: SlimModel, workdir) -> dict:
         "ORT optimized + int8 per-channel": ort_peer(base, work / "ort-int8", int8=True),
     }
     ov = openvino_peer(base, work / "openvino")
-    if ov is not None:  # an optional extra: pip install 'slimformer[peers]'
+    if ov is not None:  # an optional extra: pip install 'slimformer[openvino]'
         peers["OpenVINO int8 weights (nncf)"] = ov
     return peers

@@ -72,9 +72,19 @@ class _Graph(nn.Module):
         return states, self.model.pool(states, attention_mask)  # (B, H)
 
 
+RUNTIMES = ("onnxruntime", "openvino")
+
+
 def export(model: SlimModel, out_dir: str | os.PathLike, int8: bool = True, optimize: bool = True,
-           force: bool = False) -> Path:
-    """Write out_dir/{model.onnx, slimformer.json, tokenizer files}, atomically."""
+           force: bool = False, runtime: str = "onnxruntime") -> Path:
+    """Write out_dir/{model.onnx (ORT) or model.xml + model.bin (OpenVINO), slimformer.json, tokenizer files},
+    atomically. int8: ORT's per-channel dynamic quantization, or OpenVINO's int8 weights."""
+    if runtime not in RUNTIMES:
+        raise SlimformerError(f"export: runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if runtime == "openvino":
+        from . import openvino
+
+        openvino.require()
     if any(isinstance(m, FourierMixer) for m in model.encoder.modules()):
         raise UnsupportedArchitectureError("export: FNet's Fourier mixing (FFT) does not export to ONNX here; "
                                            "serve this model on the torch runtime")
@@ -98,18 +108,22 @@ def export(model: SlimModel, out_dir: str | os.PathLike, int8: bool = True, opti
                                             "sentence_embedding": {0: "batch"}},
                               opset_version=17, dynamo=False)
         steps = []
-        current = raw
-        if optimize:
-            current = _optimize(current, tmp / "optimized.onnx", model)
-            steps.append("ort-optimize")
-        if int8:
-            current = _quantize(current, tmp / "int8.onnx")
-            steps.append("ort-int8-per-channel")
-        current.rename(tmp / ONNX_FILE)
+        if runtime == "openvino":  # OpenVINO reads standard ONNX ops, not ORT's fused ones
+            openvino.convert(raw, tmp / openvino.XML_FILE, int8)
+            steps.append("openvino-int8-weights" if int8 else "openvino-fp32")
+        else:
+            current = raw
+            if optimize:
+                current = _optimize(current, tmp / "optimized.onnx", model)
+                steps.append("ort-optimize")
+            if int8:
+                current = _quantize(current, tmp / "int8.onnx")
+                steps.append("ort-int8-per-channel")
+            current.rename(tmp / ONNX_FILE)
         for f in tmp.glob("*.onnx"):
             if f.name != ONNX_FILE:
                 f.unlink()
-        manifest = {"format": 1, "runtime": "onnxruntime", "source": model.manifest.get("source"),
+        manifest = {"format": 1, "runtime": runtime, "source": model.manifest.get("source"),
                     "recipe": model.manifest.get("recipe", ""), "steps": model.manifest.get("steps", []),
                     "export": steps, "pooling": {"mode": model.pooling, "normalize": model.normalize,
                                                  "max_seq_length": model.max_seq_length}}
@@ -233,9 +247,13 @@ class OrtModel:
         from transformers import AutoTokenizer
 
         manifest = json.loads((folder / MANIFEST).read_text())
-        if manifest.get("runtime") != "onnxruntime":
-            raise SlimformerError(f"{folder}: not an ONNX Runtime export")
+        if manifest.get("runtime") not in RUNTIMES:
+            raise SlimformerError(f"{folder}: not an ONNX Runtime or OpenVINO export")
         self.manifest = manifest
+        if encoder is None and manifest["runtime"] == "openvino":
+            from .openvino import XML_FILE, OpenVinoEncoder
+
+            encoder = OpenVinoEncoder(folder / XML_FILE)
         self.encoder = encoder or OrtEncoder(folder / ONNX_FILE)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         p = manifest["pooling"]
