@@ -105,3 +105,18 @@ def test_openvino_missing_or_bad_runtime_is_one_clear_line(tiny, tmp_path, monke
     with pytest.raises(SlimformerError, match=r"pip install 'slimformer\[openvino\]'"):
         export(tiny, tmp_path / "y", runtime="openvino")
     assert not (tmp_path / "y").exists()
+
+
+def test_linears_the_recipe_kept_in_fp32_stay_fp32_in_ort(tiny, sentences, tmp_path):
+    import onnx
+
+    from slimformer.runtime.onnx import _quantize, float_linears
+
+    assert float_linears(tiny) == []  # never quantized: ORT quantizes every MatMul, like the peer
+    small = slimformer.compress(tiny, "int8(fp32=2)", calib=sentences)
+    kept = float_linears(small)
+    assert len(kept) == 2
+    fp32 = export(small, tmp_path / "f", int8=False)
+    _quantize(fp32 / "model.onnx", tmp_path / "q.onnx", ["encoder.layer.1.output.dense"])
+    left = [n.name for n in onnx.load(str(tmp_path / "q.onnx")).graph.node if n.op_type == "MatMul"]
+    assert left == ["/encoder/encoder/layer.1/output/dense/MatMul"]

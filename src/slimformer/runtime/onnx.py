@@ -10,6 +10,7 @@ with per-channel weights. The graph takes input_ids and attention_mask and retur
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import warnings
@@ -117,7 +118,7 @@ def export(model: SlimModel, out_dir: str | os.PathLike, int8: bool = True, opti
                 current = _optimize(current, tmp / "optimized.onnx", model)
                 steps.append("ort-optimize")
             if int8:
-                current = _quantize(current, tmp / "int8.onnx")
+                current = _quantize(current, tmp / "int8.onnx", float_linears(model))
                 steps.append("ort-int8-per-channel")
             current.rename(tmp / ONNX_FILE)
         for f in tmp.glob("*.onnx"):
@@ -198,12 +199,26 @@ def _optimize(src: Path, dst: Path, model: SlimModel) -> Path:
     return dst
 
 
-def _quantize(src: Path, dst: Path) -> Path:
+def float_linears(model: SlimModel) -> list[str]:
+    """Linears that the recipe's int8 step kept in fp32 (`int8(fp32=N)`): none when the model was never quantized."""
+    mods = dict(model.encoder.named_modules())
+    if not any(isinstance(m, Int8Linear) for m in mods.values()):
+        return []
+    return [n for n, m in mods.items() if type(m) is nn.Linear]
+
+
+def _quantize(src: Path, dst: Path, keep_fp32: list[str]) -> Path:
+    """ORT dynamic int8, per channel, except the MatMuls of the Linears the recipe kept in fp32 (q/k/v inside a fused
+    Attention node have no MatMul of their own left: only o and the FFN Linears can stay fp32 after fusion)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    # torch.onnx names a node by its module path, list indices joined with a dot: /encoder/layer.0/output/dense/MatMul
+    paths = [re.sub(r"/(\d+)(?=/)", r".\1", f"/{name.replace('.', '/')}/") for name in keep_fp32]
+    exclude = [n.name for n in onnx.load(str(src), load_external_data=False).graph.node
+               if n.op_type == "MatMul" and any(p in n.name for p in paths)]
     # DefaultTensorType: without it ORT cannot type some weights of an exported BERT (FIELD-NOTES)
-    quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8,
+    quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return dst
 
