@@ -19,11 +19,11 @@ from .errors import ModelNotFoundError, OutputExistsError, SlimformerError
 from .mha import QuantizableMHA
 from .model import SlimModel
 from .passes.fnet import FourierMixer, restore_fnet
-from .runtime import freeze
 from .passes.lowrank import FactorizedLinear
 from .passes.prune import NoAttention, restore_structure
 from .passes.quantize import Int8Linear, QuantizedEmbedding
 from .passes.vocab import VocabEmbedding
+from .runtime import freeze
 from .surgery import set_module
 
 MANIFEST = "slimformer.json"
@@ -87,9 +87,9 @@ def load(path: str | os.PathLike | None = None) -> SlimModel:
     if not path.is_dir():
         raise ModelNotFoundError(f"not a model folder (a file was given): {path}")
     if (path / MANIFEST).is_file():
-        if json.loads((path / MANIFEST).read_text()).get("runtime") in ("onnxruntime", "openvino"):
-            from .runtime.onnx import OrtModel
+        from .runtime.onnx import RUNTIMES, OrtModel
 
+        if json.loads((path / MANIFEST).read_text()).get("runtime") in RUNTIMES:
             return OrtModel(path)
         return _load_slim(path)
     pooling, normalize, max_len, hf_dir = _sentence_transformers_info(path)

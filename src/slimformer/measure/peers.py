@@ -33,13 +33,14 @@ def ort_peer(model: SlimModel, folder, int8: bool):
 def openvino_peer(model: SlimModel, folder):
     """OpenVINO's int8 route for transformers: the ONNX export converted to IR, weights compressed to int8 by
     nncf.compress_weights (per channel; activations stay fp32). None when the optional extra is not installed."""
-    try:
-        import nncf  # noqa: F401
-        import openvino  # noqa: F401
-    except ImportError:
-        return None
+    from ..errors import SlimformerError
+    from ..runtime import openvino
     from ..runtime.onnx import OrtModel, export
 
+    try:
+        openvino.require()
+    except SlimformerError:
+        return None
     return OrtModel(export(model, folder, runtime="openvino", force=True))
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import RecipeError
+from ..runtime import freeze
 from .calib import Calibration
 from . import distill, fnet, lowrank, prune, vocab
-from ..runtime import freeze
 from .configs import Distill, Ffn, FNet, Freeze, Heads, Layers, LowRank, Prune, Vocab
 from .quantize import Int8, int8
 

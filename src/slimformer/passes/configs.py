@@ -107,7 +107,6 @@ class Distill:
     seed: int = 0
     device: str = "cpu"  # where to train ("cuda" when lent a GPU); the model comes back to the CPU
 
-
     def __post_init__(self):
         if not (isinstance(self.lr, float) and self.lr > 0) or not (isinstance(self.batch_size, int)
                                                                     and self.batch_size >= 1):

@@ -10,8 +10,8 @@ with per-channel weights. The graph takes input_ids and attention_mask and retur
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
