@@ -1,5 +1,6 @@
 """The command line: error paths give one line and a non-zero exit; the happy paths print the contracted JSON."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -80,7 +81,9 @@ def test_bench_peers_writes_table_json_and_plot(tiny_dir, tmp_path):
     rows = json.loads(p.stdout)["rows"]
     names = [r["name"] for r in rows]
     assert names[:4] == ["torch fp32 eager (original)", "torch.ao dynamic int8", "ORT fp32",
-                         "ORT optimized + int8 per-channel"] and len(names) == 5
+                         "ORT optimized + int8 per-channel"]
+    openvino = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None
+    assert names[4:-1] == (["OpenVINO int8 weights (nncf)"] if openvino else []) and len(names) == 5 + openvino
     for r in rows:
         assert {"name", "size_mb", "latency_ms", "stsb", "sentences_per_s"} <= set(r)
     assert (tmp_path / "peers.png").stat().st_size > 1000 and "| ORT fp32 |" in (tmp_path / "peers.md").read_text()

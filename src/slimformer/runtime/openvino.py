@@ -5,6 +5,9 @@ peer at large batches here (README, peers table)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +33,10 @@ def convert(onnx_path: Path, xml_path: Path, int8: bool) -> None:
     ov, nncf = require()
     model = ov.convert_model(str(onnx_path))
     if int8:
-        model = nncf.compress_weights(model)  # INT8_ASYM, one scale per output channel
+        # NNCF logs statistics and draws a progress bar on stdout, which `bench --json` keeps for its JSON
+        nncf.set_log_level(logging.WARNING)
+        with contextlib.redirect_stdout(sys.stderr):
+            model = nncf.compress_weights(model)  # INT8_ASYM, one scale per output channel
     ov.save_model(model, str(xml_path), compress_to_fp16=False)
 
 
