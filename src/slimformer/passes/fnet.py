@@ -33,16 +33,32 @@ def token_validity(mask, batch: int, seq: int) -> torch.Tensor | None:
     return (mask == 0).expand(batch, seq)
 
 
+def dft_matrices(n: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of 2 pi p_j p_k / n over positions p (..., T) of length-n signals (n (..., 1)), zero wherever j or k
+    is not valid: (..., T, T). The product is reduced mod n in integers first, so the angle stays exact."""
+    prod = (pos[..., :, None] * pos[..., None, :]) % n[..., None]  # (..., T, T)
+    angle = prod.double() * (2 * torch.pi / n[..., None].double())
+    both = (valid[..., :, None] & valid[..., None, :]).double()
+    return (angle.cos() * both).to(dtype), (angle.sin() * both).to(dtype)
+
+
 def sequence_dft(valid: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sentence DFT matrices over the real tokens only: valid (B, T) -> cos, sin (B, T, T), with
     cos[b, j, k] = cos(2 pi p_j p_k / n_b) for real tokens j, k (p = position among the sentence's real tokens,
     n_b = its length) and 0 wherever j or k is padding. Works for right, left or holey padding alike."""
-    n = valid.sum(1, keepdim=True)  # (B, 1)
-    pos = valid.long().cumsum(1) - 1  # (B, T)
-    prod = (pos[:, :, None] * pos[:, None, :]) % n[:, :, None]  # (B, T, T), exact in integers
-    angle = prod.double() * (2 * torch.pi / n[:, :, None].double())
-    both = (valid[:, :, None] & valid[:, None, :]).double()
-    return (angle.cos() * both).to(dtype), (angle.sin() * both).to(dtype)
+    return dft_matrices(valid.sum(1, keepdim=True), valid.long().cumsum(1) - 1, valid, dtype)
+
+
+def hidden_dft(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real and imaginary parts of the DFT over the last dimension, (B, T, H) each. torch.fft does not export to
+    ONNX: while exporting, the same DFT is two matmuls with the (H, H) cos / sin matrices."""
+    if not torch.onnx.is_in_onnx_export():
+        y = torch.fft.fft(x, dim=-1)
+        return y.real, y.imag
+    h = int(x.shape[-1])  # a constant in the graph (the model's width), so ORT folds the matrices into weights
+    k = torch.arange(h)
+    cos, sin = dft_matrices(torch.full((1,), h), k, torch.ones(h, dtype=torch.bool), x.dtype)
+    return x @ cos, -(x @ sin)  # F = C - i S, symmetric
 
 
 def fourier_mix(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -50,11 +66,13 @@ def fourier_mix(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
 
     With padding, the sequence DFT is a batched matmul with each sentence's own DFT matrix (zero on padding):
     Re(F_n Y) = C_n Re(Y) + S_n Im(Y) for F_n = C_n - i S_n. One bmm for the batch, no loop over lengths."""
-    y = torch.fft.fft(x, dim=-1)  # (B, T, H) complex: the hidden dimension is never padded
-    if valid is None or bool(valid.all()):
-        return torch.fft.fft(y, dim=-2).real
+    if valid is None:
+        valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    if bool(valid.all()) and not torch.onnx.is_in_onnx_export():
+        return torch.fft.fft2(x, dim=(-2, -1)).real
+    real, imag = hidden_dft(x)
     cos, sin = sequence_dft(valid, x.dtype)
-    return cos @ y.real + sin @ y.imag
+    return cos @ real + sin @ imag
 
 
 class FourierMixer(nn.Module):

@@ -10,6 +10,7 @@ with per-channel weights. The graph takes input_ids and attention_mask and retur
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -20,9 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import OutputExistsError, SlimformerError, UnsupportedArchitectureError
+from ..errors import OutputExistsError, SlimformerError
 from ..model import SlimModel
-from ..passes.fnet import FourierMixer
 from ..passes.quantize import Int8Linear, QuantizedEmbedding
 from ..surgery import replace_modules
 
@@ -86,9 +86,6 @@ def export(model: SlimModel, out_dir: str | os.PathLike, int8: bool = True, opti
         from . import openvino
 
         openvino.require()
-    if any(isinstance(m, FourierMixer) for m in model.encoder.modules()):
-        raise UnsupportedArchitectureError("export: FNet's Fourier mixing (FFT) does not export to ONNX here; "
-                                           "serve this model on the torch runtime")
     out = Path(out_dir).resolve()
     if out.exists() and not force:
         raise OutputExistsError(f"output exists: {out} (use --force to overwrite)")
@@ -174,8 +171,6 @@ def _explicit_heads(path: Path) -> None:
 
 
 def _optimize(src: Path, dst: Path, model: SlimModel) -> Path:
-    import logging
-
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -217,9 +212,13 @@ def _quantize(src: Path, dst: Path, keep_fp32: list[str]) -> Path:
     paths = [re.sub(r"/(\d+)(?=/)", r".\1", f"/{name.replace('.', '/')}/") for name in keep_fp32]
     exclude = [n.name for n in onnx.load(str(src), load_external_data=False).graph.node
                if n.op_type == "MatMul" and any(p in n.name for p in paths)]
-    # DefaultTensorType: without it ORT cannot type some weights of an exported BERT (FIELD-NOTES)
-    quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    logging.disable(logging.WARNING)  # "failed to infer data type" for computed tensors (FNet's DFT): harmless
+    try:
+        # DefaultTensorType: without it ORT cannot type some weights of an exported BERT (FIELD-NOTES)
+        quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    finally:
+        logging.disable(logging.NOTSET)
     return dst
 
 
