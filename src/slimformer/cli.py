@@ -158,8 +158,6 @@ def export(model: Optional[str] = MODEL_ARG, out: Path = typer.Option(..., "--ou
     from .runtime.onnx import export as run_export
 
     del onnx  # the default target; --openvino picks the other
-    if Path(out).exists() and not force:
-        raise SlimformerError(f"output exists: {out} (use --force to overwrite)")
     path = run_export(io.load(model), out, int8=int8, optimize=optimize, force=force,
                       runtime="openvino" if openvino else "onnxruntime")
     typer.echo(f"wrote {path}")

@@ -43,7 +43,6 @@ class Frozen:
     (hidden states asked for, non-zero token types, positional arguments) to the eager encoder."""
 
     def __init__(self, encoder: nn.Module, example: dict[str, torch.Tensor]):
-        self.encoder = encoder
         graph = _Graph(encoder).eval()  # eval: a fresh wrapper starts in train mode
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings about Python branches: checked against eager below

@@ -222,6 +222,12 @@ def _quantize(src: Path, dst: Path, keep_fp32: list[str]) -> Path:
     return dst
 
 
+def graph_inputs(input_ids, attention_mask) -> dict[str, np.ndarray]:
+    """The exported graph's feed, (B, T) int64 each, from tensors or arrays."""
+    return {"input_ids": np.asarray(input_ids, dtype=np.int64),
+            "attention_mask": np.asarray(attention_mask, dtype=np.int64)}
+
+
 class OrtEncoder:
     """The session as a callable encoder: enc(input_ids=..., attention_mask=...) -> (token states, embedding)."""
 
@@ -239,9 +245,7 @@ class OrtEncoder:
 
     def __call__(self, input_ids, attention_mask, **unused):
         del unused  # token_type_ids: the exported graph uses its default
-        feed = {"input_ids": np.asarray(input_ids, dtype=np.int64),
-                "attention_mask": np.asarray(attention_mask, dtype=np.int64)}
-        states, emb = self.session.run(None, feed)
+        states, emb = self.session.run(None, graph_inputs(input_ids, attention_mask))
         return torch.from_numpy(states), torch.from_numpy(emb)
 
     def size_mb(self) -> float:
@@ -254,21 +258,22 @@ class OrtEncoder:
 
 
 class OrtModel:
-    """An exported model with SlimModel's encode(); pooling happens inside the graph. `encoder` replaces the ORT
-    session with another runtime of the same graph (the OpenVINO peer)."""
+    """An exported model (ONNX Runtime or OpenVINO, as its manifest says) with SlimModel's encode(); pooling happens
+    inside the graph."""
 
-    def __init__(self, folder: Path, encoder=None):
+    def __init__(self, folder: Path):
         from transformers import AutoTokenizer
 
         manifest = json.loads((folder / MANIFEST).read_text())
         if manifest.get("runtime") not in RUNTIMES:
             raise SlimformerError(f"{folder}: not an ONNX Runtime or OpenVINO export")
         self.manifest = manifest
-        if encoder is None and manifest["runtime"] == "openvino":
+        if manifest["runtime"] == "openvino":
             from .openvino import XML_FILE, OpenVinoEncoder
 
-            encoder = OpenVinoEncoder(folder / XML_FILE)
-        self.encoder = encoder or OrtEncoder(folder / ONNX_FILE)
+            self.encoder = OpenVinoEncoder(folder / XML_FILE)
+        else:
+            self.encoder = OrtEncoder(folder / ONNX_FILE)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         p = manifest["pooling"]
         self.pooling, self.normalize, self.max_seq_length = p["mode"], p["normalize"], p["max_seq_length"]

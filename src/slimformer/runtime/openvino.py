@@ -10,7 +10,6 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import SlimformerError
@@ -51,8 +50,9 @@ class OpenVinoEncoder:
 
     def __call__(self, input_ids, attention_mask, **unused):
         del unused  # token_type_ids: the exported graph uses its default
-        out = self.compiled({"input_ids": np.asarray(input_ids, dtype=np.int64),
-                             "attention_mask": np.asarray(attention_mask, dtype=np.int64)})
+        from .onnx import graph_inputs
+
+        out = self.compiled(graph_inputs(input_ids, attention_mask))
         return tuple(torch.from_numpy(out[i]) for i in range(2))
 
     def size_mb(self) -> float:
