@@ -4,7 +4,7 @@ markdown tables (report.json / report.md, the demo table)."""
 from __future__ import annotations
 
 from .bench import SHAPES, bench, cpu_info, throughput
-from .tasks import evaluate
+from .tasks import delta_interval, evaluate, sts_pairs
 from ..model import SlimModel
 
 SHAPE_KEYS = [f"{b}x{t}" for b, t in SHAPES]
@@ -18,26 +18,30 @@ def runnable(model):
 def measure(models: dict[str, SlimModel], task: str | None = "stsb", runs: int = 20, progress=None,
             throughput_texts: list[str] | None = None) -> dict:
     """{"machine", "rows": [{"name", "recipe", "size_mb", "params", "latency_ms", task: value}]}; the first model
-    is the baseline, every ratio is against it. With throughput_texts, each row also gets sentences/s of encode()
+    is the baseline, every ratio is against it, and each quality delta comes with its 95% paired-bootstrap interval. With throughput_texts, each row also gets sentences/s of encode()
     over them, end to end."""
     stats = bench({n: runnable(m) for n, m in models.items()}, {n: m.tokenizer.vocab_size for n, m in models.items()},
                   runs=runs, progress=progress)
-    rows = []
+    rows, cosines = [], []
     for name, m in models.items():
         row = {"name": name, "recipe": m.manifest.get("recipe", ""), **stats[name]}
         if task:
-            row[task] = round(evaluate(m, task).value, 2)
+            result = evaluate(m, task)
+            row[task] = round(result.value, 2)
+            cosines.append(result.cosines)
             if progress:
                 progress()
         if throughput_texts:
             row["sentences_per_s"] = round(throughput(m.encode, throughput_texts), 1)
         rows.append(row)
     base = rows[0]
-    for row in rows:
+    gold = [p[2] for p in sts_pairs(task)] if task else None
+    for i, row in enumerate(rows):
         row["size_ratio"] = round(base["size_mb"] / row["size_mb"], 2)
         row["speedup"] = {k: round(base["latency_ms"][k] / row["latency_ms"][k], 2) for k in SHAPE_KEYS}
         if task:
             row[f"{task}_delta"] = round(row[task] - base[task], 2)
+            row[f"{task}_delta_95"] = [round(v, 2) for v in delta_interval(gold, cosines[0], cosines[i])]
     return {"machine": cpu_info(), "task": task, "rows": rows}
 
 
@@ -45,7 +49,7 @@ def markdown(result: dict) -> str:
     task = result["task"]
     head = ["method", "size MB", "smaller", *[f"speedup {k}" for k in SHAPE_KEYS], *[f"ms {k}" for k in SHAPE_KEYS]]
     if task:
-        head += [task.upper() if task == "stsb" else task, "delta"]
+        head += [task.upper() if task == "stsb" else task, "delta [95%]"]
     tput = all("sentences_per_s" in r for r in result["rows"])
     if tput:
         head += ["sentences/s"]
@@ -54,7 +58,8 @@ def markdown(result: dict) -> str:
         cells = [r["name"], f"{r['size_mb']:.1f}", f"{r['size_ratio']:.2f}x",
                  *[f"{r['speedup'][k]:.2f}x" for k in SHAPE_KEYS], *[f"{r['latency_ms'][k]:.1f}" for k in SHAPE_KEYS]]
         if task:
-            cells += [f"{r[task]:.2f}", f"{r[f'{task}_delta']:+.2f}"]
+            lo, hi = r[f"{task}_delta_95"]
+            cells += [f"{r[task]:.2f}", f"{r[f'{task}_delta']:+.2f} [{lo:+.2f}, {hi:+.2f}]"]
         if tput:
             cells += [f"{r['sentences_per_s']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -62,7 +67,9 @@ def markdown(result: dict) -> str:
     lines.append("")
     lines.append(f"Measured on {m['model']} ({', '.join(m['flags']) or 'no AVX2'}), {m['threads']} threads; "
                  "latency is the median of the encoder forward at batch x seq, all rows timed in one alternating "
-                 "loop; speedup and size are ratios to the first row.")
+                 "loop; speedup and size are ratios to the first row."
+                 + (" The quality delta's 95% interval is a paired bootstrap over the benchmark's pairs (1000 "
+                    "resamples): where it holds 0, the benchmark cannot tell that row from the first." if task else ""))
     return "\n".join(lines)
 
 
