@@ -1,13 +1,14 @@
 """Size, latency at fixed shapes, and the machine they were measured on.
 
 Latency is the median of the encoder forward at batch x seq over >= 20 runs after warm-up. Several models are timed
-in one loop that alternates between them, so a slow spell of this noisy machine hits all of them alike; compare
-them by ratio.
+in one loop that alternates between them (in a shuffled order each round), so a slow spell of this noisy machine hits
+all of them alike; compare them by ratio.
 """
 
 from __future__ import annotations
 
 import platform
+import random
 import statistics
 import time
 from typing import Callable
@@ -80,14 +81,18 @@ def example_inputs(batch: int, seq: int, vocab_size: int, seed: int = 0) -> dict
 
 def latency_ms(runners: dict[str, Callable[[dict], object]], vocab_sizes: dict[str, int],
                shapes=SHAPES, runs: int = 20, warmup: int = 3, progress=None) -> dict[str, dict[str, float]]:
-    """Median ms per forward of each runner at each shape, runners alternated run by run."""
+    """Median ms per forward of each runner at each shape, runners alternated run by run, shuffled each round."""
     out: dict[str, dict[str, float]] = {name: {} for name in runners}
     with torch.inference_mode():
         for b, t in shapes:
             inputs = {name: example_inputs(b, t, vocab_sizes[name]) for name in runners}
             times: dict[str, list[float]] = {name: [] for name in runners}
+            rng = random.Random(0)
             for i in range(warmup + runs):
-                for name, run in runners.items():
+                # a fresh order each round: the runner right after torch ran ~10% slower here (its OpenMP threads
+                # spinning on the two cores, likely), so no runner may always hold that place
+                for name in rng.sample(list(runners), len(runners)):
+                    run = runners[name]
                     t0 = time.perf_counter()
                     run(inputs[name])
                     if i >= warmup:
