@@ -43,7 +43,7 @@ def compress(model: Optional[str] = MODEL_ARG,
              runs: int = typer.Option(20, "--runs", help="timed runs per shape")):
     """Compress MODEL with RECIPE into OUT, with report.json / report.md against the original."""
     from . import api, io, recipe as recipes
-    from .measure.bench import SHAPES
+    from .measure.bench import ticks
     from .measure.report import markdown, measure, structure_md
 
     steps = recipes.parse(recipe)  # a bad recipe fails before anything is loaded
@@ -54,7 +54,7 @@ def compress(model: Optional[str] = MODEL_ARG,
     ckpt = Path(out).resolve().parent / f".{Path(out).name}.checkpoint"
     small = api.compress(base, steps, calib=str(calib) if calib else None, checkpoint_dir=ckpt)
     task_ = None if task == "none" else task
-    bar = _bar(len(SHAPES) * (runs + 3) + (2 if task_ else 0), "measure")
+    bar = _bar(ticks(runs) + (2 if task_ else 0), "measure")
     result = measure({"original": base, "compressed": small}, task_, runs, progress=lambda: bar.update())
     bar.close()
     result["steps"] = small.manifest["steps"]
@@ -104,7 +104,7 @@ def _bench_peers(paths: list[str], as_json: bool, runs: int, out_dir: Path) -> N
 
     from . import io
     from .data import read_stsb
-    from .measure.bench import throughput
+    from .measure.bench import throughput, ticks
     from .measure.peers import SentenceTransformersPeer, peer_models
     from .measure.report import markdown, measure, plot
 
@@ -116,7 +116,7 @@ def _bench_peers(paths: list[str], as_json: bool, runs: int, out_dir: Path) -> N
             m = io.load(p)
             runtime = {"onnxruntime": "ORT", "openvino": "OpenVINO"}.get(m.manifest.get("runtime"), "torch")
             models[f"slimformer {m.manifest.get('recipe') or p} [{runtime}]"] = m
-        bar = _bar(3 * (runs + 3) + 2 * len(models), "measure")
+        bar = _bar(ticks(runs) + 2 * len(models), "measure")
         result = measure(models, "stsb", runs, progress=lambda: bar.update(), throughput_texts=texts)
         bar.close()
     st = SentenceTransformersPeer(str(io.default_model_dir()))

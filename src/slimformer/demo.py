@@ -7,7 +7,7 @@ import sys
 import tempfile
 
 from . import api, io
-from .measure.bench import SHAPES
+from .measure.bench import ticks
 from .measure.peers import torch_ao_dynamic
 from .measure.report import markdown, measure, structure_md
 
@@ -46,7 +46,7 @@ def run_demo(full: bool = False, runs: int = 20, task: str = "stsb") -> str:
             path = io.save(api.compress(base, recipe), f"{tmp}/{len(models)}")
             models[name] = io.load(path)
             bar.update()
-    total = len(SHAPES) * (runs + 3) + len(models)
+    total = ticks(runs) + len(models)
     with tqdm(total=total, desc="measure", file=sys.stderr, leave=False) as bar:
         result = measure(models, task, runs, progress=bar.update)
     recipes = "\n".join(f"- {r['name']}: `{r['recipe']}`" for r in result["rows"][2:])

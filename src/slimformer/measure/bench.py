@@ -1,8 +1,8 @@
 """Size, latency at fixed shapes, and the machine they were measured on.
 
 Latency is the median of the encoder forward at batch x seq over >= 20 runs after warm-up. Several models are timed
-in one loop that alternates between them (in a shuffled order each round), so a slow spell of this noisy machine hits
-all of them alike; compare them by ratio.
+in one loop that alternates between them (blocks of back-to-back runs, in a shuffled order each round), so a slow
+spell of this noisy machine hits all of them alike; compare them by ratio.
 """
 
 from __future__ import annotations
@@ -79,23 +79,40 @@ def example_inputs(batch: int, seq: int, vocab_size: int, seed: int = 0) -> dict
     return {"input_ids": ids, "attention_mask": torch.ones(batch, seq, dtype=torch.long)}
 
 
+BLOCK = 5  # timed runs of one runner back to back, after one untimed run
+PAUSE_S = 0.05  # idle time before each block: other runtimes' worker threads stop spinning and go to sleep
+
+
+def ticks(runs: int, shapes=SHAPES) -> int:
+    """How many times latency_ms calls its progress callback."""
+    return len(shapes) * -(-runs // BLOCK)
+
+
 def latency_ms(runners: dict[str, Callable[[dict], object]], vocab_sizes: dict[str, int],
                shapes=SHAPES, runs: int = 20, warmup: int = 3, progress=None) -> dict[str, dict[str, float]]:
-    """Median ms per forward of each runner at each shape, runners alternated run by run, shuffled each round."""
+    """Median ms per forward of each runner at each shape. Runners take turns in blocks of BLOCK back-to-back runs
+    (steady state, as when serving), in a shuffled order each round, so a slow spell of the machine hits all alike.
+    Each block starts after a pause and one untimed run: ORT, OpenVINO and torch's OpenMP keep their worker threads
+    spinning after a call, and on two cores a runner that followed another runtime's call ran up to 2x slower at
+    1x16 (the next runtime's threads fought the spinning ones)."""
     out: dict[str, dict[str, float]] = {name: {} for name in runners}
+    rounds = -(-runs // BLOCK)
     with torch.inference_mode():
         for b, t in shapes:
             inputs = {name: example_inputs(b, t, vocab_sizes[name]) for name in runners}
+            for name, run in runners.items():
+                for _ in range(warmup):
+                    run(inputs[name])
             times: dict[str, list[float]] = {name: [] for name in runners}
             rng = random.Random(0)
-            for i in range(warmup + runs):
-                # a fresh order each round: the runner right after torch ran ~10% slower here (its OpenMP threads
-                # spinning on the two cores, likely), so no runner may always hold that place
+            for _ in range(rounds):
                 for name in rng.sample(list(runners), len(runners)):
                     run = runners[name]
-                    t0 = time.perf_counter()
+                    time.sleep(PAUSE_S)
                     run(inputs[name])
-                    if i >= warmup:
+                    for _ in range(BLOCK):
+                        t0 = time.perf_counter()
+                        run(inputs[name])
                         times[name].append((time.perf_counter() - t0) * 1e3)
                 if progress is not None:
                     progress()

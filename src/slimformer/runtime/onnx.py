@@ -237,9 +237,8 @@ class OrtEncoder:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.inter_op_num_threads = 1
-        # no busy-waiting between runs: spinning ORT threads steal the cores from torch when both serve in one
-        # process (bench alternates them), which made every torch row 2-5x slower
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # ORT's default busy-waiting between calls stays on: without it, MiniLM int8 at 1x16 took 1.57 instead of
+        # 0.84 ms here. (measure.bench pauses between runtimes so the spinning does not slow its neighbours.)
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.path = path
 
