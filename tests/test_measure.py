@@ -34,3 +34,17 @@ def test_interval_tells_a_worse_model_from_rounding_noise():
     worse = cos + rng.normal(0, 0.5, len(cos))  # a clearly worse model: the whole interval lies below 0
     lo, hi = delta_interval(gold, cos, worse)
     assert lo <= point(worse) - point(cos) <= hi < 0
+
+
+def test_latency_runs_each_runner_in_blocks_in_shuffled_order():
+    from slimformer.measure.bench import BLOCK, latency_ms
+
+    calls = []
+    runners = {name: (lambda name: lambda x: calls.append(name))(name) for name in "abcd"}
+    out = latency_ms(runners, dict.fromkeys(runners, 100), shapes=((1, 4),), runs=4 * BLOCK, warmup=1)
+    assert set(out) == set("abcd") and all(set(v) == {"1x4"} for v in out.values())
+    timed = calls[4:]  # after one warm-up call each
+    blocks = [timed[i : i + BLOCK + 1] for i in range(0, len(timed), BLOCK + 1)]  # one untimed run + BLOCK timed
+    assert len(blocks) == 4 * 4 and all(len(set(b)) == 1 for b in blocks)
+    rounds = ["".join(b[0] for b in blocks[i : i + 4]) for i in range(0, 16, 4)]
+    assert all(sorted(r) == list("abcd") for r in rounds) and len(set(rounds)) > 1  # every runner each round, reordered

@@ -66,8 +66,9 @@ def markdown(result: dict) -> str:
     m = result["machine"]
     lines.append("")
     lines.append(f"Measured on {m['model']} ({', '.join(m['flags']) or 'no AVX2'}), {m['threads']} threads; "
-                 "latency is the median of the encoder forward at batch x seq, all rows timed in one alternating "
-                 "loop; speedup and size are ratios to the first row."
+                 "latency is the median of the encoder forward at batch x seq, all rows timed in one loop that "
+                 "alternates between them (blocks of back-to-back runs, shuffled each round); speedup and size are "
+                 "ratios to the first row."
                  + (" The quality delta's 95% interval is a paired bootstrap over the benchmark's pairs (1000 "
                     "resamples): where it holds 0, the benchmark cannot tell that row from the first." if task else ""))
     return "\n".join(lines)
