@@ -18,8 +18,8 @@ def runnable(model):
 def measure(models: dict[str, SlimModel], task: str | None = "stsb", runs: int = 20, progress=None,
             throughput_texts: list[str] | None = None) -> dict:
     """{"machine", "rows": [{"name", "recipe", "size_mb", "params", "latency_ms", task: value}]}; the first model
-    is the baseline, every ratio is against it, and each quality delta comes with its 95% paired-bootstrap interval. With throughput_texts, each row also gets sentences/s of encode()
-    over them, end to end."""
+    is the baseline, every ratio is against it, and each quality delta comes with its 95% paired-bootstrap interval.
+    With throughput_texts, each row also gets sentences/s of encode() over them, end to end."""
     stats = bench({n: runnable(m) for n, m in models.items()}, {n: m.tokenizer.vocab_size for n, m in models.items()},
                   runs=runs, progress=progress)
     rows, cosines = [], []
