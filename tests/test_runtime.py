@@ -75,7 +75,7 @@ def test_openvino_peer_matches_the_original(tiny, sentences, tmp_path):
 
     ov = openvino_peer(tiny, tmp_path / "ov")
     c = cos(ov.encode(sentences[:8]), tiny.encode(sentences[:8]))
-    assert c.min() > 0.99, c  # int8 weights per channel, fp32 activations
+    assert c.min() > 0.99, c  # int8 weights per channel, float activations
     assert 0 < ov.encoder.size_mb() < 0.5 * tiny.encoder.get_input_embeddings().weight.nbytes / 1e6 + 1
 
 
@@ -86,7 +86,7 @@ def test_openvino_export_of_a_narrowed_model(tiny, sentences, tmp_path):
     back = slimformer.load(export(small, tmp_path / "ov", runtime="openvino"))
     assert back.manifest["runtime"] == "openvino" and (tmp_path / "ov" / "model.xml").is_file()
     c = cos(back.encode(sentences), small.encode(sentences))
-    assert c.mean() > 0.99 and c.min() > 0.97, (c.mean(), c.min())  # int8 weights, fp32 activations
+    assert c.mean() > 0.99 and c.min() > 0.97, (c.mean(), c.min())  # int8 weights, float activations
 
 
 def test_openvino_missing_or_bad_runtime_is_one_clear_line(tiny, tmp_path, monkeypatch):

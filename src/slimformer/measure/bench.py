@@ -93,8 +93,8 @@ def latency_ms(runners: dict[str, Callable[[dict], object]], vocab_sizes: dict[s
     """Median ms per forward of each runner at each shape. Runners take turns in blocks of BLOCK back-to-back runs
     (steady state, as when serving), in a shuffled order each round, so a slow spell of the machine hits all alike.
     Each block starts after a pause and one untimed run: ORT, OpenVINO and torch's OpenMP keep their worker threads
-    spinning after a call, and on two cores a runner that followed another runtime's call ran up to 2x slower at
-    1x16 (the next runtime's threads fought the spinning ones)."""
+    spinning after a call, and on two cores a runner that came right after another runtime's call ran slower (its
+    threads fought the spinning ones), most visibly at 1x16."""
     out: dict[str, dict[str, float]] = {name: {} for name in runners}
     rounds = -(-runs // BLOCK)
     with torch.inference_mode():

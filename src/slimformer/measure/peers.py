@@ -32,7 +32,7 @@ def ort_peer(model: SlimModel, folder, int8: bool):
 
 def openvino_peer(model: SlimModel, folder):
     """OpenVINO's int8 route for transformers: the ONNX export converted to IR, weights compressed to int8 by
-    nncf.compress_weights (per channel; activations stay fp32). None when the optional extra is not installed."""
+    nncf.compress_weights (per channel; activations stay float). None when the optional extra is not installed."""
     from ..errors import SlimformerError
     from ..runtime import openvino
     from ..runtime.onnx import OrtModel, export

@@ -237,8 +237,8 @@ class OrtEncoder:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.inter_op_num_threads = 1
-        # ORT's default busy-waiting between calls stays on: without it, MiniLM int8 at 1x16 took 1.57 instead of
-        # 0.84 ms here. (measure.bench pauses between runtimes so the spinning does not slow its neighbours.)
+        # ORT's default busy-waiting between calls stays on: without it, MiniLM int8 took 1.30 instead of 0.68 ms at
+        # 1x16 here (benchmarks/ort_spinning.py). measure.bench pauses between runtimes so spinning slows no neighbour.
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.path = path
 

@@ -1,6 +1,7 @@
 """OpenVINO as a serving runtime: the plain ONNX export converted to OpenVINO IR (model.xml + model.bin), weights
-compressed to int8 per output channel by NNCF (activations stay fp32, so quality is the float model's). Optional
-extra: pip install 'slimformer[openvino]'. On AVX-512 CPUs its fp32 kernels with int8 weights were the fastest
+compressed to int8 per output channel by NNCF (activations stay float: fp32, or bf16 where the CPU has AVX512-BF16 or
+AMX, OpenVINO's default there; quality stays the float model's within rounding). Optional
+extra: pip install 'slimformer[openvino]'. On AVX-512 CPUs its float kernels with int8 weights were the fastest
 peer at large batches here (README, peers table)."""
 
 from __future__ import annotations
