@@ -19,6 +19,7 @@ from .errors import ModelNotFoundError, OutputExistsError, SlimformerError
 from .mha import QuantizableMHA
 from .model import SlimModel
 from .passes.fnet import FourierMixer, restore_fnet
+from .passes import int8_kernels
 from .passes.lowrank import FactorizedLinear
 from .passes.prune import NoAttention, restore_structure
 from .passes.quantize import Int8Linear, QuantizedEmbedding
@@ -175,6 +176,7 @@ def _load_slim(path: Path) -> SlimModel:
     restore_fnet(encoder, adapter)
     state = load_file(path / WEIGHTS)
     encoder.load_state_dict(state, strict=True)
+    int8_kernels.choose(encoder)  # this CPU's int8 kernels (measured, or $SLIMFORMER_INT8_KERNEL), before any trace
     tokenizer = AutoTokenizer.from_pretrained(path)
     p = manifest["pooling"]
     kept = {k: manifest[k] for k in ("source", "recipe", "steps")}

@@ -5,7 +5,7 @@ Weights: symmetric int8 with one scale per output channel (per row for embedding
 with one scale per token, computed at run time, so a sentence's embedding does not depend on its batch-mates or on
 padding (one scale per tensor, as torch.ao does, couples them). Optional SmoothQuant-style migration (Xiao et al.
 2023) divides activation channel j by s_j = max|X_j|^a / max|W_j|^(1-a) and multiplies weight column j by it,
-measured on calibration text. The matmul is torch._int_mm (int8 x int8 -> int32, oneDNN/VNNI on x86).
+measured on calibration text. How the int8 matmul runs is chosen per CPU by measurement (int8_kernels.py).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from ..errors import RecipeError
 from ..mha import make_quantizable
 from ..surgery import replace_modules, set_module
 from .calib import Calibration, activation_absmax, output_error, outputs
+from . import int8_kernels
+from .int8_kernels import Int8Linear, quantize_rows
 
 
 @dataclass(frozen=True)
@@ -36,58 +38,6 @@ class Int8:
             raise RecipeError(f"int8: embedding_bits must be 8 or 4, got {self.embedding_bits}")
         if self.fp32 < 0:
             raise RecipeError(f"int8: fp32 must be >= 0, got {self.fp32}")
-
-
-def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 per row: w (R, C) -> (q int8 (R, C), scale (R,)) with w ~= q * scale[:, None]."""
-    scale = w.abs().amax(1).clamp_min(1e-8) / 127.0
-    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
-    return q, scale.float()
-
-
-class Int8Linear(nn.Module):
-    """y = (q8(x / smooth) @ Wq^T) * s_x * s_w + b, with x quantized per token. Shapes: x (..., K) -> y (..., N)."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, smooth: bool = False):
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))  # (N, K)
-        self.register_buffer("weight_scale", torch.ones(out_features))  # (N,)
-        self.register_buffer("bias", torch.zeros(out_features) if bias else None)  # (N,)
-        # 1 / s_j of SmoothQuant, multiplied into x before quantization; absent when not smoothed
-        self.register_buffer("inv_smooth", torch.ones(in_features) if smooth else None)  # (K,)
-
-    def spec(self) -> dict:
-        return dict(in_features=self.in_features, out_features=self.out_features,
-                    bias=self.bias is not None, smooth=self.inv_smooth is not None)
-
-    @classmethod
-    @torch.no_grad()
-    def from_linear(cls, lin: nn.Linear, smooth: torch.Tensor | None = None) -> "Int8Linear":
-        new = cls(lin.in_features, lin.out_features, lin.bias is not None, smooth is not None)
-        w = lin.weight.detach().float()
-        if smooth is not None:
-            w = w * smooth[None, :]  # W' = W diag(s): migrates the activation outliers into the weights
-            new.inv_smooth.copy_(1.0 / smooth)
-        new.weight, new.weight_scale = quantize_rows(w)
-        if lin.bias is not None:
-            new.bias.copy_(lin.bias.detach())
-        return new
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x = x.reshape(-1, self.in_features).float()  # (M, K)
-        if self.inv_smooth is not None:
-            x = x * self.inv_smooth
-        amax = x.abs().amax(-1, keepdim=True).clamp_min_(1e-8)  # (M, 1)
-        q = (x * (127.0 / amax)).round_().to(torch.int8)  # (M, K), |q| <= 127
-        y = torch._int_mm(q, self.weight.t()).float()  # (M, N) int32 -> float: exact up to 2^24
-        y = y.mul_(amax * (1.0 / 127.0))
-        y = torch.addcmul(self.bias, y, self.weight_scale) if self.bias is not None else y.mul_(self.weight_scale)
-        return y.view(*shape[:-1], self.out_features)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, smooth={self.inv_smooth is not None}"
 
 
 class QuantizedEmbedding(nn.Module):
@@ -178,5 +128,6 @@ def int8(model: nn.Module, cfg: Int8, calib: Calibration | None = None) -> tuple
         embedded = replace_modules(
             model, lambda m, _: type(m) is nn.Embedding,
             lambda m, _: QuantizedEmbedding.from_embedding(m, cfg.embedding_bits if m is token else 8))
+    int8_kernels.choose(model)  # measured on this CPU (or forced); not stored: each machine chooses at load
     return model, {"quantized": len(quantized), "fp32_kept": keep_fp32, "embeddings": embedded,
                    "smooth": cfg.smooth}

@@ -1,0 +1,131 @@
+"""Every int8 kernel against the reference arithmetic, the forced kernel really running, and the choice surviving
+save -> load, freeze, and a move to another machine (nothing machine-specific is stored)."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import slimformer
+from slimformer.passes import int8_kernels
+from slimformer.passes.int8_kernels import KERNELS, Int8Linear
+from slimformer.runtime import freeze
+
+# the op each kernel's matmul must appear as in the profiler
+KERNEL_OPS = {"intmm": "aten::_int_mm", "fbgemm": "quantized::linear_dynamic", "w8": "aten::_weight_int8pack_mm",
+              "fp32": "aten::linear"}
+
+
+def reference_int8(lin: Int8Linear, x: torch.Tensor) -> torch.Tensor:
+    """The int8 arithmetic written out in float64: per-token symmetric int8 activations (after 1/s), int8 weights,
+    exact integer products. x (M, K) -> (M, N)."""
+    x = x.double() * (lin.inv_smooth.double() if lin.inv_smooth is not None else 1)
+    amax = x.abs().amax(-1, keepdim=True).clamp_min(1e-8)
+    q = torch.round(x * 127 / amax)
+    y = (q @ lin.weight.double().T) * amax / 127 * lin.weight_scale.double()
+    return y + lin.bias.double() if lin.bias is not None else y
+
+
+def reference_float(lin: Int8Linear, x: torch.Tensor) -> torch.Tensor:
+    """The dequantized weights on float64 activations: what weight-only kernels approximate."""
+    w = lin.weight.double() * lin.weight_scale.double()[:, None]
+    if lin.inv_smooth is not None:
+        w = w * lin.inv_smooth.double()
+    return x.double() @ w.T + lin.bias.double()
+
+
+@pytest.fixture(scope="module")
+def layer_and_inputs(minilm, sentences):
+    """MiniLM's first FFN-in Linear, quantized with SmoothQuant, and its real inputs on real sentences: (M, 384)."""
+    block = minilm.encoder.encoder.layer[0]
+    got = []
+    handle = block.intermediate.dense.register_forward_hook(lambda m, a, o: got.append(a[0].detach()))
+    batch = minilm.tokenize(sentences[:16])
+    with torch.inference_mode():
+        minilm.encoder(**batch)
+    handle.remove()
+    x = got[0][batch["attention_mask"].bool()]  # real tokens only
+    smooth = (x.abs().amax(0).clamp_min(1e-5) ** 0.5 / block.intermediate.dense.weight.abs().amax(0).clamp_min(1e-5)
+              ** 0.5).clamp(1e-2, 1e2)
+    return Int8Linear.from_linear(block.intermediate.dense, smooth.detach()), x.clone()
+
+
+# kernel -> (reference, largest relative error ||y - ref|| / ||ref|| on real activations)
+TOLERANCES = {"intmm": (reference_int8, 1e-5),  # the same arithmetic: fp32 rounding only
+              "fbgemm": (reference_int8, 0.03),  # 7-bit activations (reduce_range): twice the 8-bit step
+              "w8": (reference_float, 0.01),  # the weights re-rounded once after folding 1/s in
+              "fp32": (reference_float, 1e-5)}
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_kernel_matches_reference_arithmetic(layer_and_inputs, kernel):
+    lin, x = layer_and_inputs
+    int8_kernels.set_kernel(lin, kernel)
+    reference, tol = TOLERANCES[kernel]
+    ref = reference(lin, x)
+    err = float((lin(x).double() - ref).norm() / ref.norm())
+    assert err < tol, (kernel, err)
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_forced_kernel_is_the_one_that_runs(layer_and_inputs, kernel, monkeypatch):
+    lin, x = layer_and_inputs
+    monkeypatch.setenv(int8_kernels.ENV, kernel)
+    module = nn.Sequential(lin)
+    assert int8_kernels.choose(module) == {kernel: 1}
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        lin(x)
+    ops = {e.key for e in prof.key_averages()}
+    assert KERNEL_OPS[kernel] in ops, (kernel, sorted(ops))
+    assert not ({KERNEL_OPS[k] for k in KERNELS if k != kernel} - {"aten::linear"}) & ops
+
+
+def test_unknown_kernel_is_a_one_line_error(monkeypatch):
+    monkeypatch.setenv(int8_kernels.ENV, "vnni512")
+    with pytest.raises(slimformer.SlimformerError, match="SLIMFORMER_INT8_KERNEL=vnni512: unknown int8 kernel"):
+        int8_kernels.choose(nn.Sequential())
+
+
+def test_measured_choice_is_never_slower_than_fp32_in_its_own_measurement(layer_and_inputs):
+    """The auto choice beats fp32 at both timed token counts by its own timings, or is fp32 itself."""
+    lin, _ = layer_and_inputs
+    name, times = int8_kernels.measure(lin)
+    assert name in KERNELS and "fp32" in times
+    if name != "fp32":
+        assert all(t <= b for t, b in zip(times[name], times["fp32"])), times
+
+
+@pytest.fixture(scope="module")
+def tiny_int8(tiny_dir, sentences):
+    return slimformer.compress(slimformer.load(tiny_dir), "int8", calib=sentences)
+
+
+def test_save_load_keeps_the_choice_and_stores_no_kernel(tiny_int8, tmp_path):
+    out = slimformer.save(tiny_int8, tmp_path / "m")
+    assert "kernel" not in (out / "slimformer.json").read_text()  # chosen per machine, at load
+    loaded = slimformer.load(out)
+    assert int8_kernels.summary(loaded.encoder) == int8_kernels.summary(tiny_int8.encoder)
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_a_saved_model_runs_with_every_kernel(tiny_int8, sentences, tmp_path, monkeypatch, kernel):
+    """What another CPU class would pick: the same folder loads and runs with each kernel, close to the kernel this
+    machine picked (each within its own quantization error of the float model)."""
+    out = slimformer.save(tiny_int8, tmp_path / "m")
+    ref = tiny_int8.encode(sentences[:8])
+    monkeypatch.setenv(int8_kernels.ENV, kernel)
+    loaded = slimformer.load(out)
+    assert int8_kernels.summary(loaded.encoder) == {kernel: 13}  # 2 x (q, k, v, o, ffn in, ffn out), pooler
+    got = loaded.encode(sentences[:8])
+    cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() > 0.995, (kernel, cos.min())
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_freeze_traces_each_kernel(tiny_int8, sentences, kernel):
+    model = tiny_int8.clone()
+    int8_kernels.choose(model.encoder, kernel)
+    eager = model.encode(sentences, batch_size=7)
+    freeze.apply(model, "trace")
+    np.testing.assert_allclose(model.encode(sentences, batch_size=7), eager, atol=1e-5, rtol=0)
+
