@@ -20,8 +20,8 @@ from .mha import QuantizableMHA
 from .model import SlimModel
 from .passes.fnet import FourierMixer, restore_fnet
 from .passes.lowrank import FactorizedLinear
-from .passes.prune import NoAttention, restore_structure
 from .passes.quantize import Int8Linear, QuantizedEmbedding
+from .passes.structure import NoAttention, restore_structure
 from .passes.vocab import VocabEmbedding
 from .runtime import freeze
 from .surgery import set_module
