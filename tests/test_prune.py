@@ -9,6 +9,7 @@ import slimformer
 from slimformer.arch import ADAPTERS, blocks
 from slimformer.errors import BudgetError
 from slimformer.passes import prune as P
+from slimformer.passes import structure as S
 from slimformer.passes.calib import Calibration
 
 
@@ -48,8 +49,8 @@ def test_keep_everything_is_exact(family, texts):
     model = tiny_hf(family)
     ref = model.clone()
     enc, adapter = model.encoder, model.adapter
-    P.slice_heads(enc, adapter, [list(range(h)) for h in P.heads_per_layer(enc, adapter)])
-    P.slice_ffn(enc, adapter, [list(range(f)) for f in P.ffn_per_layer(enc, adapter)])
+    S.slice_heads(enc, adapter, [list(range(h)) for h in S.heads_per_layer(enc, adapter)])
+    S.slice_ffn(enc, adapter, [list(range(f)) for f in S.ffn_per_layer(enc, adapter)])
     batch = model.tokenize(texts)
     torch.testing.assert_close(states(model, batch), states(ref, batch), atol=1e-6, rtol=1e-6)
 
@@ -65,19 +66,19 @@ def test_slicing_equals_masking(family, texts, tmp_path):
         head_mask[l, keep_heads[l]] = 1
         neuron_mask[l, keep_neurons[l]] = 1
     batch = model.tokenize(texts)
-    with P.unit_masks(enc, adapter, head_mask, neuron_mask):
+    with S.unit_masks(enc, adapter, head_mask, neuron_mask):
         masked = states(model, batch)
     n_before = sum(p.numel() for p in enc.parameters())
-    P.slice_heads(enc, adapter, keep_heads)
-    P.slice_ffn(enc, adapter, keep_neurons)
+    S.slice_heads(enc, adapter, keep_heads)
+    S.slice_ffn(enc, adapter, keep_neurons)
     torch.testing.assert_close(states(model, batch), masked, atol=1e-5, rtol=1e-5)
     assert sum(p.numel() for p in enc.parameters()) < n_before
-    assert P.heads_per_layer(enc, adapter) == [2, 0] and P.ffn_per_layer(enc, adapter) == [32, 3]
-    assert isinstance(blocks(enc, adapter)[1].get_submodule(adapter.attn), P.NoAttention)
+    assert S.heads_per_layer(enc, adapter) == [2, 0] and S.ffn_per_layer(enc, adapter) == [32, 3]
+    assert isinstance(blocks(enc, adapter)[1].get_submodule(adapter.attn), S.NoAttention)
 
     back = slimformer.load(slimformer.save(model, tmp_path / family))
     assert torch.equal(states(back, batch), states(model, batch))
-    assert P.heads_per_layer(back.encoder, adapter) == [2, 0]
+    assert S.heads_per_layer(back.encoder, adapter) == [2, 0]
     cfg = back.encoder.config
     assert cfg.slimformer_heads == [2, 0] and cfg.slimformer_ffn == [32, 3]
 
@@ -105,8 +106,8 @@ def test_pruned_shapes_match_config(minilm, sentences, tmp_path):
 
 def test_heads_count_per_layer_and_layers(tiny, sentences):
     small = slimformer.compress(tiny, "heads(keep=1)+ffn(keep=0.5)", calib=sentences)
-    assert P.heads_per_layer(small.encoder, small.adapter) == [1, 1]
-    assert sum(P.ffn_per_layer(small.encoder, small.adapter)) == 128
+    assert S.heads_per_layer(small.encoder, small.adapter) == [1, 1]
+    assert sum(S.ffn_per_layer(small.encoder, small.adapter)) == 128
     fewer = slimformer.compress(tiny, "layers(keep=1)", calib=sentences)
     assert fewer.encoder.config.num_hidden_layers == 1 and len(fewer.encoder.encoder.layer) == 1
     assert fewer.encode(sentences[:3]).shape == (3, 64)
@@ -143,7 +144,7 @@ def test_plain_torch_encoder_heads(sentences):
     adapter = ADAPTERS["torch"]
     x = torch.randn(2, 5, 32)
     head_mask, neuron_mask = torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 0]]), torch.ones(2, 64)
-    with P.unit_masks(model, adapter, head_mask, neuron_mask):
+    with S.unit_masks(model, adapter, head_mask, neuron_mask):
         ref = model(x)
-    P.slice_heads(model, adapter, [[0, 2], []])
+    S.slice_heads(model, adapter, [[0, 2], []])
     torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-5)

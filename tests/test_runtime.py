@@ -39,9 +39,9 @@ def test_each_method_exports(tiny, sentences, tmp_path, recipe, monkeypatch):
 
 
 def test_zero_head_layer_exports(tiny, sentences, tmp_path):
-    from slimformer.passes import prune as P
+    from slimformer.passes import structure as S
 
-    P.slice_heads(tiny.encoder, tiny.adapter, [[0], []])
+    S.slice_heads(tiny.encoder, tiny.adapter, [[0], []])
     ort_model = slimformer.load(export(tiny, tmp_path / "z", int8=False))
     np.testing.assert_allclose(ort_model.encode(sentences[:4]), tiny.encode(sentences[:4]), atol=1e-4)
 
@@ -49,9 +49,9 @@ def test_zero_head_layer_exports(tiny, sentences, tmp_path):
 def test_layers_with_different_head_counts_still_fuse_attention(tiny, sentences, tmp_path):
     import onnx
 
-    from slimformer.passes import prune as P
+    from slimformer.passes import structure as S
 
-    P.slice_heads(tiny.encoder, tiny.adapter, [[0, 2, 3], [1]])  # 3 heads, then 1
+    S.slice_heads(tiny.encoder, tiny.adapter, [[0, 2, 3], [1]])  # 3 heads, then 1
     path = export(tiny, tmp_path / "h", int8=False)
     ops = [n.op_type for n in onnx.load(str(path / "model.onnx")).graph.node]
     assert ops.count("Attention") == 2  # ORT's fused kernel, one per layer, each with its own head count

@@ -163,4 +163,5 @@ def head_size(encoder: nn.Module, adapter: Adapter) -> int:
         attn = block.get_submodule(adapter.attn)
         if hasattr(attn, "head_dim"):
             return int(attn.head_dim)
-    raise ValueError("cannot tell the head size of a model whose every attention block was removed")
+    raise UnsupportedArchitectureError(
+        "cannot tell the head size of a plain torch encoder whose every attention block was removed")

@@ -21,8 +21,8 @@ from .model import SlimModel
 from .passes.fnet import FourierMixer, restore_fnet
 from .passes import int8_kernels
 from .passes.lowrank import FactorizedLinear
-from .passes.prune import NoAttention, restore_structure
 from .passes.quantize import Int8Linear, QuantizedEmbedding
+from .passes.structure import NoAttention, restore_structure
 from .passes.vocab import VocabEmbedding
 from .runtime import freeze
 from .surgery import set_module

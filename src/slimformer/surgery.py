@@ -1,9 +1,11 @@
-"""The two shared primitives of model surgery: every module swap goes through `replace_modules`, every slice
-through `keep` (after Torch-Pruning: one primitive that keeps a set of indices and fixes the features together)."""
+"""The shared primitives of model surgery: every module swap goes through `replace_modules`, every slice through
+`keep` (after Torch-Pruning: one primitive that keeps a set of indices and fixes the features together), and every
+temporary forward hook through `hooks`."""
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -34,8 +36,7 @@ def keep(layer: nn.Linear, idx: torch.Tensor, dim: int) -> nn.Linear:
     """Return a new Linear with only the given output rows (dim=0) or input columns (dim=1) of `layer`.
 
     weight is (out, in): dim=0 slices rows and the bias, dim=1 slices columns and keeps the bias whole."""
-    if dim not in (0, 1):
-        raise ValueError("dim must be 0 (outputs) or 1 (inputs)")
+    assert dim in (0, 1), f"dim must be 0 (outputs) or 1 (inputs), got {dim}"  # callers pass a literal
     idx = torch.as_tensor(idx, dtype=torch.long).sort().values
     w = layer.weight.index_select(dim, idx)
     out_f, in_f = w.shape
@@ -44,3 +45,20 @@ def keep(layer: nn.Linear, idx: torch.Tensor, dim: int) -> nn.Linear:
     if layer.bias is not None:
         new.bias.copy_(layer.bias[idx] if dim == 0 else layer.bias)
     return new
+
+
+@contextlib.contextmanager
+def hooks(pre: Iterable[tuple[nn.Module, Callable]] = (),
+          post: Iterable[tuple[nn.Module, Callable]] = ()) -> Iterator[None]:
+    """Forward hooks that live for the body only: `pre` (module, fn(module, args) -> new args | None) and `post`
+    (module, fn(module, args, output)) pairs; all are removed on exit, also when the body (or a hook) raises."""
+    handles = []
+    try:
+        for m, fn in pre:
+            handles.append(m.register_forward_pre_hook(fn))
+        for m, fn in post:
+            handles.append(m.register_forward_hook(fn))
+        yield
+    finally:
+        for h in handles:
+            h.remove()

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..model import main_output
+from ..surgery import hooks
 
 
 @dataclass
@@ -52,13 +53,9 @@ def activation_absmax(model: nn.Module, calib: Calibration, names: set[str]) -> 
             stats[fqn] = a if fqn not in stats else torch.maximum(stats[fqn], a)
         return f
 
-    handles = [m.register_forward_pre_hook(hook(fqn)) for fqn, m in model.named_modules() if fqn in names]
-    try:
+    with hooks(pre=[(m, hook(fqn)) for fqn, m in model.named_modules() if fqn in names]):
         for b in calib.batches:
             model(**b)
-    finally:
-        for h in handles:
-            h.remove()
     return stats
 
 

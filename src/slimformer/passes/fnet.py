@@ -78,6 +78,8 @@ def fourier_mix(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
 class FourierMixer(nn.Module):
     """Takes the place of an attention module: same call, (mixed, None) back; nothing to learn."""
 
+    has_heads = False  # read by structure.has_attention: no heads to prune or mask
+
     def __init__(self, hidden_size: int):
         super().__init__()
         self.hidden_size = hidden_size

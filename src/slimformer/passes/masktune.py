@@ -10,8 +10,10 @@ import torch
 from torch import nn
 
 from ..arch import Adapter, blocks, head_size
+from ..surgery import hooks
 from .calib import Calibration
-from .prune import _has_attention, ffn_per_layer, heads_per_layer, unit_masks
+from .structure import ffn_per_layer, has_attention, heads_per_layer, unit_masks
+
 
 class _Stop(Exception):
     """Raised by a capture hook: the rest of the forward is not needed."""
@@ -26,30 +28,24 @@ def _capture(encoder, adapter, calib, layer: int, roles: tuple[str, ...], stop_a
     """Inputs ("<role>.in") and outputs ("<role>.out") of roles in block `layer`, real tokens only, (N, D) each."""
     block = blocks(encoder, adapter)[layer]
     got: dict[str, list] = {}
-    handles = []
+
+    def record(role: str):
+        def hook(_m, args, out):
+            got.setdefault(role + ".in", []).append(args[0].detach())
+            got.setdefault(role + ".out", []).append(out.detach())
+            if role == stop_after:
+                raise _Stop
+        return hook
+
     masks = contextlib.nullcontext() if head_mask is None else unit_masks(encoder, adapter, head_mask, neuron_mask)
     # while block `layer` is being tuned its own masks are still 0/1, so the kept units' inputs seen here are raw
-    with masks:
-        for role in roles:
-            m = block.get_submodule(getattr(adapter, role))
-
-            def hook(_m, args, out, role=role):
-                got.setdefault(role + ".in", []).append(args[0].detach())
-                got.setdefault(role + ".out", []).append(out.detach())
-                if role == stop_after:
-                    raise _Stop
-
-            handles.append(m.register_forward_hook(hook))
-        try:
-            with torch.inference_mode():
-                for b in calib.batches:
-                    try:
-                        encoder(**b)
-                    except _Stop:
-                        pass
-        finally:
-            for h in handles:
-                h.remove()
+    capture = hooks(post=[(block.get_submodule(getattr(adapter, r)), record(r)) for r in roles])
+    with masks, capture, torch.inference_mode():
+        for b in calib.batches:
+            try:
+                encoder(**b)
+            except _Stop:
+                pass
     masks_ = [b["attention_mask"] for b in calib.batches]
     return {k: torch.cat([_tokens(x, mk) for x, mk in zip(v, masks_)]) for k, v in got.items()}
 
@@ -68,15 +64,15 @@ def tune_masks(model, teacher, calib: Calibration, keep_heads, keep_neurons) -> 
     model's own input to that layer. Returns the tuned masks (0 for pruned units)."""
     enc, adapter = model.encoder, model.adapter
     L = len(keep_heads)
-    heads, ffn = heads_per_layer(enc, adapter), ffn_per_layer(enc, adapter)
+    n_heads, n_neurons = heads_per_layer(enc, adapter), ffn_per_layer(enc, adapter)  # per layer
     hs = head_size(enc, adapter)
-    head_mask, neuron_mask = torch.zeros(L, max(heads)), torch.zeros(L, max(ffn))
+    head_mask, neuron_mask = torch.zeros(L, max(n_heads)), torch.zeros(L, max(n_neurons))
     for l in range(L):
         head_mask[l, keep_heads[l]] = 1.0
         neuron_mask[l, keep_neurons[l]] = 1.0
     for l in range(L):
         block = blocks(enc, adapter)[l]
-        roles = ("q", "o", "ffn_in", "ffn_out") if _has_attention(block, adapter) else ("ffn_in", "ffn_out")
+        roles = ("q", "o", "ffn_in", "ffn_out") if has_attention(block, adapter) else ("ffn_in", "ffn_out")
         ref = _capture(teacher.encoder, adapter, calib, l, roles, "ffn_out")
         if "o" in roles and keep_heads[l]:
             # contribution of kept head h: ctx_h (N, hs) @ W_o[:, h cols].T -> (N, H)
@@ -109,7 +105,7 @@ def fold_masks(encoder: nn.Module, adapter: Adapter, head_mask: torch.Tensor, ne
     """Scale o's columns by their head's mask and ffn_out's columns by their neuron's mask (no run-time cost)."""
     hs = head_size(encoder, adapter)
     for l, block in enumerate(blocks(encoder, adapter)):
-        if _has_attention(block, adapter):
+        if has_attention(block, adapter):
             o = block.get_submodule(adapter.o)
             o.weight.mul_(head_mask[l, : o.in_features // hs].repeat_interleave(hs))
         f = block.get_submodule(adapter.ffn_out)

@@ -174,7 +174,7 @@ def _optimize(src: Path, dst: Path, model: SlimModel) -> Path:
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    from ..passes.prune import heads_per_layer
+    from ..passes.structure import heads_per_layer
 
     heads = heads_per_layer(model.encoder, model.adapter)
     uniform = len(set(heads)) == 1 and heads[0] > 0

@@ -1,0 +1,79 @@
+"""Each adapter row of arch.py resolves on a tiny randomly initialized model of its family: its paths exist and hold
+Linears of the expected shapes, and its attribute and config names are the ones the installed library uses."""
+
+import pytest
+import torch
+from torch import nn
+
+from slimformer.arch import ADAPTERS, adapter_for, blocks, config_of, head_size, model_type_of
+from slimformer.errors import UnsupportedArchitectureError
+from slimformer.mha import make_quantizable
+
+H, HEADS, FFN, LAYERS, VOCAB = 32, 4, 64, 2, 100
+HF = dict(vocab_size=VOCAB, hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=FFN,
+          max_position_embeddings=64)
+# model_type -> transformers config kwargs; None: a plain torch nn.TransformerEncoder
+TINY = {"bert": HF, "roberta": HF, "xlm-roberta": HF, "electra": HF, "mpnet": HF,
+        "distilbert": dict(vocab_size=VOCAB, dim=H, n_layers=LAYERS, n_heads=HEADS, hidden_dim=FFN,
+                           max_position_embeddings=64),
+        "torch": None}
+
+
+def tiny(model_type: str) -> nn.Module:
+    torch.manual_seed(0)
+    if TINY[model_type] is None:
+        layer = nn.TransformerEncoderLayer(H, HEADS, FFN, dropout=0.0, batch_first=True)
+        encoder = nn.TransformerEncoder(layer, LAYERS, enable_nested_tensor=False)
+        make_quantizable(encoder)  # the torch row describes the encoder after this swap
+        return encoder.eval()
+    from transformers import AutoConfig, AutoModel
+
+    return AutoModel.from_config(AutoConfig.for_model(model_type, **TINY[model_type])).eval()
+
+
+def test_every_adapter_row_has_a_tiny_model_here():
+    assert set(TINY) == set(ADAPTERS)
+
+
+@pytest.mark.parametrize("model_type", sorted(ADAPTERS))
+def test_adapter_row_resolves_on_its_family(model_type):
+    encoder = tiny(model_type)
+    assert model_type_of(encoder) == model_type
+    adapter = adapter_for(model_type)
+    assert len(blocks(encoder, adapter)) == LAYERS
+    assert head_size(encoder, adapter) == H // HEADS
+    shapes = {"q": (H, H), "k": (H, H), "v": (H, H), "o": (H, H), "ffn_in": (FFN, H), "ffn_out": (H, FFN)}
+    for block in blocks(encoder, adapter):
+        for role, path in adapter.roles().items():
+            m = block.get_submodule(path)
+            assert isinstance(m, nn.Linear), (role, type(m))
+            assert tuple(m.weight.shape) == shapes[role], role  # (out, in)
+        attn = block.get_submodule(adapter.attn)
+        assert all(getattr(attn, a) == HEADS for a in adapter.heads_attrs)
+        assert all(getattr(attn, a) == H for a in adapter.width_attrs)
+        assert adapter.o.startswith(adapter.attn + ".") == adapter.o_in_attn
+    if adapter.word_embeddings is not None:
+        emb = encoder.get_submodule(adapter.word_embeddings)
+        assert isinstance(emb, nn.Embedding) and emb.num_embeddings == VOCAB
+    cfg = config_of(encoder)
+    if cfg is not None:  # the config keys that slicing updates and loading reads
+        values = {adapter.heads_key: HEADS, adapter.ffn_key: FFN, adapter.layers_key: LAYERS, adapter.hidden_key: H}
+        assert {k: getattr(cfg, k) for k in values} == values
+
+
+def test_unknown_model_type_names_the_supported_ones():
+    with pytest.raises(UnsupportedArchitectureError) as err:
+        adapter_for("gpt2")
+    message = str(err.value)
+    assert "'gpt2'" in message and "\n" not in message
+    for known in ("bert", "distilbert", "mpnet", "xlm-roberta"):
+        assert known in message
+
+
+def test_head_size_of_a_headless_torch_encoder_is_a_user_error():
+    from slimformer.passes.structure import slice_heads
+
+    encoder = tiny("torch")
+    slice_heads(encoder, ADAPTERS["torch"], [[]] * LAYERS)  # no attention module with a head_dim is left
+    with pytest.raises(UnsupportedArchitectureError, match="head size"):
+        head_size(encoder, ADAPTERS["torch"])
