@@ -1,5 +1,5 @@
 """ONNX Runtime with and without busy-waiting between calls, on one export, in the bench harness's alternating blocks:
-why OrtEncoder keeps ORT's default (spinning on).
+why OrtSession keeps ORT's default (spinning on).
 
 Usage: .venv/bin/python benchmarks/ort_spinning.py EXPORT_DIR   (an ONNX Runtime export: slimformer export ...)
 """
@@ -12,7 +12,8 @@ import torch
 from transformers import AutoTokenizer
 
 from slimformer.measure.bench import cpu_info, latency_ms
-from slimformer.runtime.onnx import ONNX_FILE, graph_inputs
+from slimformer.runtime.export import graph_inputs
+from slimformer.runtime.onnx import ONNX_FILE
 
 
 def session(path: Path, spinning: bool) -> ort.InferenceSession:

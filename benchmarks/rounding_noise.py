@@ -17,7 +17,7 @@ import openvino as ov
 
 import slimformer
 from slimformer.measure.tasks import delta_interval, evaluate, sts_pairs
-from slimformer.runtime.onnx import OrtModel, export
+from slimformer.runtime.export import ExportedModel, export
 from slimformer.runtime.openvino import XML_FILE
 
 MODES = {
@@ -34,7 +34,7 @@ model = slimformer.load(None if arg == "default" else arg)
 gold = [p[2] for p in sts_pairs("stsb")]
 with tempfile.TemporaryDirectory() as tmp:
     fp32 = export(model, Path(tmp) / "fp32", int8=False, runtime="openvino")
-    ref = evaluate(OrtModel(fp32))
+    ref = evaluate(ExportedModel(fp32))
     print(f"| {arg} exported to OpenVINO | STS-B | delta [95%] |\n|---|---|---|\n| float weights | {ref.value:.2f} | |")
     for name, kw in MODES.items():
         out = Path(tmp) / "variant"
@@ -42,6 +42,6 @@ with tempfile.TemporaryDirectory() as tmp:
         shutil.copytree(fp32, out)
         ov.save_model(nncf.compress_weights(ov.Core().read_model(str(fp32 / XML_FILE)), **kw), str(out / XML_FILE),
                       compress_to_fp16=False)
-        r = evaluate(OrtModel(out))
+        r = evaluate(ExportedModel(out))
         lo, hi = delta_interval(gold, ref.cosines, r.cosines)
         print(f"| {name} | {r.value:.2f} | {r.value - ref.value:+.2f} [{lo:+.2f}, {hi:+.2f}] |", flush=True)

@@ -1,4 +1,5 @@
 import hashlib
+import os
 import json
 
 import numpy as np
@@ -55,3 +56,66 @@ def test_existing_output_needs_force_and_is_replaced_atomically(tiny, tmp_path):
 def test_refuses_to_write_into_the_input_folder(tiny, tiny_dir):
     with pytest.raises(OutputExistsError, match="input model folder"):
         slimformer.save(tiny, tiny_dir, force=True)
+
+
+def test_atomic_folder_refuses_an_existing_output_without_force(tmp_path):
+    from slimformer.folder import atomic_folder
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.txt").write_text("old")
+    with pytest.raises(OutputExistsError, match="--force"):
+        with atomic_folder(out) as tmp:
+            (tmp / "a.txt").write_text("new")
+    assert (out / "a.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+    with atomic_folder(out, force=True) as tmp:
+        (tmp / "b.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]  # replaced whole, not merged
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_atomic_folder_keeps_the_old_output_when_the_body_fails(tmp_path):
+    from slimformer.folder import atomic_folder
+
+    out = tmp_path / "out"
+    with atomic_folder(out) as tmp:
+        (tmp / "a.txt").write_text("old")
+    with pytest.raises(RuntimeError, match="killed"):
+        with atomic_folder(out, force=True) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("killed half-way")
+    assert (out / "a.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folder left behind
+    with pytest.raises(ValueError):
+        with atomic_folder(tmp_path / "new"):
+            raise ValueError
+    assert not (tmp_path / "new").exists()
+
+
+def test_atomic_folder_refuses_the_input_folder_and_its_parents(tmp_path):
+    from slimformer.folder import atomic_folder, check_output
+
+    src = tmp_path / "models" / "base"
+    src.mkdir(parents=True)
+    for out in (src, src.parent):
+        with pytest.raises(OutputExistsError, match="input model folder"):
+            with atomic_folder(out, force=True, source=str(src)):
+                pass
+    assert src.is_dir()
+    assert check_output(tmp_path / "models" / "other", source=src) == (tmp_path / "models" / "other").resolve()
+
+
+def test_atomic_folder_removes_what_a_killed_writer_left(tmp_path):
+    import subprocess
+    import sys
+
+    from slimformer.folder import atomic_folder
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / f".out.tmp-{dead.stdout.strip()}").mkdir()  # kill -9 in the middle of a write
+    (tmp_path / f".out.tmp-{os.getpid()}-x").mkdir()  # not a writer's name: kept
+    with atomic_folder(tmp_path / "out"):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".out.tmp-{os.getpid()}-x", "out"]

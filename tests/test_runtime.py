@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import slimformer
-from slimformer.runtime.onnx import OrtModel, export
+from slimformer.runtime.export import ExportedModel, export
 
 pytest.importorskip("onnxruntime")
 
@@ -16,8 +16,31 @@ def cos(a, b):
 def test_fp32_export_matches_torch(minilm, sentences, tmp_path):
     path = export(minilm, tmp_path / "fp32", int8=False)
     ort_model = slimformer.load(path)
-    assert isinstance(ort_model, OrtModel)
+    assert isinstance(ort_model, ExportedModel)
     np.testing.assert_allclose(ort_model.encode(sentences[:16]), minilm.encode(sentences[:16]), atol=1e-5)
+
+
+def test_torch_and_exported_models_share_one_encode_loop(tiny, sentences, tmp_path):
+    """Both models' encode() (sorted by length, padded per batch, put back in order) against each backend's own
+    forward on one sentence at a time (no padding), pooled here by hand for torch."""
+    import torch
+
+    from slimformer.runtime.export import graph_inputs
+
+    ort_model = slimformer.load(export(tiny, tmp_path / "fp32", int8=False))
+    texts = sentences[:7]
+    alone = [tiny.tokenizer([t], return_tensors="pt") for t in texts]
+    with torch.inference_mode():
+        by_hand = {"torch": [tiny.encoder(**x).last_hidden_state[0].mean(0).numpy() for x in alone],
+                   "ort": [ort_model.encoder.session.run(graph_inputs(x["input_ids"], x["attention_mask"]))[1][0]
+                           for x in alone]}
+    for name, m in (("torch", tiny), ("ort", ort_model)):
+        np.testing.assert_allclose(m.encode(texts, batch_size=3, show_progress_bar=True), np.stack(by_hand[name]),
+                                   atol=1e-5, err_msg=name)
+        one = m.encode(texts[2], convert_to_tensor=True)
+        assert isinstance(one, torch.Tensor) and one.shape == (64,)
+        np.testing.assert_allclose(np.linalg.norm(m.encode(texts, normalize_embeddings=True), axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(ort_model.encode(texts, batch_size=4), tiny.encode(texts, batch_size=4), atol=1e-5)
 
 
 def test_int8_export_of_a_compressed_model(minilm, sentences, tmp_path):
@@ -112,13 +135,14 @@ def test_openvino_missing_or_bad_runtime_is_one_clear_line(tiny, tmp_path, monke
 def test_linears_the_recipe_kept_in_fp32_stay_fp32_in_ort(tiny, sentences, tmp_path):
     import onnx
 
-    from slimformer.runtime.onnx import _quantize, float_linears
+    from slimformer.runtime.export import float_linears
+    from slimformer.runtime.onnx import quantize
 
     assert float_linears(tiny) == []  # never quantized: ORT quantizes every MatMul, like the peer
     small = slimformer.compress(tiny, "int8(fp32=2)", calib=sentences)
     kept = float_linears(small)
     assert len(kept) == 2
     fp32 = export(small, tmp_path / "f", int8=False)
-    _quantize(fp32 / "model.onnx", tmp_path / "q.onnx", ["encoder.layer.1.output.dense"])
+    quantize(fp32 / "model.onnx", tmp_path / "q.onnx", ["encoder.layer.1.output.dense"])
     left = [n.name for n in onnx.load(str(tmp_path / "q.onnx")).graph.node if n.op_type == "MatMul"]
     assert left == ["/encoder/encoder/layer.1/output/dense/MatMul"]

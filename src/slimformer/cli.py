@@ -43,12 +43,12 @@ def compress(model: Optional[str] = MODEL_ARG,
              runs: int = typer.Option(20, "--runs", help="timed runs per shape")):
     """Compress MODEL with RECIPE into OUT, with report.json / report.md against the original."""
     from . import api, io, recipe as recipes
+    from .folder import check_output
     from .measure.bench import ticks
     from .measure.report import markdown, measure, structure_md
 
     steps = recipes.parse(recipe)  # a bad recipe fails before anything is loaded
-    if Path(out).exists() and not force:
-        raise SlimformerError(f"output exists: {out} (use --force to overwrite)")
+    check_output(out, force, source=model)  # and so does an output that is there (io.save checks it again)
     base = io.load(model)
     # a training step keeps resumable state beside OUT: the same command after a crash (even kill -9) resumes
     ckpt = Path(out).resolve().parent / f".{Path(out).name}.checkpoint"
@@ -155,7 +155,7 @@ def export(model: Optional[str] = MODEL_ARG, out: Path = typer.Option(..., "--ou
            force: bool = typer.Option(False, "--force", help="overwrite an existing output folder")):
     """Export MODEL (any slimformer output, or an original) to ONNX Runtime or OpenVINO; bench/eval/load serve it."""
     from . import io
-    from .runtime.onnx import export as run_export
+    from .runtime.export import export as run_export
 
     del onnx  # the default target; --openvino picks the other
     path = run_export(io.load(model), out, int8=int8, optimize=optimize, force=force,

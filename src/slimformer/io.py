@@ -4,10 +4,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -15,7 +13,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .arch import adapter_for
-from .errors import ModelNotFoundError, OutputExistsError, SlimformerError
+from .errors import ModelNotFoundError, SlimformerError
+from .folder import FORMAT, MANIFEST, atomic_folder, manifest_fields
 from .mha import QuantizableMHA
 from .model import SlimModel
 from .passes.fnet import FourierMixer, restore_fnet
@@ -27,9 +26,7 @@ from .passes.vocab import VocabEmbedding
 from .runtime import freeze
 from .surgery import set_module
 
-MANIFEST = "slimformer.json"
 WEIGHTS = "model.safetensors"
-FORMAT = 1
 
 # Module types a manifest may name, each rebuilt empty from its spec (constructor kwargs) before weights load.
 MODULE_TYPES: dict[str, type[nn.Module]] = {
@@ -81,17 +78,17 @@ def default_model_dir() -> Path:
 
 def load(path: str | os.PathLike | None = None) -> SlimModel:
     """Load a Hugging Face, sentence-transformers or slimformer folder; None -> the embedded all-MiniLM-L6-v2.
-    An ONNX Runtime or OpenVINO export loads as an OrtModel (same encode())."""
+    An ONNX Runtime or OpenVINO export loads as an ExportedModel (same encode())."""
     path = Path(path) if path is not None else default_model_dir()
     if not path.exists():
         raise ModelNotFoundError(f"model path not found: {path}")
     if not path.is_dir():
         raise ModelNotFoundError(f"not a model folder (a file was given): {path}")
     if (path / MANIFEST).is_file():
-        from .runtime.onnx import RUNTIMES, OrtModel
+        from .runtime.export import RUNTIMES, ExportedModel
 
         if json.loads((path / MANIFEST).read_text()).get("runtime") in RUNTIMES:
-            return OrtModel(path)
+            return ExportedModel(path)
         return _load_slim(path)
     pooling, normalize, max_len, hf_dir = _sentence_transformers_info(path)
     if not (hf_dir / "config.json").is_file():
@@ -203,17 +200,9 @@ def changed_modules(encoder: nn.Module, skeleton: nn.Module) -> dict[str, dict]:
 
 
 def manifest_of(model: SlimModel) -> dict:
+    """The fields every slimformer.json holds, then the base architecture and each module that differs from it."""
     config = model.encoder.config.to_dict()
-    skeleton = _skeleton(config)
-    return {
-        "format": FORMAT,
-        "source": model.manifest.get("source"),
-        "recipe": model.manifest.get("recipe", ""),
-        "steps": model.manifest.get("steps", []),
-        "pooling": {"mode": model.pooling, "normalize": model.normalize, "max_seq_length": model.max_seq_length},
-        "config": config,
-        "modules": changed_modules(model.encoder, skeleton),
-    }
+    return {**manifest_fields(model), "config": config, "modules": changed_modules(model.encoder, _skeleton(config))}
 
 
 def _state_for_safetensors(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -229,32 +218,13 @@ def _state_for_safetensors(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def save(model: SlimModel, out_dir: str | os.PathLike, force: bool = False,
          extra_files: dict[str, str] | None = None) -> Path:
-    """Write `model` to out_dir atomically: everything goes to a hidden sibling folder, renamed into place at the end,
-    so a killed run leaves no half-written output. `extra_files` ({name: text}) are written alongside."""
+    """Write `model` to out_dir atomically (folder.atomic_folder: a killed run leaves no half-written output, an
+    existing output is replaced only with force). `extra_files` ({name: text}) are written alongside."""
     out = Path(out_dir).resolve()
-    source = model.manifest.get("source")
-    if source and Path(source).resolve() == out:
-        raise OutputExistsError(f"output {out} is the input model folder; choose another output")
-    if out.exists() and not force:
-        raise OutputExistsError(f"output exists: {out} (use --force to overwrite)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_folder(out, force, source=model.manifest.get("source")) as tmp:
         save_file(_state_for_safetensors(model.encoder), tmp / WEIGHTS, metadata={"format": "pt"})
         (tmp / MANIFEST).write_text(json.dumps(manifest_of(model), indent=1))
         model.tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(tmp)
     return out

@@ -28,7 +28,47 @@ def main_output(out) -> torch.Tensor:
     return out[0]
 
 
-class SlimModel(nn.Module):
+class SentenceEncoder:
+    """encode() and tokenize(), shared by SlimModel and the exported models (runtime/export.py): a subclass has
+    `tokenizer` and `max_seq_length`, and supplies embed_batch(tokenized batch) -> (B, H) sentence embeddings."""
+
+    tokenizer: Any
+    max_seq_length: int
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_seq_length,
+                                   return_tensors="pt"))
+
+    def embed_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def encode(self, sentences: str | list[str], batch_size: int = 32, show_progress_bar: bool = False,
+               convert_to_numpy: bool = True, convert_to_tensor: bool = False,
+               normalize_embeddings: bool | None = None) -> np.ndarray | torch.Tensor:
+        """Sentence embeddings, (N, H) (or (H,) for one string). Like sentence-transformers: longest first, padded
+        per batch, returned in input order. `normalize_embeddings` L2-normalizes on top of the model's own setting."""
+        single = isinstance(sentences, str)
+        texts = [sentences] if single else list(sentences)
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        chunks = range(0, len(texts), batch_size)
+        if show_progress_bar:
+            from tqdm import tqdm
+
+            chunks = tqdm(chunks, desc="encode", unit="batch")
+        out = [self.embed_batch(self.tokenize([texts[j] for j in order[i : i + batch_size]])) for i in chunks]
+        emb = torch.cat(out) if out else torch.empty(0, 0)
+        emb = emb[torch.from_numpy(np.argsort(order))]  # back to input order
+        if normalize_embeddings:
+            emb = F.normalize(emb, p=2, dim=-1)
+        if single:
+            emb = emb[0]
+        if convert_to_tensor or not convert_to_numpy:
+            return emb
+        return emb.numpy()
+
+
+class SlimModel(SentenceEncoder, nn.Module):
     def __init__(self, encoder: nn.Module, tokenizer, pooling: str = "mean", normalize: bool = False,
                  max_seq_length: int = 256, manifest: dict | None = None):
         super().__init__()
@@ -67,10 +107,6 @@ class SlimModel(nn.Module):
         new.__dict__["frozen"] = None  # a traced graph holds the old weights; the copy runs eager
         return new
 
-    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_seq_length,
-                                   return_tensors="pt"))
-
     def pool(self, token_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T, H) token states -> (B, H) sentence embeddings, ignoring padded positions."""
         mask = attention_mask.unsqueeze(-1).to(token_states.dtype)  # (B, T, 1)
@@ -82,30 +118,6 @@ class SlimModel(nn.Module):
             out = (token_states * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
         return F.normalize(out, p=2, dim=-1) if self.normalize else out
 
-    @torch.inference_mode()
-    def encode(self, sentences: str | list[str], batch_size: int = 32, show_progress_bar: bool = False,
-               convert_to_numpy: bool = True, convert_to_tensor: bool = False,
-               normalize_embeddings: bool | None = None) -> np.ndarray | torch.Tensor:
-        """Sentence embeddings, (N, H) (or (H,) for one string). Like sentence-transformers: longest first, padded
-        per batch, returned in input order. `normalize_embeddings` L2-normalizes on top of the model's own setting."""
-        single = isinstance(sentences, str)
-        texts = [sentences] if single else list(sentences)
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        chunks = range(0, len(texts), batch_size)
-        if show_progress_bar:
-            from tqdm import tqdm
-
-            chunks = tqdm(chunks, desc="encode", unit="batch")
-        out = []
-        for i in chunks:
-            batch = self.tokenize([texts[j] for j in order[i : i + batch_size]])
-            out.append(self.pool(main_output(self(**batch)), batch["attention_mask"]))
-        emb = torch.cat(out) if out else torch.empty(0, 0)
-        emb = emb[torch.from_numpy(np.argsort(order))]  # back to input order
-        if normalize_embeddings:
-            emb = F.normalize(emb, p=2, dim=-1)
-        if single:
-            emb = emb[0]
-        if convert_to_tensor or not convert_to_numpy:
-            return emb
-        return emb.numpy()
+    def embed_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A tokenized batch -> (B, H) pooled sentence embeddings, through the frozen graph when there is one."""
+        return self.pool(main_output(self(**batch)), batch["attention_mask"])

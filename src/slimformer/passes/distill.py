@@ -10,7 +10,6 @@ checkpoint folder, the run saves its state every CHECKPOINT_SECONDS and a restar
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import RecipeError
+from ..folder import atomic_folder
 from .configs import Distill
 
 CHECKPOINT_SECONDS = 30.0
@@ -56,7 +56,8 @@ def loss_fn(student, teacher, batch, lmap) -> torch.Tensor:
 
 
 class _Checkpoint:
-    """student weights + AdamW state (safetensors) + progress (JSON) in one folder, replaced atomically."""
+    """student weights + AdamW state (safetensors) + progress (JSON) in one folder, replaced whole at each save (a
+    run killed mid-save, even by kill -9, leaves the previous checkpoint)."""
 
     def __init__(self, folder: Path | None, fingerprint: str):
         self.folder, self.fingerprint = folder, fingerprint
@@ -64,19 +65,14 @@ class _Checkpoint:
     def save(self, student, opt, progress: dict) -> None:
         if self.folder is None:
             return
-        tmp = self.folder.with_name(self.folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({k: v.contiguous().cpu() for k, v in student.encoder.state_dict().items()},
-                  tmp / "student.safetensors")
-        state = opt.state_dict()
-        tensors = {f"{i}.{k}": v.cpu() for i, s in state["state"].items() for k, v in s.items()}
-        save_file(tensors, tmp / "optimizer.safetensors")
-        (tmp / "progress.json").write_text(json.dumps({**progress, "fingerprint": self.fingerprint,
-                                                       "param_groups": state["param_groups"]}))
-        if self.folder.exists():
-            shutil.rmtree(self.folder)
-        os.replace(tmp, self.folder)
+        with atomic_folder(self.folder, force=True) as tmp:
+            save_file({k: v.contiguous().cpu() for k, v in student.encoder.state_dict().items()},
+                      tmp / "student.safetensors")
+            state = opt.state_dict()
+            tensors = {f"{i}.{k}": v.cpu() for i, s in state["state"].items() for k, v in s.items()}
+            save_file(tensors, tmp / "optimizer.safetensors")
+            (tmp / "progress.json").write_text(json.dumps({**progress, "fingerprint": self.fingerprint,
+                                                           "param_groups": state["param_groups"]}))
 
     def load(self, student, opt) -> dict | None:
         if self.folder is None or not (self.folder / "progress.json").is_file():

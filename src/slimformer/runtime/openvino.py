@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import SlimformerError
@@ -40,8 +41,8 @@ def convert(onnx_path: Path, xml_path: Path, int8: bool) -> None:
     ov.save_model(model, str(xml_path), compress_to_fp16=False)
 
 
-class OpenVinoEncoder:
-    """A compiled IR as a callable encoder: (input_ids, attention_mask) -> (token states, embedding)."""
+class OpenVinoSession:
+    """A compiled IR on the CPU: run(feed) -> (token states (B, T, H), embedding (B, H)) arrays."""
 
     def __init__(self, path: Path, threads: int | None = None):
         ov, _ = require()
@@ -49,12 +50,9 @@ class OpenVinoEncoder:
         config = {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"}
         self.compiled = ov.Core().compile_model(str(path), "CPU", config)
 
-    def __call__(self, input_ids, attention_mask, **unused):
-        del unused  # token_type_ids: the exported graph uses its default
-        from .onnx import graph_inputs
-
-        out = self.compiled(graph_inputs(input_ids, attention_mask))
-        return tuple(torch.from_numpy(out[i]) for i in range(2))
+    def run(self, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        out = self.compiled(feed)
+        return out[0], out[1]
 
     def size_mb(self) -> float:
         return self.path.with_suffix(".bin").stat().st_size / 1e6
