@@ -36,7 +36,7 @@ def compare(models: dict, recipes: dict[str, str | list], task: str | None = "st
     out = dict(models)
     base = next(iter(models.values()))
     with tempfile.TemporaryDirectory() as tmp:
-        with _bar(show_progress, len(recipes), "compress") as bar:
+        with _bar(show_progress and bool(recipes), len(recipes), "compress") as bar:
             for name, recipe in recipes.items():
                 if name in out:
                     raise ValueError(f"row name '{name}' given twice")
