@@ -4,14 +4,13 @@ tuning, all models timed in one alternating loop against fp32. Usage: .venv/bin/
 import sys
 
 import slimformer
-from slimformer.measure.report import markdown, measure
+from slimformer.measure.compare import compare
+from slimformer.measure.report import markdown
 
 model_dir = sys.argv[1] if len(sys.argv) > 1 else None
 base = slimformer.load(model_dir)
-models = {"fp32": base}
-for flops in (0.9, 0.7, 0.5, 0.35):
-    for tune in (False, True):
-        recipe = f"prune(flops={flops}, tune={str(tune).lower()})"
-        models[recipe] = slimformer.compress(base, recipe)
-        print(recipe, models[recipe].manifest["steps"][0]["heads_per_layer"], flush=True)
-print(markdown(measure(models, "stsb")))
+recipes = [f"prune(flops={flops}, tune={str(tune).lower()})" for flops in (0.9, 0.7, 0.5, 0.35)
+           for tune in (False, True)]
+result, _ = compare({"fp32": base}, {r: r for r in recipes}, "stsb",
+                    on_compressed=lambda r, m, s: print(r, m.manifest["steps"][0]["heads_per_layer"], flush=True))
+print(markdown(result))

@@ -5,17 +5,14 @@ e.g.   .venv/bin/python benchmarks/recipes.py models/all-mpnet-base-v2 int8 "pru
 """
 
 import sys
-import time
 
 import slimformer
-from slimformer.measure.report import markdown, measure, structure_md
+from slimformer.measure.compare import compare
+from slimformer.measure.report import markdown, structures_md
 
 model_dir, recipes = sys.argv[1], sys.argv[2:]
 base = slimformer.load(None if model_dir == "default" else model_dir)
-models = {"fp32": base}
-for recipe in recipes:
-    t0 = time.perf_counter()
-    models[recipe] = slimformer.compress(base, recipe)
-    print(f"{recipe}: compressed in {time.perf_counter() - t0:.0f} s", flush=True)
-print(markdown(measure(models, "stsb")))
-print("\n".join(filter(None, (structure_md(m.manifest["steps"], f"{n}, ") for n, m in models.items()))))
+result, models = compare({"fp32": base}, {r: r for r in recipes}, "stsb",
+                         on_compressed=lambda r, m, s: print(f"{r}: compressed in {s:.0f} s", flush=True))
+print(markdown(result))
+print(structures_md(models))

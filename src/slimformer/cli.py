@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -27,12 +26,6 @@ def _quiet():
     logging.disable_progress_bar()
 
 
-def _bar(total: int, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False)
-
-
 @app.command()
 def compress(model: Optional[str] = MODEL_ARG,
              recipe: str = typer.Option(..., "--recipe", "-r", help='e.g. "int8" or "prune(flops=0.5)+int8"'),
@@ -42,26 +35,20 @@ def compress(model: Optional[str] = MODEL_ARG,
              task: str = typer.Option("stsb", "--task", help="quality task for the report ('none' to skip)"),
              runs: int = typer.Option(20, "--runs", help="timed runs per shape")):
     """Compress MODEL with RECIPE into OUT, with report.json / report.md against the original."""
-    from . import api, io, recipe as recipes
+    from . import io, recipe as recipes
     from .folder import check_output
-    from .measure.bench import ticks
-    from .measure.report import markdown, measure, structure_md
+    from .measure.compare import compare
+    from .measure.report import markdown, report_files
 
     steps = recipes.parse(recipe)  # a bad recipe fails before anything is loaded
     check_output(out, force, source=model)  # and so does an output that is there (io.save checks it again)
     base = io.load(model)
     # a training step keeps resumable state beside OUT: the same command after a crash (even kill -9) resumes
     ckpt = Path(out).resolve().parent / f".{Path(out).name}.checkpoint"
-    small = api.compress(base, steps, calib=str(calib) if calib else None, checkpoint_dir=ckpt)
-    task_ = None if task == "none" else task
-    bar = _bar(ticks(runs) + (2 if task_ else 0), "measure")
-    result = measure({"original": base, "compressed": small}, task_, runs, progress=lambda: bar.update())
-    bar.close()
-    result["steps"] = small.manifest["steps"]
-    report_md = f"# slimformer report: `{small.manifest['recipe']}`\n\n" + markdown(result) + "\n\n" + \
-        structure_md(small.manifest["steps"]) + "\n"
-    path = io.save(small, out, force=force,
-                   extra_files={"report.json": json.dumps(result, indent=1), "report.md": report_md})
+    result, models = compare({"original": base}, {"compressed": steps}, None if task == "none" else task, runs,
+                             calib=str(calib) if calib else None, checkpoint_dir=ckpt, show_progress=True)
+    small = models["compressed"]
+    path = io.save(small, out, force=force, extra_files=report_files(result, small))
     typer.echo(markdown(result))
     typer.echo(f"\nwrote {path}")
 
@@ -76,59 +63,27 @@ def bench(models: Optional[List[str]] = typer.Argument(None, help="model folder(
                                        "peers.json, peers.md and peers.png")):
     """Size, parameters and median latency at 1x16, 8x128 and 32x32 (with --peers: the side-by-side table)."""
     from . import io
-    from .measure.bench import bench as run_bench, cpu_info
-    from .measure.report import runnable
+    from .measure.report import bench_model
 
     models = models or []
     if peers:
-        return _bench_peers(models, as_json, runs, out_dir)
+        from .measure.peers import compare_peers
+
+        result, table = compare_peers(models, runs, out_dir, show_progress=True)
+        typer.echo(json.dumps({"rows": result["rows"]}) if as_json else table)
+        return
     if len(models) > 1:
         raise SlimformerError("bench: one model at a time (or --peers to compare several)")
     model = models[0] if models else None
-    m = io.load(model)
-    stats = run_bench({"m": runnable(m)}, {"m": m.tokenizer.vocab_size}, runs=runs)["m"]
-    info = cpu_info()
-    out = {"model": model or "all-MiniLM-L6-v2 (embedded)", **stats, "threads": info["threads"],
-           "cpu": {"model": info["model"], "flags": info["flags"]}}
+    out = {"model": model or "all-MiniLM-L6-v2 (embedded)", **bench_model(io.load(model), runs)}
     if as_json:
         typer.echo(json.dumps(out))
         return
     typer.echo(f"model    {out['model']}\nsize     {out['size_mb']:.2f} MB\nparams   {out['params']:,}")
     for k, v in out["latency_ms"].items():
         typer.echo(f"{k:<8} {v:.2f} ms")
-    typer.echo(f"cpu      {info['model']} ({', '.join(info['flags'])}), {info['threads']} threads")
-
-
-def _bench_peers(paths: list[str], as_json: bool, runs: int, out_dir: Path) -> None:
-    import tempfile
-
-    from . import io
-    from .data import read_stsb
-    from .measure.bench import throughput, ticks
-    from .measure.peers import SentenceTransformersPeer, peer_models
-    from .measure.report import markdown, measure, plot
-
-    base = io.load()
-    texts = list(dict.fromkeys(s for a, b, _ in read_stsb("test") for s in (a, b)))
-    with tempfile.TemporaryDirectory() as tmp:
-        models = peer_models(base, tmp)
-        for p in paths:
-            m = io.load(p)
-            runtime = {"onnxruntime": "ORT", "openvino": "OpenVINO"}.get(m.manifest.get("runtime"), "torch")
-            models[f"slimformer {m.manifest.get('recipe') or p} [{runtime}]"] = m
-        bar = _bar(ticks(runs) + 2 * len(models), "measure")
-        result = measure(models, "stsb", runs, progress=lambda: bar.update(), throughput_texts=texts)
-        bar.close()
-    st = SentenceTransformersPeer(str(io.default_model_dir()))
-    result["sentence_transformers_sentences_per_s"] = round(throughput(st.encode, texts), 1)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table = markdown(result) + ("\n\nCorpus throughput (STS-B test, %d sentences, tokenization included): "
-                                "sentence-transformers encode() on the original: %.0f sentences/s."
-                                % (len(texts), result["sentence_transformers_sentences_per_s"]))
-    (out_dir / "peers.json").write_text(json.dumps(result, indent=1))
-    (out_dir / "peers.md").write_text(table + "\n")
-    plot(result, out_dir / "peers.png")
-    typer.echo(json.dumps({"rows": result["rows"]}) if as_json else table)
+    cpu = out["cpu"]
+    typer.echo(f"cpu      {cpu['model']} ({', '.join(cpu['flags'])}), {out['threads']} threads")
 
 
 @app.command("eval")

@@ -3,13 +3,10 @@ result (so the measured model is the one a user would serve), and print one meas
 
 from __future__ import annotations
 
-import sys
-import tempfile
-
-from . import api, io
-from .measure.bench import ticks
+from . import io
+from .measure.compare import compare
 from .measure.peers import torch_ao_dynamic
-from .measure.report import markdown, measure, structure_md
+from .measure.report import markdown, structures_md
 
 # (row name, recipe, distillation minutes for --full): one row per method, alone and combined. Rows that train
 # get SHORT_MINUTES by default, and say so in their name; --full gives them the README's budget.
@@ -29,27 +26,16 @@ SHORT_MINUTES = 1
 
 
 def run_demo(full: bool = False, runs: int = 20, task: str = "stsb") -> str:
-    from tqdm import tqdm
-
     base = io.load()
-    rows = []
+    recipes = {}
     for name, recipe, minutes in ROWS:
         if minutes is not None:
             m = minutes if full else SHORT_MINUTES
             name, recipe = f"{name} ({m} min)", recipe.format(m=m)
-        rows.append((name, recipe))
+        recipes[name] = recipe
     models = {"fp32 (original)": base, "torch.ao int8 one-liner (reference)": torch_ao_dynamic(base)}
-    with tempfile.TemporaryDirectory() as tmp, tqdm(total=len(rows), desc="compress", file=sys.stderr,
-                                                    leave=False) as bar:
-        for name, recipe in rows:
-            bar.set_postfix_str(name)
-            path = io.save(api.compress(base, recipe), f"{tmp}/{len(models)}")
-            models[name] = io.load(path)
-            bar.update()
-    total = ticks(runs) + len(models)
-    with tqdm(total=total, desc="measure", file=sys.stderr, leave=False) as bar:
-        result = measure(models, task, runs, progress=bar.update)
-    recipes = "\n".join(f"- {r['name']}: `{r['recipe']}`" for r in result["rows"][2:])
-    kept = "\n".join(filter(None, (structure_md(m.manifest["steps"], f"{n}, ") for n, m in models.items())))
-    return "all-MiniLM-L6-v2, compressed by slimformer\n\n" + markdown(result) + "\n\nRecipes:\n" + recipes + \
+    result, models = compare(models, recipes, task, runs, reload=True, show_progress=True)
+    listed = "\n".join(f"- {r['name']}: `{r['recipe']}`" for r in result["rows"][2:])
+    kept = structures_md(models)
+    return "all-MiniLM-L6-v2, compressed by slimformer\n\n" + markdown(result) + "\n\nRecipes:\n" + listed + \
         ("\n\nStructure:\n" + kept if kept else "")

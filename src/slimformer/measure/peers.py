@@ -1,13 +1,21 @@
-"""What users would pick instead, built from the same original model for side-by-side rows."""
+"""What users would pick instead, built from the same original model for side-by-side rows; `bench --peers`."""
 
 from __future__ import annotations
 
+import json
+import tempfile
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from .. import io
+from ..data import read_stsb
 from ..model import SlimModel
+from .bench import throughput
+from .compare import compare
+from .report import markdown, plot
 
 
 def torch_ao_dynamic(model: SlimModel) -> SlimModel:
@@ -58,8 +66,6 @@ class SentenceTransformersPeer:
 
 def peer_models(base: SlimModel, workdir) -> dict:
     """name -> model with encode() and .encoder/.tokenizer, in the order the table shows them."""
-    from pathlib import Path
-
     work = Path(workdir)
     peers = {
         "torch fp32 eager (original)": base,
@@ -71,3 +77,29 @@ def peer_models(base: SlimModel, workdir) -> dict:
     if ov is not None:  # an optional extra: pip install 'slimformer[openvino]'
         peers["OpenVINO int8 weights (nncf)"] = ov
     return peers
+
+
+def compare_peers(paths: list[str], runs: int, out_dir, show_progress: bool = False) -> tuple[dict, str]:
+    """The original under each peer's runtime next to the slimformer models at `paths`, in one run, with STS-B test
+    and corpus throughput (its sentences encoded end to end); writes peers.json, peers.md and peers.png to out_dir.
+    Returns (measure()'s result plus sentence-transformers' throughput, the markdown table)."""
+    base = io.load()
+    texts = list(dict.fromkeys(s for a, b, _ in read_stsb("test") for s in (a, b)))
+    with tempfile.TemporaryDirectory() as tmp:  # the peers' exports live until they are measured
+        models = peer_models(base, tmp)
+        for p in paths:
+            m = io.load(p)
+            runtime = {"onnxruntime": "ORT", "openvino": "OpenVINO"}.get(m.manifest.get("runtime"), "torch")
+            models[f"slimformer {m.manifest.get('recipe') or p} [{runtime}]"] = m
+        result, _ = compare(models, {}, "stsb", runs, throughput_texts=texts, show_progress=show_progress)
+    st = SentenceTransformersPeer(str(io.default_model_dir()))
+    result["sentence_transformers_sentences_per_s"] = round(throughput(st.encode, texts), 1)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = markdown(result) + ("\n\nCorpus throughput (STS-B test, %d sentences, tokenization included): "
+                                "sentence-transformers encode() on the original: %.0f sentences/s."
+                                % (len(texts), result["sentence_transformers_sentences_per_s"]))
+    (out_dir / "peers.json").write_text(json.dumps(result, indent=1))
+    (out_dir / "peers.md").write_text(table + "\n")
+    plot(result, out_dir / "peers.png")
+    return result, table

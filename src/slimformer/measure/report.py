@@ -3,6 +3,8 @@ markdown tables (report.json / report.md, the demo table)."""
 
 from __future__ import annotations
 
+import json
+
 from .bench import SHAPES, bench, cpu_info, throughput
 from .tasks import delta_interval, evaluate, sts_pairs
 from ..model import SlimModel
@@ -15,11 +17,19 @@ def runnable(model):
     return model if isinstance(model, SlimModel) else model.encoder
 
 
+def bench_model(model, runs: int = 20) -> dict:
+    """One model's `slimformer bench` figures: {"size_mb", "params", "latency_ms": {"1x16", ...}, "threads", "cpu"}."""
+    stats = bench({"m": runnable(model)}, {"m": model.tokenizer.vocab_size}, runs=runs)["m"]
+    info = cpu_info()
+    return {**stats, "threads": info["threads"], "cpu": {"model": info["model"], "flags": info["flags"]}}
+
+
 def measure(models: dict[str, SlimModel], task: str | None = "stsb", runs: int = 20, progress=None,
             throughput_texts: list[str] | None = None) -> dict:
     """{"machine", "rows": [{"name", "recipe", "size_mb", "params", "latency_ms", task: value}]}; the first model
     is the baseline, every ratio is against it, and each quality delta comes with its 95% paired-bootstrap interval.
-    With throughput_texts, each row also gets sentences/s of encode() over them, end to end."""
+    With throughput_texts, each row also gets sentences/s of encode() over them, end to end. progress() is called
+    bench.ticks(runs) times while timing, then once per model scored and once per model's throughput."""
     stats = bench({n: runnable(m) for n, m in models.items()}, {n: m.tokenizer.vocab_size for n, m in models.items()},
                   runs=runs, progress=progress)
     rows, cosines = [], []
@@ -33,6 +43,8 @@ def measure(models: dict[str, SlimModel], task: str | None = "stsb", runs: int =
                 progress()
         if throughput_texts:
             row["sentences_per_s"] = round(throughput(m.encode, throughput_texts), 1)
+            if progress:
+                progress()
         rows.append(row)
     base = rows[0]
     gold = [p[2] for p in sts_pairs(task)] if task else None
@@ -84,6 +96,19 @@ def structure_md(steps: list[dict], label: str = "") -> str:
         if "kept_layers" in s:
             lines.append(f"- {label}{s['step']}: kept layers {s['kept_layers']}")
     return "\n".join(lines)
+
+
+def structures_md(models: dict) -> str:
+    """structure_md of every model that has structural steps, each line labelled with the model's row name."""
+    return "\n".join(filter(None, (structure_md(m.manifest["steps"], f"{n}, ") for n, m in models.items())))
+
+
+def report_files(result: dict, model) -> dict[str, str]:
+    """report.json (measure()'s result plus the model's steps) and report.md, written beside a compressed model."""
+    steps = model.manifest["steps"]
+    md = f"# slimformer report: `{model.manifest['recipe']}`\n\n" + markdown(result) + "\n\n" + \
+        structure_md(steps) + "\n"
+    return {"report.json": json.dumps({**result, "steps": steps}, indent=1), "report.md": md}
 
 
 def plot(result: dict, path) -> None:
