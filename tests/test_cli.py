@@ -9,8 +9,8 @@ import sys
 import pytest
 
 
-def run(*args, cwd=None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+def run(*args, cwd=None, env=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "slimformer.cli", *args], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=300)
 
@@ -61,8 +61,12 @@ def test_compress_bench_eval_end_to_end(tiny_dir, tmp_path, sts_tsv):
     assert "| compressed |" in (out / "report.md").read_text()
 
     bench = json.loads(run("bench", str(out), "--json", "--runs", "2").stdout)
-    assert set(bench) == {"model", "size_mb", "params", "latency_ms", "threads", "cpu"}
+    assert set(bench) == {"model", "size_mb", "params", "latency_ms", "threads", "cpu", "runtime", "int8_kernel"}
     assert set(bench["latency_ms"]) == {"1x16", "8x128", "32x32"}
+    assert bench["runtime"] == "torch eager" and sum(bench["int8_kernel"].values()) == 13  # every Linear, a kernel
+    assert report["rows"][1]["int8_kernel"] == bench["int8_kernel"]  # the same choice at compress and at load
+    forced = json.loads(run("bench", str(out), "--json", "--runs", "2", env={"SLIMFORMER_INT8_KERNEL": "w8"}).stdout)
+    assert forced["int8_kernel"] == {"w8": 13}
 
     ev = json.loads(run("eval", str(out), "--task", f"sts:{sts_tsv}", "--json").stdout)
     assert set(ev) == {"model", "task", "metric", "value", "n"} and ev["n"] == 60

@@ -8,6 +8,7 @@ import json
 from .bench import SHAPES, bench, cpu_info, throughput
 from .tasks import delta_interval, evaluate, sts_pairs
 from ..model import SlimModel
+from ..passes import int8_kernels
 
 SHAPE_KEYS = [f"{b}x{t}" for b, t in SHAPES]
 
@@ -17,11 +18,22 @@ def runnable(model):
     return model if isinstance(model, SlimModel) else model.encoder
 
 
+def served_by(model) -> dict:
+    """What runs a model's forward on this machine: {"runtime": "torch eager" | "torch trace" | "onnxruntime" |
+    "openvino", "int8_kernel": {kernel: how many Int8Linears run it}} (int8 kernels are chosen per CPU at load)."""
+    if not isinstance(model, SlimModel):
+        return {"runtime": getattr(model, "manifest", {}).get("runtime"), "int8_kernel": {}}
+    traced = model.__dict__.get("frozen") is not None
+    return {"runtime": "torch trace" if traced else "torch eager", "int8_kernel": int8_kernels.summary(model.encoder)}
+
+
 def bench_model(model, runs: int = 20) -> dict:
-    """One model's `slimformer bench` figures: {"size_mb", "params", "latency_ms": {"1x16", ...}, "threads", "cpu"}."""
+    """One model's `slimformer bench` figures: {"size_mb", "params", "latency_ms": {"1x16", ...}, "threads", "cpu",
+    "runtime", "int8_kernel"}."""
     stats = bench({"m": runnable(model)}, {"m": model.tokenizer.vocab_size}, runs=runs)["m"]
     info = cpu_info()
-    return {**stats, "threads": info["threads"], "cpu": {"model": info["model"], "flags": info["flags"]}}
+    return {**stats, "threads": info["threads"], "cpu": {"model": info["model"], "flags": info["flags"]},
+            **served_by(model)}
 
 
 def measure(models: dict[str, SlimModel], task: str | None = "stsb", runs: int = 20, progress=None,
@@ -34,7 +46,7 @@ def measure(models: dict[str, SlimModel], task: str | None = "stsb", runs: int =
                   runs=runs, progress=progress)
     rows, cosines = [], []
     for name, m in models.items():
-        row = {"name": name, "recipe": m.manifest.get("recipe", ""), **stats[name]}
+        row = {"name": name, "recipe": m.manifest.get("recipe", ""), **stats[name], **served_by(m)}
         if task:
             result = evaluate(m, task)
             row[task] = round(result.value, 2)
@@ -76,7 +88,11 @@ def markdown(result: dict) -> str:
             cells += [f"{r['sentences_per_s']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     m = result["machine"]
+    kernels = [f"{r['name']}: " + ", ".join(f"{k} x{n}" for k, n in r["int8_kernel"].items())
+               for r in result["rows"] if r.get("int8_kernel")]
     lines.append("")
+    if kernels:
+        lines.append("int8 kernels chosen on this CPU (Linears each runs): " + "; ".join(kernels) + ".")
     lines.append(f"Measured on {m['model']} ({', '.join(m['flags']) or 'no AVX2'}), {m['threads']} threads; "
                  "latency is the median of the encoder forward at batch x seq, all rows timed in one loop that "
                  "alternates between them (blocks of back-to-back runs, shuffled each round); speedup and size are "
