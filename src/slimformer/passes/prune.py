@@ -20,7 +20,7 @@ from ..arch import Adapter, blocks, config_of, head_size
 from ..errors import BudgetError
 from ..surgery import keep, set_module
 from .calib import Calibration, embedding_distance, pooled, squared_gradients
-from .configs import Ffn, Heads, Layers, Prune
+from ..configs import Ffn, Heads, Layers, Prune
 
 REF_TOKENS = 128  # sequence length at which FLOPs are counted (the attention core grows with it)
 

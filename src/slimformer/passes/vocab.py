@@ -15,9 +15,9 @@ from collections import Counter
 import torch
 from torch import nn
 
+from ..configs import Vocab
 from ..errors import BudgetError, DataNotFoundError
 from ..surgery import set_module
-from .configs import Vocab
 
 
 class VocabEmbedding(nn.Module):
