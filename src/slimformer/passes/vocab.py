@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..configs import Vocab
-from ..errors import BudgetError, DataNotFoundError
+from ..errors import BudgetError, DataNotFoundError, StepNotApplicableError
 from ..surgery import set_module
 
 
@@ -51,7 +51,8 @@ def prune_vocab(encoder: nn.Module, tokenizer, texts: list[str], keep: int | Non
                 fallback: str = "nearest") -> dict:
     emb = encoder.get_input_embeddings()
     if not isinstance(emb, nn.Embedding):
-        raise BudgetError(f"vocab: the input embeddings are a {type(emb).__name__}, not a plain table (pruned twice?)")
+        raise StepNotApplicableError(f"vocab: the input embeddings are a {type(emb).__name__}, not a plain table "
+                                     "(already vocabulary-pruned or quantized)")
     counts = token_counts(tokenizer, texts)
     special = sorted(set(tokenizer.all_special_ids))
     if keep is not None:
