@@ -42,11 +42,13 @@ def compress(model: Optional[str] = MODEL_ARG,
              task: str = typer.Option("stsb", "--task", help="quality task for the report ('none' to skip)"),
              runs: int = typer.Option(20, "--runs", help="timed runs per shape")):
     """Compress MODEL with RECIPE into OUT, with report.json / report.md against the original."""
-    from . import api, io, recipe as recipes
+    from . import recipe as recipes
+
+    steps = recipes.parse(recipe)  # parsed once, here: a bad recipe fails before torch or the model loads
+    from . import api, io
     from .measure.bench import ticks
     from .measure.report import markdown, measure, structure_md
 
-    steps = recipes.parse(recipe)  # a bad recipe fails before anything is loaded
     if Path(out).exists() and not force:
         raise SlimformerError(f"output exists: {out} (use --force to overwrite)")
     base = io.load(model)
