@@ -32,6 +32,8 @@ def test_bad_recipe(tmp_path):
     assert "bad recipe step" in line
     line = one_error_line(run("compress", "--recipe", "int4", "-o", str(tmp_path / "o")))
     assert "unknown recipe step 'int4'" in line
+    line = one_error_line(run("compress", "--recipe", "int8(smooth=nan)", "-o", str(tmp_path / "o")))
+    assert "int8: smooth must be in [0, 1], got 'nan'" in line  # was a TypeError traceback
 
 
 def test_existing_out_refused(tmp_path):

@@ -4,9 +4,9 @@ import torch
 from torch import nn
 
 import slimformer
+from slimformer.configs import LowRank
 from slimformer.errors import BudgetError
 from slimformer.passes import lowrank as LR
-from slimformer.passes.configs import LowRank
 from slimformer.passes.quantize import Int8Linear
 
 

@@ -4,10 +4,11 @@ import torch
 from torch import nn
 
 import slimformer
+from slimformer.configs import Int8
 from slimformer.measure.bench import size_mb
 from slimformer.passes.calib import Calibration
 from slimformer.passes import int8_kernels
-from slimformer.passes.quantize import Int8, QuantizedEmbedding, Int8Linear, _smoothing, int8
+from slimformer.passes.quantize import QuantizedEmbedding, Int8Linear, _smoothing, int8
 
 
 def cosines(a, b):

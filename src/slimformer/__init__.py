@@ -7,13 +7,28 @@
     emb = slimformer.load("out/minilm-int8").encode(["A sentence."])
 """
 
-from .api import compress
+import importlib
+
+from .configs import FNet, Distill, Ffn, Freeze, Heads, Int8, Layers, LowRank, Prune, Vocab
 from .errors import (BudgetError, ModelNotFoundError, OutputExistsError, RecipeError, SlimformerError,
                      UnsupportedArchitectureError)
-from .io import load, save
-from .model import SlimModel
-from .passes.configs import FNet, Distill, Ffn, Freeze, Heads, Layers, LowRank, Prune, Vocab
-from .passes.quantize import Int8
+
+# The torch-heavy names load on first use (PEP 562), so `import slimformer.recipe` (parsing a recipe) and the
+# config classes do not import torch.
+_LAZY = {"load": "io", "save": "io", "compress": "api", "SlimModel": "model"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'slimformer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "load", "save", "compress", "SlimModel",

@@ -35,12 +35,14 @@ def compress(model: Optional[str] = MODEL_ARG,
              task: str = typer.Option("stsb", "--task", help="quality task for the report ('none' to skip)"),
              runs: int = typer.Option(20, "--runs", help="timed runs per shape")):
     """Compress MODEL with RECIPE into OUT, with report.json / report.md against the original."""
-    from . import io, recipe as recipes
+    from . import recipe as recipes
+
+    steps = recipes.parse(recipe)  # parsed once, here: a bad recipe fails before torch or the model loads
+    from . import io
     from .folder import check_output
     from .measure.compare import compare
     from .measure.report import markdown, report_files
 
-    steps = recipes.parse(recipe)  # a bad recipe fails before anything is loaded
     check_output(out, force, source=model)  # and so does an output that is there (io.save checks it again)
     base = io.load(model)
     # a training step keeps resumable state beside OUT: the same command after a crash (even kill -9) resumes

@@ -10,7 +10,7 @@ import os
 import random
 from pathlib import Path
 
-from .errors import DataNotFoundError
+from .errors import DataFormatError, DataNotFoundError
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,12 +44,21 @@ def read_stsb(split: str = "test") -> list[tuple[str, str, float]]:
 def read_sts_tsv(path: str | Path) -> list[tuple[str, str, float]]:
     """Any TSV with header `sentence1<TAB>sentence2<TAB>score`."""
     path = _need(Path(path))
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
-        if header[:3] != ["sentence1", "sentence2", "score"]:
-            raise DataNotFoundError(f"{path}: header must be sentence1<TAB>sentence2<TAB>score, got {header[:3]}")
-        rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]
-    return [(r[0], r[1], float(r[2])) for r in rows]
+    try:
+        with open(path, encoding="utf-8") as f:
+            header = f.readline().rstrip("\n").split("\t")
+            rows = [(n, line.rstrip("\n").split("\t")) for n, line in enumerate(f, 2) if line.strip()]
+    except UnicodeDecodeError:
+        raise DataFormatError(f"{path}: not UTF-8 text") from None
+    if header[:3] != ["sentence1", "sentence2", "score"]:
+        raise DataFormatError(f"{path}: header must be sentence1<TAB>sentence2<TAB>score, got {header[:3]}")
+    out = []
+    for n, r in rows:
+        try:
+            out.append((r[0], r[1], float(r[2])))
+        except (IndexError, ValueError):
+            raise DataFormatError(f"{path}, line {n}: must be sentence1<TAB>sentence2<TAB>score (a number)") from None
+    return out
 
 
 def read_sst2(split: str = "train") -> list[tuple[str, int]]:
@@ -69,8 +78,11 @@ def calibration_texts(n: int | None = 512, path: str | Path | None = None, seed:
     """Unlabeled calibration sentences: one a line from `path`, else a seeded mix of STS-B train and SST-2 train
     sentences (never a test split), shuffled. Returns at most n sentences (None: all)."""
     if path is not None:
-        with open(_need(Path(path)), encoding="utf-8") as f:
-            texts = [line.strip() for line in f if line.strip()]
+        try:
+            with open(_need(Path(path)), encoding="utf-8") as f:
+                texts = [line.strip() for line in f if line.strip()]
+        except UnicodeDecodeError:
+            raise DataFormatError(f"{path}: not UTF-8 text (one sentence a line)") from None
     else:
         sts = [s for a, b, _ in read_stsb("train") for s in (a, b)]
         sst = [s for s, _ in read_sst2("train") if len(s.split()) >= 4]  # SST-2 train has many 1-2 word phrases

@@ -18,7 +18,16 @@ class RecipeError(SlimformerError):
 
 
 class BudgetError(SlimformerError):
-    """A budget cannot be met (keep more than exists, flops <= 0, rank too large...)."""
+    """A budget cannot be met by this model (keep more than exists, a rank larger than a weight allows...)."""
+
+
+class StepNotApplicableError(SlimformerError):
+    """A step cannot run on the model as it stands: an earlier compression already replaced what the step works on
+    (e.g. `vocab` on a token table that is already vocabulary-pruned or quantized)."""
+
+
+class PoolingError(SlimformerError):
+    """A pooling mode slimformer does not implement (it has mean, cls and max)."""
 
 
 class OutputExistsError(SlimformerError):
@@ -27,3 +36,7 @@ class OutputExistsError(SlimformerError):
 
 class DataNotFoundError(SlimformerError):
     """An evaluation or calibration file is missing."""
+
+
+class DataFormatError(SlimformerError):
+    """An evaluation or calibration file exists but does not read as its format (header, columns, text encoding)."""

@@ -42,12 +42,6 @@ MODULE_TYPES: dict[str, type[nn.Module]] = {
 }
 
 
-def register_module_type(cls: type[nn.Module]) -> type[nn.Module]:
-    """Let a pass's module (with `spec()` -> constructor kwargs) round-trip through the manifest."""
-    MODULE_TYPES[cls.__name__] = cls
-    return cls
-
-
 def module_spec(m: nn.Module) -> dict | None:
     if isinstance(m, nn.Linear) and type(m).__name__ in ("Linear", "NonDynamicallyQuantizableLinear"):
         return {"type": "Linear", "in_features": m.in_features, "out_features": m.out_features,

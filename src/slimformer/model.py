@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arch import Adapter, adapter_for, model_type_of
+from .errors import PoolingError
 
 POOLING_MODES = ("mean", "cls", "max")
 
@@ -73,7 +74,7 @@ class SlimModel(SentenceEncoder, nn.Module):
                  max_seq_length: int = 256, manifest: dict | None = None):
         super().__init__()
         if pooling not in POOLING_MODES:
-            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
+            raise PoolingError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
         self.encoder = encoder.eval()
         self.tokenizer = tokenizer
         self.pooling, self.normalize, self.max_seq_length = pooling, normalize, max_seq_length

@@ -2,8 +2,9 @@
 
     "vocab+prune(flops=0.5)+distill(minutes=10)+int8"
 
-Values: integers, floats, true/false, or bare words (paths, `all`). Order is validated: structural steps first,
-then distill, then int8, then freeze; a step appears at most once.
+Values: integers, floats, true/false, or bare words (paths, `all`; also `nan` and `inf`, which no config accepts as
+a number). Order is validated from each config class's `phase`: structural steps first, then distill, then int8,
+then freeze; a step appears at most once. Imports no torch (configs.py is torch-free).
 """
 
 from __future__ import annotations
@@ -11,31 +12,28 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from .configs import CONFIGS, PHASE_NAMES
 from .errors import RecipeError
-from .passes.configs import FNet, Distill, Ffn, Freeze, Heads, Layers, LowRank, Prune, Vocab
-from .passes.quantize import Int8
 
-STEPS: dict[str, type] = {
-    "heads": Heads, "ffn": Ffn, "layers": Layers, "prune": Prune, "vocab": Vocab, "lowrank": LowRank,
-    "fnet": FNet, "distill": Distill, "int8": Int8, "freeze": Freeze,
-}
-NAMES = {cls: name for name, cls in STEPS.items()}
-# phase of each step: a recipe's phases must not decrease
-PHASE = {Heads: 0, Ffn: 0, Layers: 0, Prune: 0, Vocab: 0, LowRank: 0, FNet: 0, Distill: 1, Int8: 2, Freeze: 3}
+# step name -> config class; each class carries its own name (`step`) and phase (`phase`)
+STEPS: dict[str, type] = {cls.step: cls for cls in CONFIGS}
 
 _STEP = re.compile(r"^\s*([a-z0-9_]+)\s*(?:\((.*)\))?\s*$", re.S)
 
 
 def _value(text: str):
+    """A value's text -> int, float, bool or the word itself (a path, `all`); numbers are ASCII digits only."""
     t = text.strip()
-    if re.fullmatch(r"[+-]?\d+", t):
+    if not t:
+        raise RecipeError("has no value")
+    if re.fullmatch(r"[+-]?\d+", t, re.ASCII):
+        if len(t) > 100:  # int() refuses thousands of digits; no count here needs more than a few
+            raise RecipeError(f"has a number of {len(t)} digits")
         return int(t)
-    if re.fullmatch(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)", t):
-        return float(t)
+    if re.fullmatch(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)", t, re.ASCII):
+        return float(t)  # 1e999 reads as inf, which each config rejects where it needs a finite number
     if t.lower() in ("true", "false"):
         return t.lower() == "true"
-    if not t:
-        raise RecipeError("empty value")
     return t
 
 
@@ -57,7 +55,7 @@ def _split_steps(text: str) -> list[str]:
 def parse_step(text: str):
     m = _STEP.match(text)
     if not m:
-        raise RecipeError(f"bad recipe step '{text.strip()}': expected name or name(key=value, ...)")
+        raise RecipeError(f"bad recipe step {text.strip()!r}: expected name or name(key=value, ...)")
     name, args = m.group(1), m.group(2)
     if name not in STEPS:
         raise RecipeError(f"unknown recipe step '{name}' (steps: {', '.join(STEPS)})")
@@ -68,13 +66,16 @@ def parse_step(text: str):
         key, eq, val = arg.partition("=")
         key = key.strip()
         if not eq:
-            raise RecipeError(f"step '{name}': argument '{arg.strip()}' must be key=value")
+            raise RecipeError(f"step '{name}': argument {arg.strip()!r} must be key=value")
         if key not in fields:
-            raise RecipeError(f"step '{name}': unknown argument '{key}' (arguments: {', '.join(sorted(fields)) or 'none'})")
+            known = ", ".join(sorted(fields)) or "none"
+            raise RecipeError(f"step '{name}': unknown argument {key!r} (arguments: {known})")
+        if key in kwargs:
+            raise RecipeError(f"step '{name}': argument '{key}' given twice")
         try:
             kwargs[key] = _value(val)
-        except RecipeError:
-            raise RecipeError(f"step '{name}': argument '{key}' has no value") from None
+        except RecipeError as e:
+            raise RecipeError(f"step '{name}': argument '{key}' {e}") from None
     missing = [f.name for f in dataclasses.fields(cls)
                if f.default is dataclasses.MISSING and f.name not in kwargs]
     if missing:
@@ -82,23 +83,39 @@ def parse_step(text: str):
     return cls(**kwargs)  # each config validates itself and names its step in the error
 
 
-def validate(steps: list) -> list:
+def validate(steps) -> list:
+    """A list of configs, checked: each one a step's config, each step at most once, phases never decreasing."""
+    if isinstance(steps, (str, bytes)) or not hasattr(steps, "__iter__"):
+        raise RecipeError(f"a recipe is text or a list of step configs, got {type(steps).__name__}")
+    steps = list(steps)
+    if not steps:
+        raise RecipeError("empty recipe")
+    for step in steps:
+        if type(step) not in CONFIGS:
+            raise RecipeError(f"not a recipe step config: a {type(step).__name__} (configs: {', '.join(STEPS)})")
     seen = set()
     for prev, step in zip([None, *steps], steps):
-        name = NAMES[type(step)]
-        if name in seen:
-            raise RecipeError(f"step '{name}' appears twice")
-        seen.add(name)
-        if prev is not None and PHASE[type(step)] < PHASE[type(prev)]:
-            raise RecipeError(f"step '{name}' must come before '{NAMES[type(prev)]}' "
-                              "(order: structure, then distill, then int8, then freeze)")
+        if step.step in seen:
+            raise RecipeError(f"step '{step.step}' appears twice")
+        seen.add(step.step)
+        if prev is not None and step.phase < prev.phase:
+            raise RecipeError(f"step '{step.step}' must come before '{prev.step}' "
+                              f"(order: {', then '.join(PHASE_NAMES)})")
     return steps
 
 
 def parse(text: str) -> list:
-    if not text or not text.strip():
+    """Recipe text -> a validated list of configs; anything wrong is a RecipeError naming the step."""
+    if not isinstance(text, str):
+        raise RecipeError(f"recipe text must be a string, got {type(text).__name__}")
+    if not text.strip():
         raise RecipeError("empty recipe")
     return validate([parse_step(s) for s in _split_steps(text)])
+
+
+def steps_of(recipe) -> list:
+    """Text or a list of configs -> a validated list of configs (text is parsed once, here)."""
+    return parse(recipe) if isinstance(recipe, str) else validate(recipe)
 
 
 def to_text(steps: list) -> str:
@@ -106,7 +123,7 @@ def to_text(steps: list) -> str:
     for s in steps:
         args = [f"{f.name}={_fmt(getattr(s, f.name))}" for f in dataclasses.fields(s)
                 if getattr(s, f.name) != f.default]
-        out.append(NAMES[type(s)] + (f"({', '.join(args)})" if args else ""))
+        out.append(s.step + (f"({', '.join(args)})" if args else ""))
     return "+".join(out)
 
 

@@ -1,5 +1,6 @@
-"""`compress`: run a recipe's passes in order on a copy of a model. Each pass is a config dataclass plus a handler
-registered here; each pass function is also callable on its own on a plain nn.Module."""
+"""`compress`'s pass runner: each step's config class (configs.py) maps to one handler here, and every handler has
+the one signature `fn(model: SlimModel, cfg, ctx: Context) -> dict` (the decisions, JSON-able, for the manifest).
+Each pass's module also has a function callable on its own on a plain nn.Module."""
 
 from __future__ import annotations
 
@@ -7,12 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..errors import RecipeError
+from ..configs import Distill, Ffn, FNet, Freeze, Heads, Int8, Layers, LowRank, Prune, Vocab
 from ..runtime import freeze
 from .calib import Calibration
-from . import distill, fnet, lowrank, prune, vocab
-from .configs import Distill, Ffn, FNet, Freeze, Heads, Layers, LowRank, Prune, Vocab
-from .quantize import Int8, int8
+from . import distill, fnet, lowrank, prune, quantize, vocab
 
 
 @dataclass
@@ -27,33 +26,25 @@ class Context:
 
 # config type -> handler(model: SlimModel, cfg, ctx) -> decisions (a JSON-able dict for the manifest)
 HANDLERS: dict[type, Callable] = {
-    Int8: lambda model, cfg, ctx: int8(model.encoder, cfg, ctx.calib)[1],
     Heads: prune.heads,
     Ffn: prune.ffn,
     Layers: prune.layers,
     Prune: prune.prune,
     Vocab: vocab.vocab,
     LowRank: lowrank.lowrank,
-    Distill: distill.distill,
     FNet: fnet.fnet,
+    Distill: distill.distill,
+    Int8: quantize.quantize,
     Freeze: freeze.freeze,
 }
 
 
-def register(cfg_type: type, handler: Callable) -> None:
-    HANDLERS[cfg_type] = handler
-
-
 def run_passes(model, steps: list, ctx: Context, progress: Callable[[str], None] | None = None):
-    """Apply `steps` to `model` (a SlimModel) in place, recording each decision in its manifest."""
-    from ..recipe import NAMES
-
+    """Apply `steps` (configs, validated by recipe.steps_of) to `model` (a SlimModel) in place, recording each
+    step's decisions in its manifest."""
     for cfg in steps:
-        name = NAMES[type(cfg)]
-        if type(cfg) not in HANDLERS:
-            raise RecipeError(f"step '{name}' is not implemented yet in this version of slimformer")
         if progress:
-            progress(name)
+            progress(cfg.step)
         decisions = HANDLERS[type(cfg)](model, cfg, ctx)
-        model.manifest["steps"].append({"step": name, **decisions})
+        model.manifest["steps"].append({"step": cfg.step, **decisions})
     return model

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..configs import Distill
 from ..errors import RecipeError
 from ..folder import atomic_folder
-from .configs import Distill
 
 CHECKPOINT_SECONDS = 30.0
 WARMUP_STEPS = 50

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from ..arch import Adapter, blocks
+from ..configs import FNet
 from ..errors import BudgetError, UnsupportedArchitectureError
 from ..surgery import set_module
 from .calib import Calibration, embedding_distance, pooled
-from .configs import FNet
 
 
 def token_validity(mask, batch: int, seq: int) -> torch.Tensor | None:

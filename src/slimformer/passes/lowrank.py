@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from ..arch import Adapter, blocks
+from ..configs import LowRank
 from ..errors import BudgetError
 from ..surgery import set_module
 from .calib import Calibration, squared_gradients
-from .configs import LowRank
 
 FAST_MARGIN = 0.9  # a factorized layer must take at most this share of the dense layer's time
 TIMING_TOKENS = 1024  # rows of the timing matmul: the 8x128 benchmark shape

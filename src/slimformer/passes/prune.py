@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from ..arch import blocks, head_size
+from ..configs import Ffn, Heads, Layers, Prune
 from ..errors import BudgetError
 from ..surgery import set_module
 from .calib import Calibration, embedding_distance, pooled, squared_gradients
-from .configs import Ffn, Heads, Layers, Prune
 from .masktune import fold_masks, tune_masks
 from .structure import (drop_layers, encoder_flops, ffn_per_layer, heads_per_layer, hidden_size, layer_flops,
                         slice_ffn, slice_heads, unit_masks)

@@ -10,34 +10,17 @@ measured on calibration text. How the int8 matmul runs is chosen per CPU by meas
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..configs import Int8
 from ..errors import RecipeError
 from ..mha import make_quantizable
 from ..surgery import replace_modules, set_module
 from .calib import Calibration, activation_absmax, output_error, outputs
 from . import int8_kernels
 from .int8_kernels import Int8Linear, quantize_rows
-
-
-@dataclass(frozen=True)
-class Int8:
-    smooth: float = 0.5  # SmoothQuant migration strength a in [0, 1]; 0 turns it off
-    fp32: int = 0  # keep this many of the most sensitive Linears in fp32 (measured on calibration text)
-    embeddings: bool = True  # int8 embedding tables (token, position, type) with per-row scales
-    embedding_bits: int = 8  # bits of the token table: 8, or 4 (half the size again; for the last step to 10x)
-
-    def __post_init__(self):
-        if not 0.0 <= self.smooth <= 1.0:
-            raise RecipeError(f"int8: smooth must be in [0, 1], got {self.smooth}")
-        if self.embedding_bits not in (4, 8):
-            raise RecipeError(f"int8: embedding_bits must be 8 or 4, got {self.embedding_bits}")
-        if self.fp32 < 0:
-            raise RecipeError(f"int8: fp32 must be >= 0, got {self.fp32}")
 
 
 class QuantizedEmbedding(nn.Module):
@@ -131,3 +114,8 @@ def int8(model: nn.Module, cfg: Int8, calib: Calibration | None = None) -> tuple
     int8_kernels.choose(model)  # measured on this CPU (or forced); not stored: each machine chooses at load
     return model, {"quantized": len(quantized), "fp32_kept": keep_fp32, "embeddings": embedded,
                    "smooth": cfg.smooth}
+
+
+def quantize(model, cfg: Int8, ctx) -> dict:
+    """The `int8` step: quantize a SlimModel's encoder in place; returns the decisions for the manifest."""
+    return int8(model.encoder, cfg, ctx.calib)[1]

@@ -15,9 +15,9 @@ from collections import Counter
 import torch
 from torch import nn
 
-from ..errors import BudgetError, DataNotFoundError
+from ..configs import Vocab
+from ..errors import BudgetError, DataNotFoundError, StepNotApplicableError
 from ..surgery import set_module
-from .configs import Vocab
 
 
 class VocabEmbedding(nn.Module):
@@ -51,7 +51,8 @@ def prune_vocab(encoder: nn.Module, tokenizer, texts: list[str], keep: int | Non
                 fallback: str = "nearest") -> dict:
     emb = encoder.get_input_embeddings()
     if not isinstance(emb, nn.Embedding):
-        raise BudgetError(f"vocab: the input embeddings are a {type(emb).__name__}, not a plain table (pruned twice?)")
+        raise StepNotApplicableError(f"vocab: the input embeddings are a {type(emb).__name__}, not a plain table "
+                                     "(already vocabulary-pruned or quantized)")
     counts = token_counts(tokenizer, texts)
     special = sorted(set(tokenizer.all_special_ids))
     if keep is not None:

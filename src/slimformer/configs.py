@@ -1,0 +1,202 @@
+"""The config dataclass of every recipe step. Torch-free, so a recipe parses (and fails) before torch loads.
+
+Each class names its step (`step`, the word in recipe text) and its phase (`phase`: a recipe's phases must not
+decrease) and validates its own fields in __post_init__, so a bad recipe fails at parse time, before any model is
+touched, and always as a RecipeError that names the step: a bool is not a number, nan and inf are not finite, a
+word is not a count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .errors import RecipeError
+
+# phases, in the order a recipe runs them
+STRUCTURE, DISTILL, INT8, FREEZE = range(4)
+PHASE_NAMES = ("structure", "distill", "int8", "freeze")
+
+
+def is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_real(v) -> bool:
+    """A finite number; an int is one too (int 1 is the fraction 1.0), a bool is not."""
+    return is_int(v) or (isinstance(v, float) and math.isfinite(v))
+
+
+def require(ok: bool, step: str, message: str) -> None:
+    if not ok:
+        raise RecipeError(f"{step}: {message}")
+
+
+def check_keep(step: str, keep: float | int) -> None:
+    """K is a fraction in (0, 1] (a float) or a count >= 1 (an int)."""
+    require(is_real(keep), step, f"keep must be a fraction in (0, 1] or a count >= 1, got {keep!r}")
+    if isinstance(keep, float):
+        require(0.0 < keep <= 1.0, step, f"keep fraction must be in (0, 1], got {keep}")
+    require(not is_int(keep) or keep >= 1, step, f"keep count must be >= 1, got {keep}")
+
+
+def check_fraction(step: str, key: str, v) -> None:
+    require(is_real(v) and 0 < v <= 1, step, f"{key} must be a fraction in (0, 1], got {v!r}")
+
+
+def check_count(step: str, key: str, v, least: int = 1) -> None:
+    require(is_int(v) and v >= least, step, f"{key} must be an integer >= {least}, got {v!r}")
+
+
+def check_bool(step: str, key: str, v) -> None:
+    require(isinstance(v, bool), step, f"{key} must be true or false, got {v!r}")
+
+
+@dataclass(frozen=True)
+class Heads:
+    step: ClassVar[str] = "heads"
+    phase: ClassVar[int] = STRUCTURE
+    keep: float | int  # fraction of all heads (placed by importance), or a count kept in every layer
+    tune: bool = False  # least-squares mask tuning of what is kept (Kwon et al. 2022); off: it cost STS-B here
+
+    def __post_init__(self):
+        check_keep(self.step, self.keep)
+        check_bool(self.step, "tune", self.tune)
+
+
+@dataclass(frozen=True)
+class Ffn:
+    step: ClassVar[str] = "ffn"
+    phase: ClassVar[int] = STRUCTURE
+    keep: float | int  # fraction of all FFN neurons (placed by importance), or a count kept in every layer
+    tune: bool = False  # least-squares mask tuning of what is kept
+
+    def __post_init__(self):
+        check_keep(self.step, self.keep)
+        check_bool(self.step, "tune", self.tune)
+
+
+@dataclass(frozen=True)
+class Layers:
+    step: ClassVar[str] = "layers"
+    phase: ClassVar[int] = STRUCTURE
+    keep: float | int  # fraction of layers, or a count
+
+    def __post_init__(self):
+        check_keep(self.step, self.keep)
+
+
+@dataclass(frozen=True)
+class Prune:
+    step: ClassVar[str] = "prune"
+    phase: ClassVar[int] = STRUCTURE
+    flops: float  # target fraction of the original encoder's FLOPs, heads and FFN neurons chosen jointly
+    tune: bool = False  # least-squares mask tuning of what is kept
+
+    def __post_init__(self):
+        check_fraction(self.step, "flops", self.flops)
+        check_bool(self.step, "tune", self.tune)
+
+
+@dataclass(frozen=True)
+class Vocab:
+    step: ClassVar[str] = "vocab"
+    phase: ClassVar[int] = STRUCTURE
+    corpus: str | None = None  # text file, one sentence a line; default: the calibration text
+    keep: int | None = None  # keep the N most frequent tokens (plus the special tokens)
+    fallback: str = "nearest"  # a dropped token reads the row of its nearest kept token (cosine), or "unk"
+
+    def __post_init__(self):
+        # a number is no path (open(5) would read file descriptor 5)
+        require(self.corpus is None or isinstance(self.corpus, str) and self.corpus != "", self.step,
+                f"corpus must be a path to a text file, got {self.corpus!r}")
+        require(self.fallback in ("nearest", "unk"), self.step,
+                f"fallback must be nearest or unk, got {self.fallback!r}")
+        require(self.keep is None or is_int(self.keep) and self.keep >= 1, self.step,
+                f"keep must be a count >= 1, got {self.keep!r}")
+
+
+@dataclass(frozen=True)
+class LowRank:
+    step: ClassVar[str] = "lowrank"
+    phase: ClassVar[int] = STRUCTURE
+    ratio: float | None = None  # parameter fraction of the factorized Linears
+    energy: float | None = None  # share of spectral energy kept
+    rank: int | None = None  # one rank for all
+    fisher: bool = False  # Fisher-weighted SVD (Hsu et al. 2022)
+
+    def __post_init__(self):
+        given = [k for k in ("ratio", "energy", "rank") if getattr(self, k) is not None]
+        require(len(given) == 1, self.step, f"give exactly one of ratio=, energy=, rank= (got {given or 'none'})")
+        for k in ("ratio", "energy"):
+            if getattr(self, k) is not None:
+                check_fraction(self.step, k, getattr(self, k))
+        if self.rank is not None:
+            check_count(self.step, "rank", self.rank)
+        check_bool(self.step, "fisher", self.fisher)
+
+
+@dataclass(frozen=True)
+class FNet:
+    step: ClassVar[str] = "fnet"
+    phase: ClassVar[int] = STRUCTURE
+    layers: str | int = "all"  # "all" or how many layers (counted from the first) get Fourier mixing
+
+    def __post_init__(self):
+        require(self.layers == "all" if isinstance(self.layers, str) else is_int(self.layers) and self.layers >= 1,
+                self.step, f"layers must be 'all' or a count >= 1, got {self.layers!r}")
+
+
+@dataclass(frozen=True)
+class Distill:
+    step: ClassVar[str] = "distill"
+    phase: ClassVar[int] = DISTILL
+    minutes: float | None = None  # wall-clock budget
+    steps: int | None = None  # or a number of optimizer steps
+    lr: float = 3e-4  # AdamW peak (warm-up, then linear decay); beat 1e-4 by 2 STS-B points on low-rank
+    batch_size: int = 32
+    seed: int = 0
+    device: str = "cpu"  # where to train ("cuda" when lent a GPU); the model comes back to the CPU
+
+    def __post_init__(self):
+        require(is_real(self.lr) and self.lr > 0, self.step, f"lr must be a number > 0, got {self.lr!r}")
+        check_count(self.step, "batch_size", self.batch_size)
+        # torch.Generator.manual_seed takes a 64-bit seed
+        require(is_int(self.seed) and 0 <= self.seed < 2**63, self.step,
+                f"seed must be an integer in [0, 2^63), got {self.seed!r}")
+        require((self.minutes is None) != (self.steps is None), self.step, "give exactly one of minutes= or steps=")
+        require(self.device in ("cpu", "cuda"), self.step, f"device must be cpu or cuda, got {self.device!r}")
+        if self.minutes is not None:
+            require(is_real(self.minutes) and self.minutes > 0, self.step,
+                    f"minutes must be a number > 0, got {self.minutes!r}")
+        if self.steps is not None:
+            check_count(self.step, "steps", self.steps)
+
+
+@dataclass(frozen=True)
+class Int8:
+    step: ClassVar[str] = "int8"
+    phase: ClassVar[int] = INT8
+    smooth: float = 0.5  # SmoothQuant migration strength a in [0, 1]; 0 turns it off
+    fp32: int = 0  # keep this many of the most sensitive Linears in fp32 (measured on calibration text)
+    embeddings: bool = True  # int8 embedding tables (token, position, type) with per-row scales
+    embedding_bits: int = 8  # bits of the token table: 8, or 4 (half the size again; for the last step to 10x)
+
+    def __post_init__(self):
+        require(is_real(self.smooth) and 0 <= self.smooth <= 1, self.step,
+                f"smooth must be in [0, 1], got {self.smooth!r}")
+        check_count(self.step, "fp32", self.fp32, least=0)
+        check_bool(self.step, "embeddings", self.embeddings)
+        require(is_int(self.embedding_bits) and self.embedding_bits in (4, 8), self.step,
+                f"embedding_bits must be 8 or 4, got {self.embedding_bits!r}")
+
+
+@dataclass(frozen=True)
+class Freeze:
+    step: ClassVar[str] = "freeze"
+    phase: ClassVar[int] = FREEZE
+
+
+# every step, in the order a recipe may run them
+CONFIGS: tuple[type, ...] = (Heads, Ffn, Layers, Prune, Vocab, LowRank, FNet, Distill, Int8, Freeze)
