@@ -1,5 +1,5 @@
 """Each int8 kernel on this CPU: `int8` of the embedded all-MiniLM-L6-v2 forced onto every kernel in turn (and the
-automatic choice), beside fp32 and torch.ao's one-liner: median ms at 1x16, 8x128, 32x32 (alternated, one run) and
+automatic choice, eager and traced by `freeze`), beside fp32 and torch.ao's one-liner: median ms at 1x16, 8x128, 32x32 (alternated, one run) and
 STS-B test. `--caps` runs the same again in a child process under ONEDNN_MAX_CPU_ISA=AVX2 and
 ATEN_CPU_CAPABILITY=avx2, to see whether those caps make an AVX-512 machine behave like an AVX2-only one.
 
@@ -21,10 +21,11 @@ import time
 import torch
 
 import slimformer
-from slimformer.measure.bench import SHAPES, cpu_info, example_inputs, latency_ms
+from slimformer.measure.bench import cpu_info
+from slimformer.timing import SHAPES, example_inputs, latency_ms
 from slimformer.measure.peers import torch_ao_dynamic
 from slimformer.measure.tasks import evaluate
-from slimformer.passes import int8_kernels
+from slimformer.passes import freeze, int8_kernels
 
 CAPS = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 SLOW = 4.0
@@ -36,6 +37,9 @@ def measure(runs: int, quality: bool) -> dict:
     models = {"fp32 (original)": base, "torch.ao dynamic int8 one-liner": torch_ao_dynamic(base)}
     auto = int8_kernels.summary(small.encoder)
     models[f"int8, auto ({', '.join(f'{k} x{n}' for k, n in auto.items())})"] = small
+    frozen = small.clone()
+    freeze.apply(frozen, "trace")  # traced with each Linear's batch kernel
+    models["int8 + freeze (traced, batch kernels)"] = frozen
     for kernel in int8_kernels.KERNELS:
         m = small.clone()
         int8_kernels.choose(m.encoder, kernel)

@@ -11,7 +11,8 @@ import onnxruntime as ort
 import torch
 from transformers import AutoTokenizer
 
-from slimformer.measure.bench import cpu_info, latency_ms
+from slimformer.measure.bench import cpu_info
+from slimformer.timing import latency_ms
 from slimformer.runtime.export import graph_inputs
 from slimformer.runtime.onnx import ONNX_FILE
 

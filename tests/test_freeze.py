@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import slimformer
-from slimformer.runtime import freeze
-from slimformer.runtime.freeze import Frozen
+from slimformer.passes import freeze
+from slimformer.passes.freeze import Frozen
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ def test_interval_tells_a_worse_model_from_rounding_noise():
 
 
 def test_latency_runs_each_runner_in_blocks_in_shuffled_order():
-    from slimformer.measure.bench import BLOCK, latency_ms
+    from slimformer.timing import BLOCK, latency_ms
 
     calls = []
     runners = {name: (lambda name: lambda x: calls.append(name))(name) for name in "abcd"}

@@ -17,13 +17,12 @@ from .errors import ModelNotFoundError, SlimformerError
 from .folder import FORMAT, MANIFEST, atomic_folder, manifest_fields
 from .mha import QuantizableMHA
 from .model import SlimModel
+from .passes import freeze, int8_kernels
 from .passes.fnet import FourierMixer, restore_fnet
-from .passes import int8_kernels
 from .passes.lowrank import FactorizedLinear
 from .passes.quantize import Int8Linear, QuantizedEmbedding
 from .passes.structure import NoAttention, restore_structure
 from .passes.vocab import VocabEmbedding
-from .runtime import freeze
 from .surgery import set_module
 
 WEIGHTS = "model.safetensors"

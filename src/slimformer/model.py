@@ -95,7 +95,7 @@ class SlimModel(SentenceEncoder, nn.Module):
         return adapter_for(self.model_type)
 
     def forward(self, *args, **kwargs):
-        frozen = self.__dict__.get("frozen")  # set by the `freeze` step (runtime/freeze.py); not a submodule
+        frozen = self.__dict__.get("frozen")  # set by the `freeze` step (passes/freeze.py); not a submodule
         if frozen is not None and frozen.handles(args, kwargs):
             return frozen(**kwargs)
         return self.encoder(*args, **kwargs)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import api, io
-from .bench import ticks
+from ..timing import ticks
 from .report import measure
 
 

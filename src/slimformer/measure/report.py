@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from .bench import SHAPES, bench, cpu_info, throughput
+from ..timing import SHAPES
+from .bench import bench, cpu_info, throughput
 from .tasks import delta_interval, evaluate, sts_pairs
 from ..model import SlimModel
 from ..passes import int8_kernels
@@ -41,7 +42,7 @@ def measure(models: dict[str, SlimModel], task: str | None = "stsb", runs: int =
     """{"machine", "rows": [{"name", "recipe", "size_mb", "params", "latency_ms", task: value}]}; the first model
     is the baseline, every ratio is against it, and each quality delta comes with its 95% paired-bootstrap interval.
     With throughput_texts, each row also gets sentences/s of encode() over them, end to end. progress() is called
-    bench.ticks(runs) times while timing, then once per model scored and once per model's throughput."""
+    timing.ticks(runs) times while timing, then once per model scored and once per model's throughput."""
     stats = bench({n: runnable(m) for n, m in models.items()}, {n: m.tokenizer.vocab_size for n, m in models.items()},
                   runs=runs, progress=progress)
     rows, cosines = [], []

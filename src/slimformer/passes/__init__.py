@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..configs import Distill, Ffn, FNet, Freeze, Heads, Int8, Layers, LowRank, Prune, Vocab
-from ..runtime import freeze
+from . import distill, fnet, freeze, lowrank, prune, quantize, vocab
 from .calib import Calibration
-from . import distill, fnet, lowrank, prune, quantize, vocab
 
 
 @dataclass

@@ -10,7 +10,6 @@ lands where the model's output is least sensitive.
 from __future__ import annotations
 
 import heapq
-import time
 
 import torch
 from torch import nn
@@ -19,6 +18,7 @@ from ..arch import Adapter, blocks
 from ..configs import LowRank
 from ..errors import BudgetError
 from ..surgery import set_module
+from ..timing import median_ms
 from .calib import Calibration, squared_gradients
 
 FAST_MARGIN = 0.9  # a factorized layer must take at most this share of the dense layer's time
@@ -69,17 +69,6 @@ def factorize(lin: nn.Linear, rank: int, row_weight: torch.Tensor | None = None)
 _FAST_RANK: dict[tuple[int, int], int] = {}  # (out, in) -> largest rank (multiple of 16) that is faster than dense
 
 
-def _time(fn, reps: int = 15) -> float:
-    for _ in range(3):
-        fn()
-    t = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        t.append(time.perf_counter() - t0)
-    return sorted(t)[len(t) // 2]
-
-
 @torch.inference_mode()
 def fastest_rank(out_f: int, in_f: int) -> int:
     """Largest rank at which two matmuls beat the dense one on this CPU (0 if none), measured once per shape class
@@ -88,13 +77,13 @@ def fastest_rank(out_f: int, in_f: int) -> int:
     if key not in _FAST_RANK:
         x = torch.randn(TIMING_TOKENS, in_f)
         w = torch.randn(out_f, in_f)
-        dense = _time(lambda: torch.nn.functional.linear(x, w))
+        dense = median_ms(lambda: torch.nn.functional.linear(x, w))
         lo, hi = 0, (out_f * in_f // (out_f + in_f)) // 16  # candidate ranks 16 * k, k in (lo, hi]
         while lo < hi:  # time falls with rank: binary search for the last fast one
             mid = (lo + hi + 1) // 2
             r = 16 * mid
             a, b = torch.randn(r, in_f), torch.randn(out_f, r)
-            fact = _time(lambda: torch.nn.functional.linear(torch.nn.functional.linear(x, a), b))
+            fact = median_ms(lambda: torch.nn.functional.linear(torch.nn.functional.linear(x, a), b))
             lo, hi = (mid, hi) if fact <= FAST_MARGIN * dense else (lo, mid - 1)
         _FAST_RANK[key] = 16 * lo
     return _FAST_RANK[key]

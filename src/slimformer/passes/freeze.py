@@ -18,7 +18,8 @@ import warnings
 import torch
 from torch import nn
 
-from ..measure.bench import latency_ms
+from ..timing import latency_ms
+from . import int8_kernels
 
 TIME_SHAPES = ((1, 16), (8, 128))  # the latency that matters for serving one query, and a batch
 MIN_GAIN = 1.05  # a runtime must be this much faster (geometric mean over TIME_SHAPES) to replace eager
@@ -44,7 +45,9 @@ class Frozen:
 
     def __init__(self, encoder: nn.Module, example: dict[str, torch.Tensor]):
         graph = _Graph(encoder).eval()  # eval: a fresh wrapper starts in train mode
-        with torch.no_grad(), warnings.catch_warnings():
+        # int8 layers are traced with their batch kernel: in a graph, per-op overhead no longer favours fp32 at 16
+        # tokens (int8_kernels); eager calls that fall back to the encoder keep the kernels as chosen
+        with torch.no_grad(), warnings.catch_warnings(), int8_kernels.large_only(encoder):
             warnings.simplefilter("ignore")  # TracerWarnings about Python branches: checked against eager below
             self.output_type = type(encoder(**example))
             traced = torch.jit.trace(graph, (example["input_ids"], example["attention_mask"]), check_trace=False)
