@@ -29,6 +29,7 @@ TIMING_TOKENS = (16, 1024)  # rows timed per shape class: one short query (1x16)
 SMALL_ROWS = 128  # calls with up to this many rows (tokens in the batch) use the one-query kernel
 MIN_GAIN = 1.05  # a kernel must beat fp32 by this at a count to serve calls of that size
 OUT_OF_RACE = 3.0  # a kernel this many times slower than fp32 at 16 rows is not timed at 1024
+REPS = {16: 31, 1024: 15}  # timed calls per kernel: kernels within 10% of each other need this many to settle
 
 
 def parse(spec: str, where: str = "int8 kernel") -> tuple[str, str]:
@@ -142,7 +143,8 @@ def measure(lin) -> tuple[str, dict]:
             x = torch.randn(m, lin.in_features)
             # hopeless at 16 rows: not worth seconds at 1024
             racing = [n for n in probes if not times[n] or times[n][0] <= OUT_OF_RACE * times["fp32"][0]]
-            for name, t in interleaved_ms({n: (lambda p: lambda: p(x))(probes[n]) for n in racing}).items():
+            calls = {n: (lambda p: lambda: p(x))(probes[n]) for n in racing}
+            for name, t in interleaved_ms(calls, reps=REPS[m]).items():
                 times[name].append(t)
             for name in set(probes) - set(racing):
                 times[name].append(float("inf"))
