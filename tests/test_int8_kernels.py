@@ -152,3 +152,11 @@ def test_freeze_traces_the_batch_kernel_and_keeps_the_eager_choice(tiny_int8, se
     assert "quantized::linear_dynamic" in str(graph)  # the batch kernel, though the trace example is small
     assert int8_kernels.summary(model.encoder) == {"fp32/fbgemm": 13}  # eager fallback: as chosen
 
+
+
+def test_freeze_step_checks_the_trace_against_eager_with_the_same_kernels(tiny_dir, sentences, monkeypatch):
+    """A small eager call runs the one-query kernel, the trace the batch kernel: the freeze step's accuracy check must
+    compare like with like, or it rejects every trace whose kernels differ by size (it did: max error 0.15)."""
+    monkeypatch.setenv(int8_kernels.ENV, "fp32/fbgemm")
+    model = slimformer.compress(slimformer.load(tiny_dir), "int8+freeze", calib=sentences)
+    assert model.manifest["steps"][-1]["max_error"] <= freeze.ATOL
