@@ -18,20 +18,6 @@ import torch
 SHAPES = ((1, 16), (8, 128), (32, 32))  # (batch, seq): one short query, a long-document batch, a short-text batch
 
 
-def median_ms(fn, reps: int = 15, give_up_ms: float = float("inf")) -> float:
-    """Median ms of fn() over `reps` calls after one warm-up call; a call slower than give_up_ms ends the timing
-    early (a candidate that slow is out of any race: its first times are enough to say so)."""
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-        if times[-1] > give_up_ms and len(times) >= 2:
-            break
-    return statistics.median(times)
-
-
 def interleaved_ms(fns: dict[str, Callable[[], object]], reps: int = 9, give_up_ms: float = 50.0) -> dict[str, float]:
     """Median ms of each fn, timed in turns (a, b, c, a, b, c, ...) so that a slow spell or the allocator's state
     hits all alike; a fn slower than give_up_ms per call stops after two timed calls."""
@@ -46,6 +32,11 @@ def interleaved_ms(fns: dict[str, Callable[[], object]], reps: int = 9, give_up_
             fn()
             times[name].append((time.perf_counter() - t0) * 1e3)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def median_ms(fn: Callable[[], object], reps: int = 15, give_up_ms: float = float("inf")) -> float:
+    """Median ms of fn() over `reps` calls after a warm-up call (interleaved_ms with one fn)."""
+    return interleaved_ms({"fn": fn}, reps, give_up_ms)["fn"]
 
 
 def example_inputs(batch: int, seq: int, vocab_size: int, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -43,6 +43,15 @@ def parse(spec: str, where: str = "int8 kernel") -> tuple[str, str]:
     return small, large
 
 
+def join(small: str, large: str) -> str:
+    return small if small == large else f"{small}/{large}"
+
+
+def planned(lin) -> str:
+    """The kernels `lin` runs, or will run at its first call: its own, else the forced ones, else the measured."""
+    return lin.__dict__.get("kernel") or forced() or measure(lin)[0]
+
+
 def drop_cache(lin) -> None:
     for key in [k for k in lin.__dict__ if k.startswith("_kernel_")]:
         del lin.__dict__[key]
@@ -57,7 +66,7 @@ def set_kernel(lin, spec: str) -> None:
         for key, value in KERNELS[name][0](lin).items():
             lin.__dict__[f"_kernel_{name}_{key}"] = value
     lin.__dict__["_kernel_small"], lin.__dict__["_kernel_large"] = KERNELS[small][1], KERNELS[large][1]
-    lin.__dict__["kernel"] = small if small == large else f"{small}/{large}"
+    lin.__dict__["kernel"] = join(small, large)
 
 
 def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,7 +117,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = self.__dict__
         if "_kernel_small" not in d:  # not given a kernel yet, or deep-copied / moved: measured (or forced) now
-            set_kernel(self, d.get("kernel") or forced() or measure(self)[0])
+            set_kernel(self, planned(self))
         small = x.numel() <= SMALL_ROWS * self.in_features
         return (d["_kernel_small"] if small else d["_kernel_large"])(self, x)
 
@@ -152,8 +161,7 @@ def measure(lin) -> tuple[str, dict]:
         for i in range(len(TIMING_TOKENS)):
             name = min(times, key=lambda n: times[n][i])
             best.append(name if times["fp32"][i] >= MIN_GAIN * times[name][i] else "fp32")
-        spec = best[0] if best[0] == best[1] else f"{best[0]}/{best[1]}"
-        _CHOICE[key] = (spec, {n: [round(t, 4) for t in v] for n, v in times.items()})
+        _CHOICE[key] = (join(*best), {n: [round(t, 4) for t in v] for n, v in times.items()})
     return _CHOICE[key]
 
 
@@ -185,7 +193,7 @@ def large_only(module: nn.Module):
     chosen = {m: m.__dict__.get("kernel") for m in module.modules() if isinstance(m, Int8Linear)}
     try:
         for m, spec in chosen.items():
-            set_kernel(m, parse(spec or forced() or measure(m)[0])[1])
+            set_kernel(m, parse(planned(m))[1])
         yield
     finally:
         for m, spec in chosen.items():
@@ -201,6 +209,6 @@ def summary(module: nn.Module) -> dict[str, int]:
     counts: dict[str, int] = {}
     for m in module.modules():
         if isinstance(m, Int8Linear):
-            name = m.__dict__.get("kernel") or forced() or measure(m)[0]
+            name = planned(m)
             counts[name] = counts.get(name, 0) + 1
     return counts
