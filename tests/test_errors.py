@@ -15,19 +15,19 @@ def test_unknown_pooling_mode(tiny):
     assert issubclass(PoolingError, SlimformerError)
 
 
-def test_sts_file_with_a_bad_header_or_row(tmp_path):
-    bad_header = tmp_path / "h.tsv"
-    bad_header.write_text("a\tb\tscore\nx\ty\t1.0\n")
-    with pytest.raises(DataFormatError, match="header must be sentence1<TAB>sentence2<TAB>score"):
-        read_sts_tsv(bad_header)
-    bad_row = tmp_path / "r.tsv"
-    bad_row.write_text("sentence1\tsentence2\tscore\nx\ty\t1.0\n\nx\ty\thigh\n")
-    with pytest.raises(DataFormatError, match="line 4: must be"):
-        read_sts_tsv(bad_row)
-    short_row = tmp_path / "s.tsv"
-    short_row.write_text("sentence1\tsentence2\tscore\nonly one column\n")
-    with pytest.raises(DataFormatError, match="line 2: must be"):
-        read_sts_tsv(short_row)
+@pytest.mark.parametrize("text, message", [
+    ("a\tb\tscore\nx\ty\t1.0\n", "header must be sentence1<TAB>sentence2<TAB>score"),
+    ("sentence1\tsentence2\tscore\nx\ty\t1.0\n\nx\ty\thigh\n", "line 4: must be"),
+    ("sentence1\tsentence2\tscore\nonly one column\n", "line 2: must be"),
+])
+def test_sts_file_with_a_bad_header_or_row(tmp_path, text, message):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text(text)
+    with pytest.raises(DataFormatError, match=message):
+        read_sts_tsv(bad)
+
+
+def test_sts_file_with_a_blank_line_reads(tmp_path):
     good = tmp_path / "ok.tsv"
     good.write_text("sentence1\tsentence2\tscore\n\nx\ty\t1.5\n")
     assert read_sts_tsv(good) == [("x", "y", 1.5)]
