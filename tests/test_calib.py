@@ -37,14 +37,14 @@ def test_outputs_of_a_model_against_itself(tiny, calib):
 
 def test_activation_absmax_equals_the_max_over_hidden_states(tiny, calib):
     """The input of layer l's query is the hidden state entering layer l, which HF returns itself."""
-    names = {f"encoder.encoder.layer.{l}.attention.self.query" for l in range(2)}
+    names = {f"net.encoder.layer.{l}.attention.self.query" for l in range(2)}
     stats = activation_absmax(tiny, calib, names)
     assert set(stats) == names
     with torch.inference_mode():
         states = [tiny.encoder(**b, output_hidden_states=True).hidden_states for b in calib.batches]
     for l in range(2):
         expected = torch.stack([s[l].abs().amax((0, 1)) for s in states]).amax(0)  # (H,), padding included
-        torch.testing.assert_close(stats[f"encoder.encoder.layer.{l}.attention.self.query"], expected,
+        torch.testing.assert_close(stats[f"net.encoder.layer.{l}.attention.self.query"], expected,
                                    rtol=0, atol=1e-6)
     assert all(not m._forward_pre_hooks for m in tiny.modules())  # its hooks are gone
 

@@ -127,6 +127,34 @@ ADAPTERS: dict[str, Adapter] = {
 }
 
 
+# Task heads kept on the encoder, by the class-name suffix of config.json `architectures` (io.py builds each with
+# its transformers Auto class; passes still work on the encoder, the head is compressed with it).
+HEADS: dict[str, str] = {
+    "ForSequenceClassification": "sequence-classification",
+    "ForTokenClassification": "token-classification",
+}
+# not task heads: the bare encoder or a pre-training objective, so the base model is what is kept (BertLMHeadModel
+# ends in "Model" but is a causal language model: not a base model)
+NOT_HEADS = ("Model", "ForMaskedLM", "ForPreTraining")
+
+
+def head_of(architectures: list[str] | None) -> str | None:
+    """The task head a config's `architectures` names (None: a base model, or no architectures given); any other
+    architecture (ForQuestionAnswering, ForCausalLM, ...) is an UnsupportedArchitectureError, never a silent
+    fallback to the base model."""
+    heads = set()
+    for name in architectures or []:
+        head = next((h for suffix, h in HEADS.items() if name.endswith(suffix)), None)
+        if head is None and (not name.endswith(NOT_HEADS) or name.endswith("LMHeadModel")):
+            raise UnsupportedArchitectureError(
+                f"unsupported architecture '{name}' (heads: {', '.join(f'*{s}' for s in HEADS)}; "
+                f"or a base model: *{', *'.join(NOT_HEADS)})")
+        heads.add(head)
+    if len(heads) > 1:
+        raise UnsupportedArchitectureError(f"config.json names several architectures: {', '.join(architectures)}")
+    return heads.pop() if heads else None
+
+
 def model_type_of(encoder: nn.Module) -> str:
     config = getattr(encoder, "config", None)
     if config is not None and hasattr(config, "model_type"):

@@ -158,9 +158,12 @@ class Distill:
     batch_size: int = 32
     seed: int = 0
     device: str = "cpu"  # where to train ("cuda" when lent a GPU); the model comes back to the CPU
+    temperature: float = 2.0  # of the KL term on a classifier's logits (softmax(z / T), scaled by T^2)
 
     def __post_init__(self):
         require(is_real(self.lr) and self.lr > 0, self.step, f"lr must be a number > 0, got {self.lr!r}")
+        require(is_real(self.temperature) and self.temperature > 0, self.step,
+                f"temperature must be a number > 0, got {self.temperature!r}")
         check_count(self.step, "batch_size", self.batch_size)
         # torch.Generator.manual_seed takes a 64-bit seed
         require(is_int(self.seed) and 0 <= self.seed < 2**63, self.step,

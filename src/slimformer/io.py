@@ -1,5 +1,6 @@
 """Loading and saving. Folders in: Hugging Face, sentence-transformers, slimformer. Folder out: `slimformer.json`
-(manifest: base config, pooling, recipe, every decision, every module that differs from the base architecture),
+(manifest: the net's config, its task head, pooling, recipe, every decision, every module that differs from the
+architecture built fresh from that config),
 `model.safetensors` (int8 stays int8) and the tokenizer files. Never pickle: safetensors and JSON only."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .arch import adapter_for
+from .arch import adapter_for, head_of
 from .errors import ModelNotFoundError, SlimformerError
 from .folder import FORMAT, MANIFEST, atomic_folder, manifest_fields
 from .mha import QuantizableMHA
@@ -26,6 +27,19 @@ from .passes.vocab import VocabEmbedding
 from .surgery import set_module
 
 WEIGHTS = "model.safetensors"
+
+# task head (arch.head_of; None: the base model) -> the transformers Auto class that builds the net
+AUTO_CLASSES: dict[str | None, str] = {
+    None: "AutoModel",
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification",
+}
+
+
+def auto_class(head: str | None):
+    import transformers
+
+    return getattr(transformers, AUTO_CLASSES[head])
 
 # Module types a manifest may name, each rebuilt empty from its spec (constructor kwargs) before weights load.
 MODULE_TYPES: dict[str, type[nn.Module]] = {
@@ -88,16 +102,17 @@ def load(path: str | os.PathLike | None = None) -> SlimModel:
         raise ModelNotFoundError(f"not a model folder (no config.json, slimformer.json or modules.json): {path}")
     config = _read_config(hf_dir)
     adapter_for(config.model_type)  # fail early, with one line, on an architecture we cannot handle
+    head = head_of(getattr(config, "architectures", None))  # likewise for a task head
     if not any((hf_dir / f).is_file() for f in (WEIGHTS, "model.safetensors.index.json")):
         raise ModelNotFoundError(f"no safetensors weights in {hf_dir} (pickled .bin weights are never loaded)")
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    encoder = AutoModel.from_pretrained(hf_dir, use_safetensors=True)
+    net = auto_class(head).from_pretrained(hf_dir, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     if max_len is None:
         max_len = min(getattr(tokenizer, "model_max_length", 512), getattr(config, "max_position_embeddings", 512))
     manifest = {"source": str(path.resolve()), "recipe": "", "steps": []}
-    return SlimModel(encoder, tokenizer, pooling, normalize, max_len, manifest)
+    return SlimModel(net, tokenizer, pooling, normalize, max_len, manifest)
 
 
 def _read_config(hf_dir: Path):
@@ -137,9 +152,10 @@ def _sentence_transformers_info(path: Path) -> tuple[str, bool, int | None, Path
     return pooling, normalize, max_len, hf_dir
 
 
-def _skeleton(config_dict: dict) -> nn.Module:
-    """The base architecture, built from its config with weights left uninitialized."""
-    from transformers import AutoConfig, AutoModel
+def _skeleton(config_dict: dict, head: str | None = None) -> nn.Module:
+    """The architecture (base model, or task model with its head), built from its config with weights left
+    uninitialized."""
+    from transformers import AutoConfig
 
     cfg = dict(config_dict)
     config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
@@ -148,7 +164,7 @@ def _skeleton(config_dict: dict) -> nn.Module:
     except ImportError:  # transformers 4.x
         from transformers.modeling_utils import no_init_weights
     with no_init_weights():
-        return AutoModel.from_config(config)
+        return auto_class(head).from_config(config)
 
 
 def _load_slim(path: Path) -> SlimModel:
@@ -157,20 +173,25 @@ def _load_slim(path: Path) -> SlimModel:
     manifest = json.loads((path / MANIFEST).read_text())
     if manifest.get("format") != FORMAT:
         raise SlimformerError(f"{path / MANIFEST}: unsupported manifest format {manifest.get('format')}")
-    encoder = _skeleton(manifest["config"])
-    # parents before children: a swapped container (QuantizableMHA) is rebuilt before its swapped Linears
+    head = manifest.get("head")  # absent in folders written before heads were kept: a base model
+    if head not in AUTO_CLASSES:
+        raise SlimformerError(f"{path / MANIFEST}: unknown head '{head}'")
+    net = _skeleton(manifest["config"], head)
+    # module paths are relative to the net; parents before children: a swapped container (QuantizableMHA) is
+    # rebuilt before its swapped Linears
     for fqn, spec in sorted(manifest["modules"].items(), key=lambda kv: kv[0].count(".")):
-        set_module(encoder, fqn, build_module(spec))
+        set_module(net, fqn, build_module(spec))
+    encoder = net.base_model  # what the structure passes changed, and what their records rebuild
     adapter = adapter_for(encoder.config.model_type)
     restore_structure(encoder, adapter)
     restore_fnet(encoder, adapter)
     state = load_file(path / WEIGHTS)
-    encoder.load_state_dict(state, strict=True)
-    int8_kernels.choose(encoder)  # this CPU's int8 kernels (measured, or $SLIMFORMER_INT8_KERNEL), before any trace
+    net.load_state_dict(state, strict=True)
+    int8_kernels.choose(net)  # this CPU's int8 kernels (measured, or $SLIMFORMER_INT8_KERNEL), before any trace
     tokenizer = AutoTokenizer.from_pretrained(path)
     p = manifest["pooling"]
     kept = {k: manifest[k] for k in ("source", "recipe", "steps")}
-    model = SlimModel(encoder, tokenizer, p["mode"], p["normalize"], p["max_seq_length"], kept)
+    model = SlimModel(net, tokenizer, p["mode"], p["normalize"], p["max_seq_length"], kept)
     runtime = next((s["runtime"] for s in kept["steps"] if s.get("step") == "freeze"), "eager")
     freeze.apply(model, runtime)  # re-trace: the graph itself is never stored (no pickles)
     return model
@@ -178,11 +199,11 @@ def _load_slim(path: Path) -> SlimModel:
 
 # ----------------------------------------------------------------------------------------------------------- save
 
-def changed_modules(encoder: nn.Module, skeleton: nn.Module) -> dict[str, dict]:
-    """{fqn: spec} of every module whose type or shape differs from the freshly built base architecture."""
+def changed_modules(net: nn.Module, skeleton: nn.Module) -> dict[str, dict]:
+    """{fqn: spec} of every module whose type or shape differs from the freshly built architecture."""
     base = dict(skeleton.named_modules())
     out = {}
-    for fqn, m in encoder.named_modules():
+    for fqn, m in net.named_modules():
         spec = module_spec(m)
         if spec is None or not fqn:
             continue
@@ -193,9 +214,12 @@ def changed_modules(encoder: nn.Module, skeleton: nn.Module) -> dict[str, dict]:
 
 
 def manifest_of(model: SlimModel) -> dict:
-    """The fields every slimformer.json holds, then the base architecture and each module that differs from it."""
-    config = model.encoder.config.to_dict()
-    return {**manifest_fields(model), "config": config, "modules": changed_modules(model.encoder, _skeleton(config))}
+    """The fields every slimformer.json holds, then the net's architecture (config with `architectures` and
+    `id2label`, and its task head) and each module that differs from it (paths relative to the net: for a base
+    model the same as the encoder's)."""
+    config = model.net.config.to_dict()
+    return {**manifest_fields(model), "head": model.head, "config": config,
+            "modules": changed_modules(model.net, _skeleton(config, model.head))}
 
 
 def _state_for_safetensors(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -215,7 +239,7 @@ def save(model: SlimModel, out_dir: str | os.PathLike, force: bool = False,
     existing output is replaced only with force). `extra_files` ({name: text}) are written alongside."""
     out = Path(out_dir).resolve()
     with atomic_folder(out, force, source=model.manifest.get("source")) as tmp:
-        save_file(_state_for_safetensors(model.encoder), tmp / WEIGHTS, metadata={"format": "pt"})
+        save_file(_state_for_safetensors(model.net), tmp / WEIGHTS, metadata={"format": "pt"})
         (tmp / MANIFEST).write_text(json.dumps(manifest_of(model), indent=1))
         model.tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():

@@ -1,7 +1,9 @@
-"""SlimModel: tokenizer + encoder (a Hugging Face base model) + pooling, with the manifest of what was done to it.
+"""SlimModel: tokenizer + net (a Hugging Face model: a base encoder, or a task model whose head sits on one) +
+pooling, with the manifest of what was done to it.
 
-`model(**inputs)` is the encoder's own forward (same signature, same outputs as the model it came from);
-`model.encode(texts)` works like sentence-transformers' encode.
+`model(**inputs)` is the net's own forward (same signature, same outputs as the model it came from: `.logits` for a
+classifier, `.last_hidden_state` for a base encoder); `model.encode(texts)` works like sentence-transformers' encode,
+`model.predict(texts or pairs)` like its CrossEncoder.predict (logits, no activation).
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .arch import Adapter, adapter_for, model_type_of
-from .errors import PoolingError
+from .arch import Adapter, adapter_for, head_of, model_type_of
+from .errors import PoolingError, UnsupportedArchitectureError
 
 POOLING_MODES = ("mean", "cls", "max")
 
 
 def main_output(out) -> torch.Tensor:
-    """The token states of an encoder's output, whatever its type: (B, T, H)."""
+    """The main tensor of a model's output, whatever its type: an encoder's token states (B, T, H), a task head's
+    logits ((B, C) or (B, T, C))."""
     if isinstance(out, torch.Tensor):
         return out
     if hasattr(out, "last_hidden_state"):
@@ -29,19 +32,51 @@ def main_output(out) -> torch.Tensor:
     return out[0]
 
 
+Inputs = list[str] | list[tuple[str, str]]  # sentences, or sentence pairs (a cross-encoder's input)
+
+
 class SentenceEncoder:
-    """encode() and tokenize(), shared by SlimModel and the exported models (runtime/export.py): a subclass has
-    `tokenizer` and `max_seq_length`, and supplies embed_batch(tokenized batch) -> (B, H) sentence embeddings."""
+    """encode(), predict() and tokenize(), shared by SlimModel and the exported models (runtime/export.py): a
+    subclass has `tokenizer` and `max_seq_length`, and supplies embed_batch(tokenized batch) -> (B, H) sentence
+    embeddings and, if it has a classification head, logits_batch(tokenized batch) -> (B, C) or (B, T, C) logits."""
 
     tokenizer: Any
     max_seq_length: int
 
-    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_seq_length,
+    def tokenize(self, texts: Inputs) -> dict[str, torch.Tensor]:
+        """Sentences, or (first, second) pairs tokenized as pairs (token_type_ids mark the second sentence)."""
+        pairs = bool(texts) and not isinstance(texts[0], str)
+        args = (list(t[0] for t in texts), list(t[1] for t in texts)) if pairs else (list(texts),)
+        return dict(self.tokenizer(*args, padding=True, truncation=True, max_length=self.max_seq_length,
                                    return_tensors="pt"))
 
     def embed_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
+
+    def logits_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise UnsupportedArchitectureError("predict needs a classification head; this model is an embedder "
+                                           "(use encode)")
+
+    @torch.inference_mode()
+    def predict(self, inputs: Inputs, batch_size: int = 32) -> np.ndarray | list[np.ndarray]:
+        """Logits like sentence-transformers' CrossEncoder.predict without activation: (N, C) for a sequence
+        classifier; for a token classifier a list of N (T_i, C) arrays, one row per real token (special tokens
+        included). `inputs`: sentences, or (first, second) pairs. Longest first, padded per batch, in input order."""
+        items = list(inputs)
+        order = np.argsort([-sum(map(len, (t,) if isinstance(t, str) else t)) for t in items], kind="stable")
+        out: list = [None] * len(items)
+        for i in range(0, len(items), batch_size):
+            idx = order[i : i + batch_size]
+            batch = self.tokenize([items[j] for j in idx])
+            logits = self.logits_batch(batch).float()  # (B, C) or (B, T, C)
+            for row, j in enumerate(idx):
+                if logits.dim() == 3:
+                    out[j] = logits[row][batch["attention_mask"][row].bool()].numpy()  # (T_j, C)
+                else:
+                    out[j] = logits[row].numpy()  # (C,)
+        if out and out[0].ndim == 2:
+            return out
+        return np.stack(out) if out else np.empty((0, 0), dtype=np.float32)
 
     @torch.inference_mode()
     def encode(self, sentences: str | list[str], batch_size: int = 32, show_progress_bar: bool = False,
@@ -70,12 +105,12 @@ class SentenceEncoder:
 
 
 class SlimModel(SentenceEncoder, nn.Module):
-    def __init__(self, encoder: nn.Module, tokenizer, pooling: str = "mean", normalize: bool = False,
+    def __init__(self, net: nn.Module, tokenizer, pooling: str = "mean", normalize: bool = False,
                  max_seq_length: int = 256, manifest: dict | None = None):
         super().__init__()
         if pooling not in POOLING_MODES:
             raise PoolingError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
-        self.encoder = encoder.eval()
+        self.net = net.eval()  # the whole model as loaded: a task model (encoder + head) or the base encoder
         self.tokenizer = tokenizer
         self.pooling, self.normalize, self.max_seq_length = pooling, normalize, max_seq_length
         # what was done to this model: {"source", "recipe", "steps": [{"step", ...decisions}]}; io.py adds the rest
@@ -83,8 +118,19 @@ class SlimModel(SentenceEncoder, nn.Module):
                                                                                 "steps": []}
 
     @property
+    def encoder(self) -> nn.Module:
+        """The base encoder inside `net` (every pass works on it; adapter paths are relative to it); `net` itself
+        when it is the base model or a plain torch module."""
+        return getattr(self.net, "base_model", self.net)
+
+    @property
+    def head(self) -> str | None:
+        """None (an embedder), "sequence-classification" or "token-classification"."""
+        return None if self.encoder is self.net else head_of([type(self.net).__name__])
+
+    @property
     def config(self):
-        return self.encoder.config
+        return self.net.config  # a task model's config: the encoder's plus id2label / num_labels
 
     @property
     def model_type(self) -> str:
@@ -98,12 +144,12 @@ class SlimModel(SentenceEncoder, nn.Module):
         frozen = self.__dict__.get("frozen")  # set by the `freeze` step (passes/freeze.py); not a submodule
         if frozen is not None and frozen.handles(args, kwargs):
             return frozen(**kwargs)
-        return self.encoder(*args, **kwargs)
+        return self.net(*args, **kwargs)
 
     def clone(self) -> "SlimModel":
         """A deep copy sharing only the (immutable) tokenizer."""
         new = copy.copy(self)
-        new._modules = {"encoder": copy.deepcopy(self.encoder)}
+        new._modules = {"net": copy.deepcopy(self.net)}
         new.manifest = copy.deepcopy(self.manifest)
         new.__dict__["frozen"] = None  # a traced graph holds the old weights; the copy runs eager
         return new
@@ -120,5 +166,13 @@ class SlimModel(SentenceEncoder, nn.Module):
         return F.normalize(out, p=2, dim=-1) if self.normalize else out
 
     def embed_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """A tokenized batch -> (B, H) pooled sentence embeddings, through the frozen graph when there is one."""
-        return self.pool(main_output(self(**batch)), batch["attention_mask"])
+        """A tokenized batch -> (B, H) pooled sentence embeddings, through the frozen graph when there is one; a
+        task model's encoder pooled (its head's output is no sentence embedding)."""
+        out = self(**batch) if self.head is None else self.encoder(**batch)
+        return self.pool(main_output(out), batch["attention_mask"])
+
+    def logits_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A tokenized batch -> the head's logits, (B, C) or (B, T, C), through the frozen graph when there is one."""
+        if self.head is None:
+            return super().logits_batch(batch)
+        return self(**batch).logits

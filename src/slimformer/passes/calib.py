@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..model import main_output
@@ -64,32 +65,70 @@ def pooled(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model.pool(main_output(model.encoder(**batch)), batch["attention_mask"])
 
 
+def has_head(model) -> bool:
+    return getattr(model, "head", None) is not None
+
+
+def sentence_output(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """What a model's decisions are measured on: its pooled sentence embeddings (B, H) for an embedder, its head's
+    logits (B, C), or (B, T, C) for a token classifier."""
+    return model.net(**batch).logits if has_head(model) else pooled(model, batch)
+
+
 @torch.no_grad()
-def embedding_distance(model, calib: Calibration, reference: list[torch.Tensor]) -> float:
-    """Sum over calibration sentences of 1 - cos(model's pooled embedding, the reference's): how far a changed
-    model has moved. `reference`: one (B, H) tensor per batch, e.g. [pooled(original, b) for b in calib.batches]."""
-    return sum(float((1 - torch.cosine_similarity(pooled(model, b), r)).sum())
-               for b, r in zip(calib.batches, reference))
+def output_distance(model, calib: Calibration, reference: list[torch.Tensor]) -> float:
+    """How far a changed model has moved, summed over calibration sentences: 1 - cos of the pooled embeddings, or
+    for a classifier KL(p_reference || p_model) of the class distributions (summed over the real tokens of a token
+    classifier). `reference`: [sentence_output(original, b) for b in calib.batches]."""
+    total = 0.0
+    for b, r in zip(calib.batches, reference):
+        out = sentence_output(model, b)
+        if not has_head(model):
+            total += float((1 - torch.cosine_similarity(out, r)).sum())
+            continue
+        log_r = F.log_softmax(r.float(), -1)
+        kl = (log_r.exp() * (log_r - F.log_softmax(out.float(), -1))).sum(-1)  # (B,) or (B, T)
+        total += float((kl[b["attention_mask"].bool()] if kl.dim() == 2 else kl).sum())
+    return total
+
+
+def _projected_output(model, one: dict[str, torch.Tensor], g: torch.Generator) -> torch.Tensor:
+    """A scalar whose squared gradient is, in expectation over the Gaussian draw, the Fisher of the output.
+
+    Embedder: r . pooled, r ~ N(0, I_H): E[(d r.f / dt)^2] = sum_d (df_d / dt)^2, the Fisher of the embedding
+    under a Gaussian model. Classifier: v . z for logits z (C,) per sentence or token, v = sqrt(p) * r - p
+    (sqrt(p) . r) with p = softmax(z) held constant and r ~ N(0, I_C): Cov(v) = diag(p) - p p^T, so
+    E[(v . dz/dt)^2] = sum_c p_c (d log p_c / dt)^2, the expected Fisher over the classes the model itself
+    predicts (label-free; no gold labels). Chosen over backpropagating log p(y) of one sampled label y ~ p, which
+    has the same expectation but, for a confident classifier, almost always draws the argmax (gradient ~ 0) and
+    rests on rare draws; and over the exact sum over classes, which costs C backward passes (T C per sentence
+    for a token classifier)."""
+    if not has_head(model):
+        out = pooled(model, one)  # (1, H)
+        return (out * torch.randn(out.shape, generator=g)).sum()
+    z = model.net(**one).logits  # (1, C) or (1, T, C)
+    p = F.softmax(z.detach().float(), -1)
+    r = torch.randn(z.shape, generator=g)
+    v = p.sqrt() * r - p * (p.sqrt() * r).sum(-1, keepdim=True)  # (..., C), covariance diag(p) - p p^T
+    return (v * z).sum()
 
 
 def squared_gradients(model, calib: Calibration, tensors: list[torch.Tensor], seed: int = 0,
                       progress=None) -> list[torch.Tensor]:
-    """Label-free empirical Fisher: the sum over calibration sentences of the squared gradient of r . pooled(s)
-    with respect to each tensor, r a fresh Gaussian vector per sentence, so that in expectation it is
-    sum_d (d pooled_d / d t)^2, the Fisher of the embedding under a Gaussian model. One backward per sentence
-    (cut to its own length): a Fisher is a sum of squares, which a batched gradient would mix. Same shapes as
-    `tensors` (each must require grad)."""
+    """Label-free Fisher: the sum over calibration sentences of the squared gradient of a Gaussian projection of
+    the model's output (_projected_output: the pooled embedding, or a classifier's class distribution) with
+    respect to each tensor, a fresh projection per sentence. One backward per sentence (cut to its own length): a
+    Fisher is a sum of squares, which a batched gradient would mix. Same shapes as `tensors` (each must require
+    grad)."""
     sums = [torch.zeros_like(t) for t in tensors]
     g = torch.Generator().manual_seed(seed)
-    model.encoder.eval()
+    model.net.eval()
     with torch.enable_grad():
         for batch in calib.batches:
             for i in range(batch["input_ids"].shape[0]):
                 n = int(batch["attention_mask"][i].sum())
                 one = {k: v[i : i + 1, :n] for k, v in batch.items()}
-                out = pooled(model, one)  # (1, H)
-                grads = torch.autograd.grad((out * torch.randn(out.shape, generator=g)).sum(), tensors,
-                                            allow_unused=True)
+                grads = torch.autograd.grad(_projected_output(model, one, g), tensors, allow_unused=True)
                 for acc, gr in zip(sums, grads):
                     if gr is not None:  # a mask of a layer that has no such units
                         acc += gr.detach().pow(2)

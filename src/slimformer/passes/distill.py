@@ -2,7 +2,10 @@
 
 Loss per batch (real tokens only): 1 - cos(pooled student, pooled teacher) plus, for every student layer, the MSE of
 its hidden states to the teacher layer it stands for, divided by the teacher's mean square so layers weigh alike
-(layer map: identity, or the kept layers when layers were dropped). AdamW, linear warm-up then linear decay over
+(layer map: identity, or the kept layers when layers were dropped); for a classifier plus the KL divergence of the
+student's class distribution from the teacher's at temperature T, times T^2 (Hinton et al. 2015, "Distilling the
+Knowledge in a Neural Network"), so the head is trained with the encoder. Unlabeled text only: the teacher's
+outputs are the targets. AdamW, linear warm-up then linear decay over
 the budget (steps, or minutes of wall clock), dynamic padding, no dropout, deterministic for a seed. With a
 checkpoint folder, the run saves its state every CHECKPOINT_SECONDS and a restarted run resumes from it.
 """
@@ -15,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..configs import Distill
@@ -37,21 +41,34 @@ def layer_map(student, teacher) -> list[int]:
 
 
 def _forward(model, batch, grad: bool):
+    """(pooled (B, H), per-block states [(B, T, H)], a head's logits (B, C) / (B, T, C) or None), through the net."""
     with torch.set_grad_enabled(grad):
-        out = model.encoder(**batch, output_hidden_states=True)
+        out = model.net(**batch, output_hidden_states=True)
         states = out.hidden_states[1:]  # per block: (B, T, H)
-        return model.pool(out.last_hidden_state, batch["attention_mask"]), states
+        last = getattr(out, "last_hidden_state", None)  # a task model's output has no such field: its last block's
+        last = states[-1] if last is None else last
+        return model.pool(last, batch["attention_mask"]), states, getattr(out, "logits", None)
 
 
-def loss_fn(student, teacher, batch, lmap) -> torch.Tensor:
+def logit_kl(student: torch.Tensor, teacher: torch.Tensor, real: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(teacher / T) || softmax(student / T)) * T^2, the mean over sentences ((B, C) logits), or over the
+    real tokens (real: (B, T) bool) of a token classifier's (B, T, C). T^2 keeps its gradients' scale as T varies."""
+    log_t = F.log_softmax(teacher / temperature, -1)
+    kl = (log_t.exp() * (log_t - F.log_softmax(student / temperature, -1))).sum(-1)  # (B,) or (B, T)
+    return (kl[real] if kl.dim() == 2 else kl).mean() * temperature ** 2
+
+
+def loss_fn(student, teacher, batch, lmap, temperature: float = 2.0) -> torch.Tensor:
     with torch.no_grad():
-        t_pool, t_states = _forward(teacher, batch, grad=False)
-    s_pool, s_states = _forward(student, batch, grad=True)
+        t_pool, t_states, t_logits = _forward(teacher, batch, grad=False)
+    s_pool, s_states, s_logits = _forward(student, batch, grad=True)
     real = batch["attention_mask"].bool()  # (B, T)
     loss = (1 - torch.cosine_similarity(s_pool, t_pool, dim=-1)).mean()
     for s, ti in zip(s_states, lmap):
         t = t_states[ti][real]  # (N, H)
         loss = loss + (s[real] - t).pow(2).mean() / t.pow(2).mean().clamp_min(1e-6) / len(lmap)
+    if t_logits is not None:  # the teacher has a head (and so has the student: compress keeps it)
+        loss = loss + logit_kl(s_logits, t_logits, real, temperature)
     return loss
 
 
@@ -66,7 +83,7 @@ class _Checkpoint:
         if self.folder is None:
             return
         with atomic_folder(self.folder, force=True) as tmp:
-            save_file({k: v.contiguous().cpu() for k, v in student.encoder.state_dict().items()},
+            save_file({k: v.contiguous().cpu() for k, v in student.net.state_dict().items()},
                       tmp / "student.safetensors")
             state = opt.state_dict()
             tensors = {f"{i}.{k}": v.cpu() for i, s in state["state"].items() for k, v in s.items()}
@@ -80,7 +97,7 @@ class _Checkpoint:
         progress = json.loads((self.folder / "progress.json").read_text())
         if progress.get("fingerprint") != self.fingerprint:
             return None  # another run's checkpoint: start over
-        student.encoder.load_state_dict(load_file(self.folder / "student.safetensors"))
+        student.net.load_state_dict(load_file(self.folder / "student.safetensors"))
         flat = load_file(self.folder / "optimizer.safetensors")
         state: dict = {}
         for key, v in flat.items():
@@ -102,17 +119,17 @@ def distill(model, cfg: Distill, ctx, progress_bar: bool = True) -> dict:
     texts = ctx.corpus_texts
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RecipeError("distill: device=cuda, but this machine has no CUDA device")
-    student.encoder.to(cfg.device)
-    teacher.encoder.to(cfg.device)
+    student.net.to(cfg.device)
+    teacher.net.to(cfg.device)
     lmap = layer_map(student, teacher)
-    params = [p for p in student.encoder.parameters() if p.is_floating_point()]
+    params = [p for p in student.net.parameters() if p.is_floating_point()]  # a task head's included
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     fingerprint = json.dumps([student.manifest["recipe"], len(texts), [list(p.shape) for p in params]])
     ckpt = _Checkpoint(getattr(ctx, "checkpoint_dir", None), fingerprint)
-    student.encoder.eval()  # no dropout: deterministic, and the teacher's targets are noise-free
-    teacher.encoder.eval()
+    student.net.eval()  # no dropout: deterministic, and the teacher's targets are noise-free
+    teacher.net.eval()
 
     done = ckpt.load(student, opt) or {"step": 0, "elapsed": 0.0, "losses": []}
     step, elapsed = done["step"], done["elapsed"]
@@ -135,7 +152,7 @@ def distill(model, cfg: Distill, ctx, progress_bar: bool = True) -> dict:
         idx = [order[(step * cfg.batch_size + j) % len(order)] for j in range(cfg.batch_size)]
         batch = dict(student.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                                        max_length=MAX_LENGTH, return_tensors="pt").to(cfg.device))
-        loss = loss_fn(student, teacher, batch, lmap)
+        loss = loss_fn(student, teacher, batch, lmap, cfg.temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -149,12 +166,13 @@ def distill(model, cfg: Distill, ctx, progress_bar: bool = True) -> dict:
             ckpt.save(student, opt, {"step": step, "elapsed": elapsed, "losses": losses})
             last_save = time.perf_counter()
     bar.close()
-    student.encoder.cpu()
-    teacher.encoder.cpu()
+    student.net.cpu()
+    teacher.net.cpu()
     for p in params:
         p.requires_grad_(False)
     ckpt.remove()
     k = max(1, min(20, len(losses) // 3))  # mean of the first and last k steps, k small enough not to overlap
     head, tail = losses[:k], losses[-k:]
     return {"steps": step, "seconds": round(elapsed, 1), "layer_map": lmap, "sentences": step * cfg.batch_size,
-            "loss_first": round(sum(head) / max(1, len(head)), 6), "loss_last": round(sum(tail) / max(1, len(tail)), 6)}
+            "loss_first": round(sum(head) / max(1, len(head)), 6), "loss_last": round(sum(tail) / max(1, len(tail)), 6),
+            **({"temperature": cfg.temperature} if teacher.head is not None else {})}

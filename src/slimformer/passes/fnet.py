@@ -16,7 +16,7 @@ from ..arch import Adapter, blocks
 from ..configs import FNet
 from ..errors import BudgetError, UnsupportedArchitectureError
 from ..surgery import set_module
-from .calib import Calibration, embedding_distance, pooled
+from .calib import Calibration, output_distance, sentence_output
 
 
 def token_validity(mask, batch: int, seq: int) -> torch.Tensor | None:
@@ -112,15 +112,16 @@ def to_fnet(encoder: nn.Module, adapter: Adapter, layer_ids: list[int]) -> None:
 
 @torch.no_grad()
 def rank_layers(model, calib: Calibration) -> list[int]:
-    """Layers ordered by how little Fourier mixing in place of their attention (alone, untrained) moves the pooled
-    embeddings on calibration text: the least disturbed first."""
+    """Layers ordered by how little Fourier mixing in place of their attention (alone, untrained) moves the
+    model's output (pooled embeddings, or a classifier's class distributions) on calibration text: the least
+    disturbed first."""
     enc, adapter = model.encoder, model.adapter
-    ref = [pooled(model, b) for b in calib.batches]
+    ref = [sentence_output(model, b) for b in calib.batches]
     damage = {}
     for i in range(len(blocks(enc, adapter))):
         trial = model.clone()
         to_fnet(trial.encoder, adapter, [i])
-        damage[i] = embedding_distance(trial, calib, ref)
+        damage[i] = output_distance(trial, calib, ref)
     return sorted(damage, key=damage.get)
 
 

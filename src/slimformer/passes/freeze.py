@@ -18,6 +18,7 @@ import warnings
 import torch
 from torch import nn
 
+from ..model import main_output
 from ..timing import latency_ms
 from . import int8_kernels
 
@@ -27,29 +28,29 @@ ATOL = 1e-4  # largest |traced - eager| allowed in the token states
 
 
 class _Graph(nn.Module):
-    """(input_ids, attention_mask) -> (last_hidden_state (B, T, H), pooler_output (B, H)) or (last_hidden_state,)."""
+    """(input_ids, attention_mask) -> the net's output tensors in field order: (last_hidden_state (B, T, H),
+    pooler_output (B, H)) or (last_hidden_state,) of an encoder, (logits (B, C) or (B, T, C),) of a task model."""
 
-    def __init__(self, encoder: nn.Module):
+    def __init__(self, net: nn.Module):
         super().__init__()
-        self.encoder = encoder
+        self.net = net
 
     def forward(self, input_ids, attention_mask):
-        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
-        pooled = getattr(out, "pooler_output", None)
-        return (out.last_hidden_state,) if pooled is None else (out.last_hidden_state, pooled)
+        return tuple(self.net(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).values())
 
 
 class Frozen:
-    """A traced encoder behind the encoder's own call: inputs it was traced for go to the graph, anything else
-    (hidden states asked for, non-zero token types, positional arguments) to the eager encoder."""
+    """A traced net behind the net's own call: inputs it was traced for go to the graph, anything else (hidden
+    states asked for, non-zero token types, positional arguments) to the eager net."""
 
-    def __init__(self, encoder: nn.Module, example: dict[str, torch.Tensor]):
-        graph = _Graph(encoder).eval()  # eval: a fresh wrapper starts in train mode
+    def __init__(self, net: nn.Module, example: dict[str, torch.Tensor]):
+        graph = _Graph(net).eval()  # eval: a fresh wrapper starts in train mode
         # int8 layers are traced with their batch kernel: in a graph, per-op overhead no longer favours fp32 at 16
-        # tokens (int8_kernels); eager calls that fall back to the encoder keep the kernels as chosen
-        with torch.no_grad(), warnings.catch_warnings(), int8_kernels.large_only(encoder):
+        # tokens (int8_kernels); eager calls that fall back to the net keep the kernels as chosen
+        with torch.no_grad(), warnings.catch_warnings(), int8_kernels.large_only(net):
             warnings.simplefilter("ignore")  # TracerWarnings about Python branches: checked against eager below
-            self.output_type = type(encoder(**example))
+            out = net(**example, return_dict=True)
+            self.output_type, self.names = type(out), tuple(out.keys())  # e.g. ("logits",) for a task model
             traced = torch.jit.trace(graph, (example["input_ids"], example["attention_mask"]), check_trace=False)
             self.graph = torch.jit.freeze(traced.eval())
 
@@ -62,10 +63,8 @@ class Frozen:
         return types is None or not bool(types.any())
 
     def __call__(self, input_ids, attention_mask, token_type_ids=None):
-        del token_type_ids  # all zeros (handles() checked): the encoder's default
-        outs = self.graph(input_ids, attention_mask)
-        names = ("last_hidden_state", "pooler_output")
-        return self.output_type(**dict(zip(names, outs)))
+        del token_type_ids  # all zeros (handles() checked): the net's default
+        return self.output_type(**dict(zip(self.names, self.graph(input_ids, attention_mask))))
 
 
 def trace_example(model) -> dict[str, torch.Tensor]:
@@ -76,13 +75,15 @@ def trace_example(model) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def max_error(frozen: Frozen, model, batches: list[dict]) -> float:
-    """Largest |traced - eager| over the real tokens of each batch."""
+    """Largest |traced - eager| of the main output (token states, or a head's logits) over the real tokens (or
+    the sentences) of each batch."""
     err = 0.0
     for b in batches:
         inputs = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
-        real = b["attention_mask"].bool()
-        ref = model.encoder(**inputs).last_hidden_state[real]
-        got = frozen(**inputs).last_hidden_state[real]
+        real = b["attention_mask"].bool()  # (B, T)
+        ref, got = main_output(model.net(**inputs)), main_output(frozen(**inputs))  # (B, T, D) or (B, C)
+        if ref.dim() == 3:
+            ref, got = ref[real], got[real]
         err = max(err, float((got - ref).abs().max()))
     return err
 
@@ -94,18 +95,18 @@ def check_batches(model, sentences: list[str]) -> list[dict]:
 
 def apply(model, runtime: str) -> None:
     """Make `model` (a SlimModel) serve through `runtime` ("eager" or "trace")."""
-    model.__dict__["frozen"] = Frozen(model.encoder, trace_example(model)) if runtime == "trace" else None
+    model.__dict__["frozen"] = Frozen(model.net, trace_example(model)) if runtime == "trace" else None
 
 
 def freeze(model, cfg, ctx, runs: int = 10) -> dict:
     sentences = getattr(ctx, "corpus_texts", None) or []
     if len(sentences) < 12:
         sentences = (sentences + ["a sentence to check the traced graph against eager", "another, shorter one"] * 6)
-    frozen = Frozen(model.encoder, trace_example(model))
-    with int8_kernels.large_only(model.encoder):  # the trace's own kernels: a small eager call may run another one
+    frozen = Frozen(model.net, trace_example(model))
+    with int8_kernels.large_only(model.net):  # the trace's own kernels: a small eager call may run another one
         err = max_error(frozen, model, check_batches(model, sentences))
     vocab = model.encoder.get_input_embeddings().num_embeddings
-    runners = {"eager": lambda x: model.encoder(**x), "trace": lambda x: frozen(**x)}
+    runners = {"eager": lambda x: model.net(**x), "trace": lambda x: frozen(**x)}
     lat = latency_ms(runners, {k: vocab for k in runners}, shapes=TIME_SHAPES, runs=runs)
     gain = math.prod(lat["eager"][k] / lat["trace"][k] for k in lat["eager"]) ** (1 / len(TIME_SHAPES))
     runtime = "trace" if err <= ATOL and gain >= MIN_GAIN else "eager"

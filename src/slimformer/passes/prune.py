@@ -4,10 +4,12 @@ After Michel et al. 2019 ("Are Sixteen Heads Really Better than One?") and Kwon 
 Pruning Framework for Transformers"): a mask variable multiplies each head's context and each FFN neuron; the
 importance of a unit is the diagonal Fisher information of its mask, from gradients on unlabeled calibration text.
 Label-free: the Fisher of the pooled sentence embedding under a Gaussian model, estimated with random projections
-(E_r[(d r.f / dm)^2] = sum_d (df_d / dm)^2). Units are chosen greedily by importance per FLOP; with `tune=true` the
-kept units are then rescaled layer by layer by least squares against the original's hidden states (Kwon's mask
-tuning, masktune.py; off by default); finally they are sliced out physically (structure.py), so the model really
-shrinks.
+(E_r[(d r.f / dm)^2] = sum_d (df_d / dm)^2); for a classifier, the Fisher of its output distribution, the expected
+one over the classes it predicts itself (calib._projected_output says how and why), and its layer and head/neuron
+trade-off choices are measured on its class distributions too. Units are chosen greedily by importance per FLOP;
+with `tune=true` the kept units are then rescaled layer by layer by least squares against the original's hidden
+states (Kwon's mask tuning, masktune.py; off by default); finally they are sliced out physically (structure.py), so
+the model really shrinks.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from ..arch import blocks, head_size
 from ..configs import Ffn, Heads, Layers, Prune
 from ..errors import BudgetError
 from ..surgery import set_module
-from .calib import Calibration, embedding_distance, pooled, squared_gradients
+from .calib import Calibration, has_head, output_distance, pooled, sentence_output, squared_gradients
 from .masktune import fold_masks, tune_masks
 from .structure import (drop_layers, encoder_flops, ffn_per_layer, heads_per_layer, hidden_size, layer_flops,
                         slice_ffn, slice_heads, unit_masks)
@@ -28,8 +30,8 @@ from .structure import (drop_layers, encoder_flops, ffn_per_layer, heads_per_lay
 # ------------------------------------------------------------------------------------------------- importance
 
 def importance(model, calib: Calibration, seed: int = 0, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Diagonal Fisher of head and neuron masks w.r.t. the pooled embedding: (L, max heads) and (L, max neurons).
-    Units a layer does not have score -inf."""
+    """Diagonal Fisher of head and neuron masks w.r.t. the model's output (pooled embedding, or a classifier's class
+    distribution): (L, max heads) and (L, max neurons). Units a layer does not have score -inf."""
     encoder, adapter = model.encoder, model.adapter
     n_heads, n_neurons = heads_per_layer(encoder, adapter), ffn_per_layer(encoder, adapter)  # per layer
     head_mask = torch.ones(len(n_heads), max(n_heads), requires_grad=True)
@@ -84,16 +86,17 @@ def choose_by_flops(fisher_h, fisher_n, flops: float, hidden: int, hs: int) -> t
 
 @torch.no_grad()
 def choose_layers(model, calib: Calibration, n_keep: int) -> list[int]:
-    """Greedy: repeatedly drop the layer whose removal moves the pooled embeddings least (cosine distance)."""
+    """Greedy: repeatedly drop the layer whose removal moves the model's output least (calib.output_distance:
+    cosine of pooled embeddings, or KL of a classifier's class distributions)."""
     enc, adapter = model.encoder, model.adapter
     stack = enc.get_submodule(adapter.layers)  # the full ModuleList, put back after each trial
-    ref = [pooled(model, b) for b in calib.batches]
+    ref = [sentence_output(model, b) for b in calib.batches]
     kept = list(range(len(stack)))
 
     def distance(candidate: list[int]) -> float:
         set_module(enc, adapter.layers, nn.ModuleList([stack[i] for i in candidate]))
         try:
-            return embedding_distance(model, calib, ref)
+            return output_distance(model, calib, ref)
         finally:
             set_module(enc, adapter.layers, stack)
 
@@ -139,6 +142,19 @@ def similarity_fidelity(model, calib: Calibration, reference: torch.Tensor) -> f
     return float(spearmanr(pair_similarities(model, calib).numpy(), reference.numpy()).statistic)
 
 
+def fidelity_of(teacher, held: Calibration):
+    """candidate -> its label-free quality on held-out text, higher is better: similarity_fidelity for an embedder;
+    for a classifier minus the mean KL divergence of its class distributions from the teacher's."""
+    if not has_head(teacher):
+        reference = pair_similarities(teacher, held)
+        return lambda candidate: similarity_fidelity(candidate, held, reference)
+    with torch.no_grad():
+        ref = [sentence_output(teacher, b) for b in held.batches]
+    n = sum(int(b["attention_mask"].sum() if teacher.head == "token-classification" else len(b["input_ids"]))
+            for b in held.batches)  # sentences, or real tokens
+    return lambda candidate: -output_distance(candidate, held, ref) / n
+
+
 def _keep_lists(scores: torch.Tensor, keep_: float | int, what: str) -> list[list[int]]:
     """A fraction keeps that share of all units, placed by importance across layers; a count keeps that many in
     every layer."""
@@ -170,14 +186,14 @@ def prune(model, cfg: Prune, ctx) -> dict:
     fit, held = ctx.calib.split()
     fisher_h, fisher_n = importance(model, fit)
     hidden, hs = hidden_size(enc, adapter), head_size(enc, adapter)
-    reference = pair_similarities(ctx.teacher, held)
+    score = fidelity_of(ctx.teacher, held)
 
     def trial(weight: float) -> float:
         kh, kn = choose_by_flops(fisher_h * weight, fisher_n, cfg.flops, hidden, hs)
         candidate = model.clone()
         slice_heads(candidate.encoder, adapter, kh)
         slice_ffn(candidate.encoder, adapter, kn)
-        return similarity_fidelity(candidate, held, reference)
+        return score(candidate)
 
     fidelity = {w: trial(w) for w in HEAD_WEIGHTS}
     weight = max(fidelity, key=fidelity.get)

@@ -117,5 +117,6 @@ def int8(model: nn.Module, cfg: Int8, calib: Calibration | None = None) -> tuple
 
 
 def quantize(model, cfg: Int8, ctx) -> dict:
-    """The `int8` step: quantize a SlimModel's encoder in place; returns the decisions for the manifest."""
-    return int8(model.encoder, cfg, ctx.calib)[1]
+    """The `int8` step: quantize a SlimModel's net in place (a task head's Linears too, ranked for `fp32=N` by how
+    much they move the logits); returns the decisions for the manifest."""
+    return int8(model.net, cfg, ctx.calib)[1]

@@ -54,8 +54,8 @@ def _dequantize_embedding(q: QuantizedEmbedding) -> nn.Embedding:
 def float_copy(model: SlimModel) -> SlimModel:
     """A copy of `model` made only of float torch modules (quantized ones dequantized), ready for export."""
     out = model.clone()
-    replace_modules(out.encoder, lambda m, _: isinstance(m, Int8Linear), lambda m, _: _dequantize_linear(m))
-    replace_modules(out.encoder, lambda m, _: isinstance(m, QuantizedEmbedding),
+    replace_modules(out.net, lambda m, _: isinstance(m, Int8Linear), lambda m, _: _dequantize_linear(m))
+    replace_modules(out.net, lambda m, _: isinstance(m, QuantizedEmbedding),
                     lambda m, _: _dequantize_embedding(m))
     return out
 
