@@ -4,12 +4,11 @@ slimformer but the data reader and the atomic folder writer.
 
 Recipe: a seeded random subset of SST-2 train (8,000 of 67,349 examples by default, 250 steps: sized so training
 takes a few minutes on 2 CPU cores; one run on one thread of a busy 2-core AVX2 machine: 342 s wall, 196 s CPU,
-SST-2 dev accuracy 84.63), one epoch in
-batches of 32 of similar length, at most 64 tokens, AdamW (weight decay 0.01) with a linear schedule and 10% warm-up,
-dropout on, the word-embedding table frozen. The same seed,
-thread count and torch version give the same weights. It prints SST-2 dev accuracy (all 872 sentences, argmax of
-the logits) and writes safetensors, config.json (id2label 0=negative, 1=positive), the tokenizer files and
-finetune.json (these settings, the accuracy and the wall time) to --out, atomically.
+SST-2 dev accuracy 84.63), one epoch in batches of 32 of similar length, at most 64 tokens, AdamW (weight decay 0.01)
+with a linear schedule and 10% warm-up, dropout on, the word-embedding table frozen. The same seed, thread count and
+torch version give the same weights. It prints SST-2 dev accuracy (all 872 sentences, argmax of the logits) and
+writes safetensors, config.json (id2label 0=negative, 1=positive), the tokenizer files and finetune.json (these
+settings, the accuracy and the wall time) to --out, atomically.
 
 Usage: .venv/bin/python benchmarks/finetune.py [--out benchmarks/out/minilm-sst2] [--force] [--examples N]
 """
