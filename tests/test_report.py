@@ -60,9 +60,8 @@ def test_measure_derives_ratios_and_deltas_from_the_measured_numbers(monkeypatch
     stats = {"base": {"size_mb": 90.0, "params": 10, "latency_ms": {"1x16": 8.0, "8x128": 120.0, "32x32": 100.0}},
              "small": {"size_mb": 22.5, "params": 5, "latency_ms": {"1x16": 3.0, "8x128": 48.0, "32x32": 40.0}}}
     monkeypatch.setattr(report, "bench", lambda runners, vocab, runs, progress: {n: stats[n] for n in runners})
-    monkeypatch.setattr(report, "sts_pairs", lambda task: [("a", "b", g) for g in gold])
     monkeypatch.setattr(report, "evaluate", lambda m, task: TaskResult(
-        task, "spearman", spearmanr(cos[m.key], gold).statistic * 100, 200, cos[m.key]))
+        task, "spearman", spearmanr(cos[m.key], gold).statistic * 100, 200, cos[m.key], gold))
     models = {n: SimpleNamespace(key=n, encoder=None, tokenizer=SimpleNamespace(vocab_size=100),
                                  manifest={"recipe": n}) for n in ("base", "small")}
     ticks = []

@@ -32,7 +32,9 @@ def compress(model: Optional[str] = MODEL_ARG,
              out: Path = typer.Option(..., "--out", "-o", help="output folder (written atomically)"),
              force: bool = typer.Option(False, "--force", help="overwrite an existing output folder"),
              calib: Optional[Path] = typer.Option(None, "--calib", help="calibration text, one sentence a line"),
-             task: str = typer.Option("stsb", "--task", help="quality task for the report ('none' to skip)"),
+             task: str = typer.Option("auto", "--task", help="quality task for the report: auto (the model's own: "
+                                      "stsb for an embedder, sst2 for a 2-label classifier), a task eval takes, or "
+                                      "none"),
              runs: int = typer.Option(20, "--runs", help="timed runs per shape")):
     """Compress MODEL with RECIPE into OUT, with report.json / report.md against the original."""
     from . import recipe as recipes
@@ -47,6 +49,7 @@ def compress(model: Optional[str] = MODEL_ARG,
     base = io.load(model)
     # a training step keeps resumable state beside OUT: the same command after a crash (even kill -9) resumes
     ckpt = Path(out).resolve().parent / f".{Path(out).name}.checkpoint"
+    # compare() checks that the task fits the model (auto: picks the model's own) before compressing
     result, models = compare({"original": base}, {"compressed": steps}, None if task == "none" else task, runs,
                              calib=str(calib) if calib else None, checkpoint_dir=ckpt, show_progress=True)
     small = models["compressed"]
@@ -89,17 +92,23 @@ def bench(models: Optional[List[str]] = typer.Argument(None, help="model folder(
 
 
 @app.command("eval")
-def eval_(model: Optional[str] = MODEL_ARG, task: str = typer.Option("stsb", "--task", help="stsb | sts:PATH"),
+def eval_(model: Optional[str] = MODEL_ARG,
+          task: Optional[str] = typer.Option(None, "--task", help="stsb | stsb-dev | sts:PATH | sst2 | cls:PATH "
+                                             "(default: the model's own: stsb for an embedder, sst2 for a 2-label "
+                                             "classifier)"),
           as_json: bool = typer.Option(False, "--json")):
-    """Quality on a real benchmark (STS-B test: Spearman of cosine x100)."""
+    """Quality on a real benchmark (STS-B test: Spearman of cosine x100; classification: accuracy x100)."""
     from . import io
-    from .measure.tasks import evaluate, sts_pairs
+    from .measure.tasks import evaluate, task_inputs
 
-    sts_pairs(task)  # a bad task or missing file fails before the model loads
+    if task:
+        task_inputs(task)  # a bad task or a missing / malformed file fails before the model loads
     r = evaluate(io.load(model), task)
+    extra = {k: round(v, 4) for k, v in r.extra.items()}  # e.g. macro_f1_x100 for a classifier
     out = {"model": model or "all-MiniLM-L6-v2 (embedded)", "task": r.task, "metric": r.metric,
-           "value": round(r.value, 4), "n": r.n}
-    typer.echo(json.dumps(out) if as_json else f"{out['task']}: {out['metric']} = {out['value']:.2f} (n={r.n})")
+           "value": round(r.value, 4), "n": r.n, **extra}
+    more = "".join(f", {k} = {v:.2f}" for k, v in extra.items())
+    typer.echo(json.dumps(out) if as_json else f"{out['task']}: {out['metric']} = {out['value']:.2f}{more} (n={r.n})")
 
 
 @app.command()

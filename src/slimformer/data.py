@@ -74,6 +74,34 @@ def read_sst2(split: str = "train") -> list[tuple[str, int]]:
     return out
 
 
+def read_cls_tsv(path: str | Path) -> list[tuple[str | tuple[str, str], str]]:
+    """A classification TSV: (text or (sentence1, sentence2), label as written). The header names `sentence`, or
+    `sentence1` and `sentence2`, and `label`, in any order (other columns are ignored). Labels stay text here: an
+    id or a name, resolved against a model's id2label by measure/tasks.py."""
+    path = _need(Path(path))
+    try:
+        with open(path, encoding="utf-8") as f:
+            header = f.readline().rstrip("\n").split("\t")
+            rows = [(n, line.rstrip("\n").split("\t")) for n, line in enumerate(f, 2) if line.strip()]
+    except UnicodeDecodeError:
+        raise DataFormatError(f"{path}: not UTF-8 text") from None
+    names = ["sentence1", "sentence2"] if "sentence1" in header else ["sentence"]
+    if not set(names + ["label"]) <= set(header):
+        raise DataFormatError(f"{path}: header must name sentence (or sentence1 and sentence2) and label, "
+                              f"tab-separated; got {header}")
+    cols = [header.index(c) for c in names + ["label"]]
+    out = []
+    for n, r in rows:
+        cells = [r[c].strip() if c < len(r) else "" for c in cols]
+        if not all(cells):
+            raise DataFormatError(f"{path}, line {n}: needs {' '.join(f'<{c}>' for c in names + ['label'])} "
+                                  f"(tab-separated, none empty), got {len(r)} column(s)")
+        out.append((cells[0] if len(names) == 1 else (cells[0], cells[1]), cells[-1]))
+    if not out:
+        raise DataFormatError(f"{path}: no examples below the header")
+    return out
+
+
 def calibration_texts(n: int | None = 512, path: str | Path | None = None, seed: int = 0) -> list[str]:
     """Unlabeled calibration sentences: one a line from `path`, else a seeded mix of STS-B train and SST-2 train
     sentences (never a test split), shuffled. Returns at most n sentences (None: all)."""

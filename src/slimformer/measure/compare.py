@@ -12,6 +12,7 @@ from typing import Callable
 from .. import api, io
 from ..timing import ticks
 from .report import measure
+from .tasks import AUTO, check_task
 
 
 def _bar(show: bool, total: int, desc: str):
@@ -20,14 +21,15 @@ def _bar(show: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False, disable=not show)
 
 
-def compare(models: dict, recipes: dict[str, str | list], task: str | None = "stsb", runs: int = 20,
+def compare(models: dict, recipes: dict[str, str | list], task: str | None = AUTO, runs: int = 20,
             calib: list[str] | str | None = None, checkpoint_dir: str | Path | None = None, reload: bool = False,
-            throughput_texts: list[str] | None = None, show_progress: bool = False,
+            throughput_texts: list | None = None, show_progress: bool = False,
             on_compressed: Callable[[str, object, float], None] | None = None) -> tuple[dict, dict]:
     """Compress the first of `models` (the baseline) with each of `recipes` ({row name: recipe text or configs}),
     then time and score every model in one loop; returns (measure()'s result, {row name: model}), rows in the order
     models, then recipes.
 
+    task: the quality column, as measure() takes it (AUTO: the baseline's own task; None: none).
     models: rows measured as given, the baseline first (peers such as torch.ao int8 may follow it).
     calib / checkpoint_dir: as in api.compress (checkpoint_dir suits one recipe: the CLI resumes its training).
     reload: save each compressed model and measure the reloaded copy, the one a user would serve.
@@ -35,6 +37,7 @@ def compare(models: dict, recipes: dict[str, str | list], task: str | None = "st
     for scripts that log as they go."""
     out = dict(models)
     base = next(iter(models.values()))
+    task = check_task(task, base) if task else None  # a task that does not fit fails here, before compressing
     with tempfile.TemporaryDirectory() as tmp:
         with _bar(show_progress and bool(recipes), len(recipes), "compress") as bar:
             for name, recipe in recipes.items():

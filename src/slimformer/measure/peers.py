@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from .. import io
-from ..data import read_stsb
 from ..model import SlimModel
 from .bench import throughput
 from .compare import compare
 from .report import markdown, plot
+from .tasks import default_task, task_inputs
 
 
 def torch_ao_dynamic(model: SlimModel) -> SlimModel:
@@ -53,15 +53,27 @@ def openvino_peer(model: SlimModel, folder):
 
 
 class SentenceTransformersPeer:
-    """sentence-transformers' own encode() on the original folder, for corpus throughput only."""
+    """What users call on the original folder, for corpus throughput only: sentence-transformers' encode() for an
+    embedder; for a classifier (head: SlimModel.head) transformers' text-classification pipeline, raw logits
+    (sentence-transformers' CrossEncoder takes pairs only)."""
 
-    def __init__(self, path: str):
-        from sentence_transformers import SentenceTransformer
+    def __init__(self, path: str, head: str | None = None):
+        self.head = head
+        if head is None:
+            from sentence_transformers import SentenceTransformer
 
-        self.st = SentenceTransformer(path, device="cpu")
+            self.what, self.st = "sentence-transformers encode()", SentenceTransformer(path, device="cpu")
+        else:
+            from transformers import pipeline
+
+            self.what, self.st = "transformers pipeline('text-classification')", pipeline(
+                "text-classification", model=path, device="cpu")
 
     def encode(self, texts, batch_size: int = 32):
-        return self.st.encode(texts, batch_size=batch_size, convert_to_numpy=True)
+        if self.head is None:
+            return self.st.encode(texts, batch_size=batch_size, convert_to_numpy=True)
+        inputs = [{"text": t[0], "text_pair": t[1]} if isinstance(t, tuple) else t for t in texts]
+        return self.st(inputs, batch_size=batch_size, function_to_apply="none", top_k=None)
 
 
 def peer_models(base: SlimModel, workdir) -> dict:
@@ -80,25 +92,27 @@ def peer_models(base: SlimModel, workdir) -> dict:
 
 
 def compare_peers(paths: list[str], runs: int, out_dir, show_progress: bool = False) -> tuple[dict, str]:
-    """The original under each peer's runtime next to the slimformer models at `paths`, in one run, with STS-B test
-    and corpus throughput (its sentences encoded end to end); writes peers.json, peers.md and peers.png to out_dir.
+    """The original under each peer's runtime next to the slimformer models at `paths`, in one run, with the
+    original's own task (tasks.default_task: STS-B test for an embedder, SST-2 dev for a 2-label classifier) and
+    corpus throughput (the task's inputs run end to end); writes peers.json, peers.md and peers.png to out_dir.
     Returns (measure()'s result plus sentence-transformers' throughput, the markdown table)."""
     base = io.load()
-    texts = list(dict.fromkeys(s for a, b, _ in read_stsb("test") for s in (a, b)))
+    task = default_task(base)
+    texts = task_inputs(task)
     with tempfile.TemporaryDirectory() as tmp:  # the peers' exports live until they are measured
         models = peer_models(base, tmp)
         for p in paths:
             m = io.load(p)
             runtime = {"onnxruntime": "ORT", "openvino": "OpenVINO"}.get(m.manifest.get("runtime"), "torch")
             models[f"slimformer {m.manifest.get('recipe') or p} [{runtime}]"] = m
-        result, _ = compare(models, {}, "stsb", runs, throughput_texts=texts, show_progress=show_progress)
-    st = SentenceTransformersPeer(str(io.default_model_dir()))
+        result, _ = compare(models, {}, task, runs, throughput_texts=texts, show_progress=show_progress)
+    st = SentenceTransformersPeer(str(io.default_model_dir()), getattr(base, "head", None))
     result["sentence_transformers_sentences_per_s"] = round(throughput(st.encode, texts), 1)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = markdown(result) + ("\n\nCorpus throughput (STS-B test, %d sentences, tokenization included): "
-                                "sentence-transformers encode() on the original: %.0f sentences/s."
-                                % (len(texts), result["sentence_transformers_sentences_per_s"]))
+    table = markdown(result) + ("\n\nCorpus throughput (%s, %d inputs, tokenization included): "
+                                "%s on the original: %.0f inputs/s."
+                                % (task, len(texts), st.what, result["sentence_transformers_sentences_per_s"]))
     (out_dir / "peers.json").write_text(json.dumps(result, indent=1))
     (out_dir / "peers.md").write_text(table + "\n")
     plot(result, out_dir / "peers.png")

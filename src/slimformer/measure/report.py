@@ -7,7 +7,7 @@ import json
 
 from ..timing import SHAPES
 from .bench import bench, cpu_info, throughput
-from .tasks import delta_interval, evaluate, sts_pairs
+from .tasks import AUTO, default_task, evaluate, inference_fn, result_interval
 from ..model import SlimModel
 from ..passes import int8_kernels
 
@@ -37,44 +37,60 @@ def bench_model(model, runs: int = 20) -> dict:
             **served_by(model)}
 
 
-def measure(models: dict[str, SlimModel], task: str | None = "stsb", runs: int = 20, progress=None,
-            throughput_texts: list[str] | None = None) -> dict:
-    """{"machine", "rows": [{"name", "recipe", "size_mb", "params", "latency_ms", task: value}]}; the first model
-    is the baseline, every ratio is against it, and each quality delta comes with its 95% paired-bootstrap interval.
-    With throughput_texts, each row also gets sentences/s of encode() over them, end to end. progress() is called
-    timing.ticks(runs) times while timing, then once per model scored and once per model's throughput."""
+def measure(models: dict[str, SlimModel], task: str | None = AUTO, runs: int = 20, progress=None,
+            throughput_texts: list | None = None) -> dict:
+    """{"machine", "task", "metric", "extra", "rows": [{"name", "recipe", "size_mb", "params", "latency_ms", task:
+    value, f"{task}_{extra}": value}]}; the first model is the baseline, every ratio is against it, and each quality
+    delta comes with its 95% paired-bootstrap interval. task AUTO: the baseline's own (tasks.default_task); None:
+    no quality column. With throughput_texts (sentences, or a classifier's inputs), each row also gets inputs/s of
+    encode() (predict() for a classifier) over them, end to end. progress() is called timing.ticks(runs) times
+    while timing, then once per model scored and once per model's throughput."""
+    if task == AUTO:
+        task = default_task(next(iter(models.values())))
     stats = bench({n: runnable(m) for n, m in models.items()}, {n: m.tokenizer.vocab_size for n, m in models.items()},
                   runs=runs, progress=progress)
-    rows, cosines = [], []
+    rows, results = [], []
     for name, m in models.items():
         row = {"name": name, "recipe": m.manifest.get("recipe", ""), **stats[name], **served_by(m)}
         if task:
             result = evaluate(m, task)
             row[task] = round(result.value, 2)
-            cosines.append(result.cosines)
+            row.update({f"{task}_{k}": round(v, 2) for k, v in result.extra.items()})  # e.g. sst2_macro_f1_x100
+            results.append(result)
             if progress:
                 progress()
         if throughput_texts:
-            row["sentences_per_s"] = round(throughput(m.encode, throughput_texts), 1)
+            row["sentences_per_s"] = round(throughput(inference_fn(m), throughput_texts), 1)
             if progress:
                 progress()
         rows.append(row)
     base = rows[0]
-    gold = [p[2] for p in sts_pairs(task)] if task else None
     for i, row in enumerate(rows):
         row["size_ratio"] = round(base["size_mb"] / row["size_mb"], 2)
         row["speedup"] = {k: round(base["latency_ms"][k] / row["latency_ms"][k], 2) for k in SHAPE_KEYS}
         if task:
             row[f"{task}_delta"] = round(row[task] - base[task], 2)
-            row[f"{task}_delta_95"] = [round(v, 2) for v in delta_interval(gold, cosines[0], cosines[i])]
-    return {"machine": cpu_info(), "task": task, "rows": rows}
+            row[f"{task}_delta_95"] = [round(v, 2) for v in result_interval(results[0], results[i])]
+    return {"machine": cpu_info(), "task": task, "metric": results[0].metric if task else None,
+            "extra": list(results[0].extra) if task else [], "rows": rows}
+
+
+EXTRA_LABELS = {"macro_f1_x100": "macro-F1"}  # column titles of TaskResult.extra figures
+
+
+def task_label(task: str, metric: str | None) -> str:
+    """The quality column's title: STSB (Spearman), or e.g. "sst2 accuracy"."""
+    if task == "stsb":
+        return "STSB"
+    return f"{task} accuracy" if (metric or "").startswith("accuracy") else task
 
 
 def markdown(result: dict) -> str:
     task = result["task"]
     head = ["method", "size MB", "smaller", *[f"speedup {k}" for k in SHAPE_KEYS], *[f"ms {k}" for k in SHAPE_KEYS]]
     if task:
-        head += [task.upper() if task == "stsb" else task, "delta [95%]"]
+        extra = result.get("extra", [])
+        head += [task_label(task, result.get("metric")), "delta [95%]", *[EXTRA_LABELS.get(k, k) for k in extra]]
     tput = all("sentences_per_s" in r for r in result["rows"])
     if tput:
         head += ["sentences/s"]
@@ -84,7 +100,8 @@ def markdown(result: dict) -> str:
                  *[f"{r['speedup'][k]:.2f}x" for k in SHAPE_KEYS], *[f"{r['latency_ms'][k]:.1f}" for k in SHAPE_KEYS]]
         if task:
             lo, hi = r[f"{task}_delta_95"]
-            cells += [f"{r[task]:.2f}", f"{r[f'{task}_delta']:+.2f} [{lo:+.2f}, {hi:+.2f}]"]
+            cells += [f"{r[task]:.2f}", f"{r[f'{task}_delta']:+.2f} [{lo:+.2f}, {hi:+.2f}]",
+                      *[f"{r[f'{task}_{k}']:.2f}" for k in extra]]
         if tput:
             cells += [f"{r['sentences_per_s']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -98,7 +115,7 @@ def markdown(result: dict) -> str:
                  "latency is the median of the encoder forward at batch x seq, all rows timed in one loop that "
                  "alternates between them (blocks of back-to-back runs, shuffled each round); speedup and size are "
                  "ratios to the first row."
-                 + (" The quality delta's 95% interval is a paired bootstrap over the benchmark's pairs (1000 "
+                 + (" The quality delta's 95% interval is a paired bootstrap over the benchmark's examples (1000 "
                     "resamples): where it holds 0, the benchmark cannot tell that row from the first." if task else ""))
     return "\n".join(lines)
 
@@ -142,7 +159,7 @@ def plot(result: dict, path) -> None:
         ax.annotate(r["name"], (r["speedup"]["8x128"], r[task]), fontsize=7, xytext=(4, 2),
                     textcoords="offset points")
     ax.set_xlabel("speedup at 8x128 vs torch fp32 (same run)")
-    ax.set_ylabel(f"{task} (Spearman x100)")
+    ax.set_ylabel(f"{task} ({(result.get('metric') or '').replace('_', ' ')})")  # e.g. sst2 (accuracy x100)
     m = result["machine"]
     ax.set_title(f"{m['model']} ({', '.join(m['flags'])}), {m['threads']} threads", fontsize=9)
     ax.grid(alpha=0.3)

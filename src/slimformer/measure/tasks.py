@@ -1,5 +1,6 @@
-"""Quality on real benchmarks: STS (Spearman of cosine x100), and how far two models' scores differ beyond what
-resampling the benchmark's pairs moves (paired bootstrap)."""
+"""Quality on real benchmarks: STS (Spearman of cosine x100) for embedders, classification accuracy (x100, macro-F1
+beside it) for sequence classifiers, and how far two models' scores differ beyond what resampling the benchmark's
+examples moves (paired bootstrap)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.stats import spearmanr
 
-from ..data import read_sts_tsv, read_stsb
-from ..errors import SlimformerError
+from ..data import read_cls_tsv, read_sst2, read_sts_tsv, read_stsb
+from ..errors import DataFormatError, SlimformerError
+
+AUTO = "auto"  # the model's own task: default_task(model)
+SEQ_CLS = "sequence-classification"  # SlimModel.head of a sequence classifier
+SST2_LABELS = ("negative", "positive")  # SST-2's label ids 0 and 1
+TASKS = "stsb, stsb-dev, sts:PATH, sst2, cls:PATH"
 
 
 @dataclass(frozen=True)
@@ -18,7 +24,19 @@ class TaskResult:
     metric: str
     value: float
     n: int
-    cosines: np.ndarray | None = field(default=None, repr=False, compare=False)  # (n,) per pair, for delta_interval
+    # (n,) what delta_interval resamples: STS: each pair's cosine; classification: 1.0 where right, 0.0 where wrong
+    per_example: np.ndarray | None = field(default=None, repr=False, compare=False)
+    gold: np.ndarray | None = field(default=None, repr=False, compare=False)  # (n,) STS gold; None: classification
+    extra: dict = field(default_factory=dict, compare=False)  # more figures for JSON and reports, e.g. macro-F1
+
+
+def task_kind(task: str) -> str:
+    """"sts" (scores sentence embeddings) or "cls" (scores a sequence classifier's logits)."""
+    if task in ("stsb", "stsb-dev") or task.startswith("sts:"):
+        return "sts"
+    if task == "sst2" or task.startswith("cls:"):
+        return "cls"
+    raise SlimformerError(f"unknown task '{task}' (tasks: {TASKS})")
 
 
 def sts_pairs(task: str) -> list[tuple[str, str, float]]:
@@ -28,8 +46,122 @@ def sts_pairs(task: str) -> list[tuple[str, str, float]]:
         return read_stsb("dev")
     if task.startswith("sts:"):
         return read_sts_tsv(task[4:])
-    raise SlimformerError(f"unknown task '{task}' (tasks: stsb, stsb-dev, sts:PATH)")
+    raise SlimformerError(f"unknown STS task '{task}' (tasks: {TASKS})")
 
+
+def cls_examples(task: str) -> list[tuple[str | tuple[str, str], str]]:
+    """(text or (sentence1, sentence2), label as written: an id or a name) of a classification task."""
+    if task == "sst2":
+        return [(s, SST2_LABELS[y]) for s, y in read_sst2("dev")]
+    if task.startswith("cls:"):
+        return read_cls_tsv(task[4:])
+    raise SlimformerError(f"unknown classification task '{task}' (tasks: {TASKS})")
+
+
+def task_inputs(task: str) -> list:
+    """What a model is given for `task`, each input once (for throughput): sentences (STS), texts or pairs (cls)."""
+    if task_kind(task) == "sts":
+        return list(dict.fromkeys(s for a, b, _ in sts_pairs(task) for s in (a, b)))
+    return list(dict.fromkeys(x for x, _ in cls_examples(task)))
+
+
+def inference_fn(model):
+    """What a user calls on the model: encode() for an embedder, predict() for a classifier; fn(inputs, batch_size)."""
+    return model.predict if getattr(model, "head", None) else model.encode
+
+
+# ------------------------------------------------------------------------------------------------ the model's labels
+
+def _id2label(model) -> dict[int, str]:
+    return {int(k): str(v) for k, v in model.config.id2label.items()}
+
+
+def _show(id2label: dict[int, str]) -> str:
+    items = [f"{k}={v}" for k, v in sorted(id2label.items())]
+    return ", ".join(items[:8]) + (f", ... ({len(items)} labels)" if len(items) > 8 else "")
+
+
+def _generic(id2label: dict[int, str]) -> bool:
+    """transformers' placeholder names (LABEL_0, LABEL_1, ...): the ids carry the meaning."""
+    return all(v == f"LABEL_{k}" for k, v in id2label.items())
+
+
+def _fits_sst2(id2label: dict[int, str]) -> bool:
+    return len(id2label) == 2 and (_generic(id2label) or {v.lower() for v in id2label.values()} == set(SST2_LABELS))
+
+
+def default_task(model) -> str:
+    """The model's own task: stsb for an embedder, sst2 for a 2-label sequence classifier whose labels are SST-2's
+    (negative/positive in any order, or LABEL_0/LABEL_1 read as ids); anything else must be named."""
+    head = getattr(model, "head", None)
+    if head is None:
+        return "stsb"
+    if head == SEQ_CLS:
+        labels = _id2label(model)
+        if _fits_sst2(labels):
+            return "sst2"
+        raise SlimformerError(f"no built-in task has this classifier's labels ({_show(labels)}): give --task "
+                              "cls:PATH, a TSV with a sentence (or sentence1, sentence2) and a label column")
+    raise SlimformerError(f"no quality task for a {head} model yet (compress: --task none)")
+
+
+def _check_fits(task: str, model) -> str:
+    """The task's kind, or a one-line error when the model cannot be scored on it."""
+    kind, head = task_kind(task), getattr(model, "head", None)
+    if kind == "cls" and (head != SEQ_CLS or not hasattr(model, "predict")):
+        what = "an embedder (no classification head)" if head is None else f"a {head} model"
+        raise SlimformerError(f"task '{task}' scores a sequence classifier's predictions; this model is {what}")
+    if kind == "sts" and head is not None:
+        raise SlimformerError(f"task '{task}' scores sentence embeddings; this model is a {head} model "
+                              "(its tasks: sst2, cls:PATH)")
+    return kind
+
+
+def gold_ids(task: str, labels: list[str], model) -> np.ndarray:
+    """Each label (a name of the model's id2label, any case, or an id) as the model's label id: (n,) int64.
+    SST-2's gold is negative/positive: a model with placeholder names LABEL_0/LABEL_1 reads them as ids 0/1."""
+    id2label = _id2label(model)
+    if task == "sst2":
+        if not _fits_sst2(id2label):
+            raise SlimformerError(f"sst2: the model's labels ({_show(id2label)}) are not SST-2's (0=negative, "
+                                  "1=positive); give --task cls:PATH with the model's own labels")
+        if _generic(id2label):
+            labels = [str(SST2_LABELS.index(y)) for y in labels]
+    by_name = {v: k for k, v in id2label.items()}
+    lower = {}
+    for k, v in id2label.items():
+        lower.setdefault(v.lower(), set()).add(k)
+    ids = []
+    for y in labels:
+        if y in by_name:
+            ids.append(by_name[y])
+        elif len(lower.get(y.lower(), ())) == 1:
+            ids.append(next(iter(lower[y.lower()])))
+        elif y.isdigit() and int(y) in id2label:
+            ids.append(int(y))
+        else:
+            ids.append(None)
+    bad = sorted({y for y, i in zip(labels, ids) if i is None})
+    if bad:
+        src = task[4:] if task.startswith("cls:") else task
+        raise DataFormatError(f"{src}: label(s) {', '.join(map(repr, bad[:5]))} are not the model's labels "
+                              f"({_show(id2label)}); give an id or a name from its id2label")
+    return np.asarray(ids, dtype=np.int64)
+
+
+def check_task(task: str | None, model) -> str:
+    """The task `model` will be scored on (AUTO: its own), after checking that the task fits the model and that the
+    data reads (labels resolved): call it before slow work, so a mismatch fails in seconds."""
+    task = default_task(model) if task in (None, AUTO) else task
+    if _check_fits(task, model) == "cls":
+        examples = cls_examples(task)
+        gold_ids(task, [y for _, y in examples], model)
+    else:
+        sts_pairs(task)
+    return task
+
+
+# --------------------------------------------------------------------------------------------------------- scoring
 
 def pair_cosines(encode, pairs: list[tuple[str, str, float]], batch_size: int = 64) -> np.ndarray:
     """cosine(emb(s1), emb(s2)) of each pair: (n,). `encode(texts) -> (N, H) array`; each sentence encoded once."""
@@ -42,12 +174,36 @@ def pair_cosines(encode, pairs: list[tuple[str, str, float]], batch_size: int = 
     return (a * b).sum(1)
 
 
-def evaluate(model, task: str = "stsb", batch_size: int = 64) -> TaskResult:
-    """Spearman x100 between each pair's cosine and its gold score; the cosines come along for delta_interval."""
-    pairs = sts_pairs(task)
-    cos = pair_cosines(model.encode, pairs, batch_size)
-    value = float(spearmanr(cos, [p[2] for p in pairs]).statistic * 100)
-    return TaskResult(task, "spearman_cosine_x100", value, len(pairs), cos)
+def macro_f1(gold: np.ndarray, pred: np.ndarray) -> float:
+    """Mean F1 over the labels that occur in gold or in pred (as scikit-learn's f1_score(average="macro")): 0..1."""
+    f1 = []
+    for c in np.union1d(gold, pred):
+        tp = np.sum((pred == c) & (gold == c))
+        f1.append(2 * tp / (np.sum(pred == c) + np.sum(gold == c)))
+    return float(np.mean(f1))
+
+
+def evaluate(model, task: str | None = AUTO, batch_size: int = 64) -> TaskResult:
+    """STS: Spearman x100 between each pair's cosine and its gold score. Classification: accuracy x100 of the
+    argmax of model.predict's logits (N, C), macro-F1 x100 in `extra`. The per-example values come along for
+    delta_interval. task AUTO: the model's own (default_task)."""
+    task = default_task(model) if task in (None, AUTO) else task
+    if _check_fits(task, model) == "sts":
+        pairs = sts_pairs(task)
+        cos = pair_cosines(model.encode, pairs, batch_size)
+        gold = np.array([p[2] for p in pairs])
+        return TaskResult(task, "spearman_cosine_x100", float(spearmanr(cos, gold).statistic * 100), len(pairs), cos,
+                          gold)
+    examples = cls_examples(task)
+    gold = gold_ids(task, [y for _, y in examples], model)  # (n,)
+    logits = np.asarray(model.predict([x for x, _ in examples], batch_size=batch_size))  # (n, C)
+    if logits.shape != (len(examples), len(_id2label(model))):
+        raise SlimformerError(f"predict gave logits of shape {logits.shape} for {len(examples)} examples and "
+                              f"{len(_id2label(model))} labels")
+    pred = logits.argmax(1)
+    correct = (pred == gold).astype(np.float64)
+    return TaskResult(task, "accuracy_x100", float(correct.mean() * 100), len(examples), correct, None,
+                      {"macro_f1_x100": macro_f1(gold, pred) * 100})
 
 
 def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -60,13 +216,26 @@ def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return 100 * (rx * ry).sum(1) / np.sqrt((rx * rx).sum(1) * (ry * ry).sum(1))
 
 
-def delta_interval(gold, cos_a: np.ndarray, cos_b: np.ndarray, resamples: int = 1000, seed: int = 0,
+def delta_interval(gold, a: np.ndarray, b: np.ndarray, resamples: int = 1000, seed: int = 0,
                    level: float = 0.95) -> tuple[float, float]:
-    """Paired bootstrap interval of Spearman(b) - Spearman(a) (x100) on the same n pairs: both models are scored on
-    one resample of the pairs at a time, so what the pairs share cancels. An interval that holds 0: the benchmark
-    cannot tell the two apart."""
-    gold = np.asarray(gold, dtype=np.float64)
-    idx = np.random.default_rng(seed).integers(0, len(gold), (resamples, len(gold)))  # (R, n)
-    d = _spearman_rows(cos_b[idx], gold[idx]) - _spearman_rows(cos_a[idx], gold[idx])
+    """Paired bootstrap interval of metric(b) - metric(a) (x100) on the same n examples: both models are scored on
+    one resample of the examples at a time, so what the examples share cancels. An interval that holds 0: the
+    benchmark cannot tell the two apart.
+    gold: STS gold scores, a and b each pair's cosine (metric: Spearman); None: a and b per-example correctness,
+    1.0 or 0.0 (metric: accuracy). TaskResult.gold and .per_example are these."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(a), (resamples, len(a)))  # (R, n)
+    if gold is None:
+        d = 100 * (b - a)[idx].mean(1)  # exactly 0 for identical models
+    else:
+        gold = np.asarray(gold, dtype=np.float64)
+        d = _spearman_rows(b[idx], gold[idx]) - _spearman_rows(a[idx], gold[idx])
     lo, hi = np.quantile(d, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
+
+
+def result_interval(base: TaskResult, other: TaskResult, **kw) -> tuple[float, float]:
+    """delta_interval of other - base, two results of one task."""
+    if base.task != other.task or base.n != other.n:
+        raise ValueError(f"results of different tasks: {base.task} (n={base.n}) and {other.task} (n={other.n})")
+    return delta_interval(base.gold, base.per_example, other.per_example, **kw)
