@@ -9,11 +9,12 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .arch import adapter_for
-from .errors import ModelNotFoundError, SlimformerError
+from .errors import ModelNotFoundError, SlimformerError, WeightsError
 from .folder import FORMAT, MANIFEST, atomic_folder, manifest_fields
 from .mha import QuantizableMHA
 from .model import SlimModel
@@ -26,6 +27,7 @@ from .passes.vocab import VocabEmbedding
 from .surgery import set_module
 
 WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"  # a sharded checkpoint: {"weight_map": {tensor name: shard file}}
 
 # Module types a manifest may name, each rebuilt empty from its spec (constructor kwargs) before weights load.
 MODULE_TYPES: dict[str, type[nn.Module]] = {
@@ -88,16 +90,39 @@ def load(path: str | os.PathLike | None = None) -> SlimModel:
         raise ModelNotFoundError(f"not a model folder (no config.json, slimformer.json or modules.json): {path}")
     config = _read_config(hf_dir)
     adapter_for(config.model_type)  # fail early, with one line, on an architecture we cannot handle
-    if not any((hf_dir / f).is_file() for f in (WEIGHTS, "model.safetensors.index.json")):
+    if not any((hf_dir / f).is_file() for f in (WEIGHTS, INDEX)):
         raise ModelNotFoundError(f"no safetensors weights in {hf_dir} (pickled .bin weights are never loaded)")
+    check_weights(hf_dir)
     from transformers import AutoModel, AutoTokenizer
 
-    encoder = AutoModel.from_pretrained(hf_dir, use_safetensors=True)
+    # fp32 whatever the checkpoint holds: transformers 5 keeps a bf16/fp16 checkpoint's dtype, which the int8 passes
+    # and encode() on CPU do not take
+    encoder = AutoModel.from_pretrained(hf_dir, use_safetensors=True, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     if max_len is None:
         max_len = min(getattr(tokenizer, "model_max_length", 512), getattr(config, "max_position_embeddings", 512))
     manifest = {"source": str(path.resolve()), "recipe": "", "steps": []}
     return SlimModel(encoder, tokenizer, pooling, normalize, max_len, manifest)
+
+
+def check_weights(folder: Path) -> None:
+    """One line naming the file, instead of a traceback later, when model.safetensors (or a shard the index names) is
+    missing, truncated or not safetensors. Reads the headers only."""
+    files = [folder / WEIGHTS]
+    if not files[0].is_file() and (folder / INDEX).is_file():
+        try:
+            files = [folder / f for f in sorted(set(json.loads((folder / INDEX).read_text())["weight_map"].values()))]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise WeightsError(f"{folder / INDEX}: not a safetensors index (no weight_map of file names)") from None
+    for f in files:
+        if not f.is_file():
+            raise ModelNotFoundError(f"weights file not found: {f}")
+        try:
+            with safe_open(f, "pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise WeightsError(f"{f}: not a readable safetensors file, truncated or corrupt "
+                               f"({str(e).splitlines()[0]}); copy or save it again") from None
 
 
 def _read_config(hf_dir: Path):
@@ -164,8 +189,12 @@ def _load_slim(path: Path) -> SlimModel:
     adapter = adapter_for(encoder.config.model_type)
     restore_structure(encoder, adapter)
     restore_fnet(encoder, adapter)
-    state = load_file(path / WEIGHTS)
-    encoder.load_state_dict(state, strict=True)
+    check_weights(path)
+    try:
+        encoder.load_state_dict(load_file(path / WEIGHTS), strict=True)
+    except RuntimeError as e:  # tensors missing, unexpected or of another shape than the manifest says
+        detail = [line.strip() for line in str(e).splitlines() if line.strip()][-1][:200]
+        raise WeightsError(f"{path / WEIGHTS} does not fit {path / MANIFEST}: {detail}") from None
     int8_kernels.choose(encoder)  # this CPU's int8 kernels (measured, or $SLIMFORMER_INT8_KERNEL), before any trace
     tokenizer = AutoTokenizer.from_pretrained(path)
     p = manifest["pooling"]
