@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from slimformer.arch import ADAPTERS, adapter_for, blocks, config_of, head_size, model_type_of
+from slimformer.arch import ADAPTERS, BERT_LAYOUT, adapter_for, blocks, config_of, head_size, model_type_of
 from slimformer.errors import UnsupportedArchitectureError
 from slimformer.mha import make_quantizable
 
@@ -13,7 +13,7 @@ H, HEADS, FFN, LAYERS, VOCAB = 32, 4, 64, 2, 100
 HF = dict(vocab_size=VOCAB, hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=FFN,
           max_position_embeddings=64)
 # model_type -> transformers config kwargs; None: a plain torch nn.TransformerEncoder
-TINY = {"bert": HF, "roberta": HF, "xlm-roberta": HF, "electra": HF, "mpnet": HF,
+TINY = {**{t: HF for t in BERT_LAYOUT}, "mpnet": HF,
         "distilbert": dict(vocab_size=VOCAB, dim=H, n_layers=LAYERS, n_heads=HEADS, hidden_dim=FFN,
                            max_position_embeddings=64),
         "torch": None}

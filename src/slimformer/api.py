@@ -17,9 +17,10 @@ def compress(model: SlimModel, recipe: str | list, calib: list[str] | str | None
              progress=None, checkpoint_dir: str | Path | None = None) -> SlimModel:
     """Apply `recipe` (text like "int8" or a list of configs like [Int8()]) to a copy of `model`.
 
-    calib: calibration sentences, a path to a text file (one sentence a line), or None for the default mix of
-    STS-B train and SST-2 train sentences. checkpoint_dir: where training steps keep resumable state (the same call
-    after a crash resumes from it). The manifest records the recipe as canonical text (recipe.to_text)."""
+    calib: calibration sentences, a path to a text file (one sentence a line), or None for the default: STS-B train
+    and SST-2 train sentences from the data folder, else the corpus shipped in the package. checkpoint_dir: where
+    training steps keep resumable state (the same call after a crash resumes from it). The manifest records the
+    recipe as canonical text (recipe.to_text)."""
     steps = steps_of(recipe)  # parsed (text) or checked (configs) once, before anything is copied or read
     # the whole calibration text for vocabulary pruning; a sample of it for everything else
     corpus = calib if isinstance(calib, list) else calibration_texts(None, path=calib)
@@ -28,5 +29,6 @@ def compress(model: SlimModel, recipe: str | list, calib: list[str] | str | None
     prior = out.manifest.get("recipe")  # a compressed model compressed again: its manifest keeps both recipes
     out.manifest["recipe"] = "+".join(filter(None, [prior, to_text(steps)]))
     ctx = Context(Calibration.from_texts(model.tokenizer, texts), teacher=model, corpus_texts=corpus,
+                  default_calib=calib is None,
                   checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None)
     return run_passes(out, steps, ctx, progress)

@@ -46,6 +46,10 @@ def compress(model: Optional[str] = MODEL_ARG,
     from .measure.report import markdown, report_files
 
     check_output(out, force, source=model)  # and so does an output that is there (io.save checks it again)
+    if calib is not None:
+        from .data import read_lines
+
+        read_lines(calib)  # and an empty, unreadable or missing --calib file
     base = io.load(model)
     # a training step keeps resumable state beside OUT: the same command after a crash (even kill -9) resumes
     ckpt = Path(out).resolve().parent / f".{Path(out).name}.checkpoint"
@@ -64,6 +68,9 @@ def bench(models: Optional[List[str]] = typer.Argument(None, help="model folder(
           runs: int = typer.Option(20, "--runs", help="timed runs per shape (>= 20 for reported figures)"),
           peers: bool = typer.Option(False, "--peers", help="also the original under torch fp32, torch.ao int8, "
                                      "ORT fp32 and ORT int8, all in one run, with STS-B and throughput"),
+          base: Optional[str] = typer.Option(None, "--base", help="with --peers: the model every peer row is built "
+                                             "from (default: the original the models' manifests name, else "
+                                             "all-MiniLM-L6-v2)"),
           out_dir: Path = typer.Option(Path("benchmarks/out"), "--out-dir", help="where --peers writes "
                                        "peers.json, peers.md and peers.png")):
     """Size, parameters and median latency at 1x16, 8x128 and 32x32 (with --peers: the side-by-side table)."""
@@ -74,9 +81,11 @@ def bench(models: Optional[List[str]] = typer.Argument(None, help="model folder(
     if peers:
         from .measure.peers import compare_peers
 
-        result, table = compare_peers(models, runs, out_dir, show_progress=True)
+        result, table = compare_peers(models, runs, out_dir, show_progress=True, base=base)
         typer.echo(json.dumps({"rows": result["rows"]}) if as_json else table)
         return
+    if base is not None:
+        raise SlimformerError("bench: --base goes with --peers")
     if len(models) > 1:
         raise SlimformerError("bench: one model at a time (or --peers to compare several)")
     model = models[0] if models else None
@@ -138,8 +147,29 @@ def demo(full: bool = typer.Option(False, "--full", help="the README's table (lo
     typer.echo(run_demo(full=full, runs=runs))
 
 
+def _warning_lines() -> None:
+    """slimformer's own warnings (CoverageWarning) as one `warning:` line on stderr; others as Python prints them."""
+    import sys
+    import warnings
+
+    from tqdm import tqdm
+
+    from .errors import CoverageWarning
+
+    show = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, CoverageWarning):
+            tqdm.write(f"warning: {message}", file=sys.stderr)  # on its own line, under any progress bar
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = one_line
+
+
 def main() -> None:
     _quiet()
+    _warning_lines()
     try:
         app()
     except SlimformerError as e:

@@ -1,7 +1,8 @@
 """Where real data lives and how to read it: STS-B, SST-2 and the default calibration text.
 
 The data folder is read in place (never copied into the repo): `$SLIMFORMER_DATA`, else `../shared/data` beside the
-repository checkout, else `../shared/data` beside the current directory.
+repository checkout, else `../shared/data` beside the current directory. Without it (a pip install), the default
+calibration text is the small corpus shipped in the package (corpus/calibration.txt, sources in corpus/NOTICE.md).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from .errors import DataFormatError, DataNotFoundError
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
+SHIPPED_CORPUS = Path(__file__).resolve().parent / "corpus" / "calibration.txt"  # 4,308 sentences of 8 genres
 
 
 def data_dir() -> Path:
@@ -102,19 +104,39 @@ def read_cls_tsv(path: str | Path) -> list[tuple[str | tuple[str, str], str]]:
     return out
 
 
-def calibration_texts(n: int | None = 512, path: str | Path | None = None, seed: int = 0) -> list[str]:
-    """Unlabeled calibration sentences: one a line from `path`, else a seeded mix of STS-B train and SST-2 train
-    sentences (never a test split), shuffled. Returns at most n sentences (None: all)."""
-    if path is not None:
-        try:
-            with open(_need(Path(path)), encoding="utf-8") as f:
-                texts = [line.strip() for line in f if line.strip()]
-        except UnicodeDecodeError:
-            raise DataFormatError(f"{path}: not UTF-8 text (one sentence a line)") from None
-    else:
+def read_lines(path: str | Path) -> list[str]:
+    """The non-empty lines of a UTF-8 text file, stripped (one sentence a line); one-line errors naming the file when
+    it is missing, a folder, unreadable, not UTF-8, or holds no text."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataFormatError(f"{path}: a folder, not a text file (one sentence a line)")
+    try:
+        with open(_need(path), encoding="utf-8") as f:
+            texts = [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError:
+        raise DataFormatError(f"{path}: not UTF-8 text (one sentence a line)") from None
+    except OSError as e:
+        raise DataFormatError(f"{path}: cannot read it ({e.strerror or e})") from None
+    if not texts:
+        raise DataFormatError(f"{path}: no text in it (empty or only whitespace; one sentence a line)")
+    return texts
+
+
+def default_calibration() -> list[str]:
+    """STS-B train and SST-2 train sentences from the data folder (never a test split); where the data folder or
+    those files are absent, the corpus shipped in the package."""
+    try:
         sts = [s for a, b, _ in read_stsb("train") for s in (a, b)]
         sst = [s for s, _ in read_sst2("train") if len(s.split()) >= 4]  # SST-2 train has many 1-2 word phrases
-        texts = list(dict.fromkeys(sts + sst))  # dedupe, keep order
+    except DataNotFoundError:
+        return read_lines(SHIPPED_CORPUS)
+    return list(dict.fromkeys(sts + sst))  # dedupe, keep order
+
+
+def calibration_texts(n: int | None = 512, path: str | Path | None = None, seed: int = 0) -> list[str]:
+    """Unlabeled calibration sentences, shuffled: one a line from `path`, else default_calibration(). Returns at
+    most n sentences (None: all)."""
+    texts = read_lines(path) if path is not None else default_calibration()
     rng = random.Random(seed)
     rng.shuffle(texts)
     return texts[:n]

@@ -9,6 +9,10 @@ class ModelNotFoundError(SlimformerError):
     """The model path does not exist or is not a model folder."""
 
 
+class WeightsError(SlimformerError):
+    """A weights file is there but does not read as safetensors (truncated, corrupt), or does not fit the model."""
+
+
 class UnsupportedArchitectureError(SlimformerError):
     """The model loads, but no adapter in arch.py describes it."""
 
@@ -40,3 +44,8 @@ class DataNotFoundError(SlimformerError):
 
 class DataFormatError(SlimformerError):
     """An evaluation or calibration file exists but does not read as its format (header, columns, text encoding)."""
+
+
+class CoverageWarning(UserWarning):
+    """The calibration text covers little of what a step keeps or measures (vocab: the model's vocabulary); the CLI
+    prints it as one `warning:` line."""

@@ -10,11 +10,12 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .arch import adapter_for, head_of
-from .errors import ModelNotFoundError, SlimformerError
+from .errors import ModelNotFoundError, SlimformerError, WeightsError
 from .folder import FORMAT, MANIFEST, atomic_folder, manifest_fields
 from .mha import QuantizableMHA
 from .model import SlimModel
@@ -27,6 +28,7 @@ from .passes.vocab import VocabEmbedding
 from .surgery import set_module
 
 WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"  # a sharded checkpoint: {"weight_map": {tensor name: shard file}}
 
 # task head (arch.head_of; None: the base model) -> the transformers Auto class that builds the net
 AUTO_CLASSES: dict[str | None, str] = {
@@ -103,16 +105,39 @@ def load(path: str | os.PathLike | None = None) -> SlimModel:
     config = _read_config(hf_dir)
     adapter_for(config.model_type)  # fail early, with one line, on an architecture we cannot handle
     head = head_of(getattr(config, "architectures", None))  # likewise for a task head
-    if not any((hf_dir / f).is_file() for f in (WEIGHTS, "model.safetensors.index.json")):
+    if not any((hf_dir / f).is_file() for f in (WEIGHTS, INDEX)):
         raise ModelNotFoundError(f"no safetensors weights in {hf_dir} (pickled .bin weights are never loaded)")
+    check_weights(hf_dir)
     from transformers import AutoTokenizer
 
-    net = auto_class(head).from_pretrained(hf_dir, use_safetensors=True)
+    # fp32 whatever the checkpoint holds: transformers 5 keeps a bf16/fp16 checkpoint's dtype, which the int8 passes
+    # and encode() on CPU do not take
+    net = auto_class(head).from_pretrained(hf_dir, use_safetensors=True, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     if max_len is None:
         max_len = min(getattr(tokenizer, "model_max_length", 512), getattr(config, "max_position_embeddings", 512))
     manifest = {"source": str(path.resolve()), "recipe": "", "steps": []}
     return SlimModel(net, tokenizer, pooling, normalize, max_len, manifest)
+
+
+def check_weights(folder: Path) -> None:
+    """One line naming the file, instead of a traceback later, when model.safetensors (or a shard the index names) is
+    missing, truncated or not safetensors. Reads the headers only."""
+    files = [folder / WEIGHTS]
+    if not files[0].is_file() and (folder / INDEX).is_file():
+        try:
+            files = [folder / f for f in sorted(set(json.loads((folder / INDEX).read_text())["weight_map"].values()))]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise WeightsError(f"{folder / INDEX}: not a safetensors index (no weight_map of file names)") from None
+    for f in files:
+        if not f.is_file():
+            raise ModelNotFoundError(f"weights file not found: {f}")
+        try:
+            with safe_open(f, "pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise WeightsError(f"{f}: not a readable safetensors file, truncated or corrupt "
+                               f"({str(e).splitlines()[0]}); copy or save it again") from None
 
 
 def _read_config(hf_dir: Path):
@@ -185,8 +210,12 @@ def _load_slim(path: Path) -> SlimModel:
     adapter = adapter_for(encoder.config.model_type)
     restore_structure(encoder, adapter)
     restore_fnet(encoder, adapter)
-    state = load_file(path / WEIGHTS)
-    net.load_state_dict(state, strict=True)
+    check_weights(path)
+    try:
+        net.load_state_dict(load_file(path / WEIGHTS), strict=True)
+    except RuntimeError as e:  # tensors missing, unexpected or of another shape than the manifest says
+        detail = [line.strip() for line in str(e).splitlines() if line.strip()][-1][:200]
+        raise WeightsError(f"{path / WEIGHTS} does not fit {path / MANIFEST}: {detail}") from None
     int8_kernels.choose(net)  # this CPU's int8 kernels (measured, or $SLIMFORMER_INT8_KERNEL), before any trace
     tokenizer = AutoTokenizer.from_pretrained(path)
     p = manifest["pooling"]

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from .. import io
+from ..errors import ModelNotFoundError, SlimformerError
+from ..folder import MANIFEST
 from ..model import SlimModel
 from .bench import throughput
 from .compare import compare
@@ -91,12 +93,34 @@ def peer_models(base: SlimModel, workdir) -> dict:
     return peers
 
 
-def compare_peers(paths: list[str], runs: int, out_dir, show_progress: bool = False) -> tuple[dict, str]:
+def base_of(paths: list[str], base: str | None = None) -> str | None:
+    """The folder every peer row is built from: `base`, else the one original the manifests at `paths` name
+    (`source`), else None (the embedded default). Models from different originals, or an original that is not on
+    this machine, need `base`."""
+    if base is not None:
+        return base
+    sources = {json.loads((Path(p) / MANIFEST).read_text()).get("source") for p in paths
+               if (Path(p) / MANIFEST).is_file()} - {None}
+    if len(sources) > 1:
+        raise SlimformerError(f"bench --peers: the models come from different originals ({', '.join(sorted(sources))})"
+                              "; choose the one to build the peers from with --base")
+    if sources and not Path(next(iter(sources))).is_dir():
+        raise ModelNotFoundError(f"bench --peers: the models' original {next(iter(sources))} is not on this machine; "
+                                 "give it with --base")
+    return next(iter(sources), None)
+
+
+def compare_peers(paths: list[str], runs: int, out_dir, show_progress: bool = False,
+                  base: str | None = None) -> tuple[dict, str]:
     """The original under each peer's runtime next to the slimformer models at `paths`, in one run, with the
     original's own task (tasks.default_task: STS-B test for an embedder, SST-2 dev for a 2-label classifier) and
     corpus throughput (the task's inputs run end to end); writes peers.json, peers.md and peers.png to out_dir.
+    base: the original every peer row is built from (default: base_of(paths)).
     Returns (measure()'s result plus sentence-transformers' throughput, the markdown table)."""
-    base = io.load()
+    base_dir = base_of(paths, base)
+    base = io.load(base_dir)
+    if not isinstance(base, SlimModel):
+        raise SlimformerError(f"bench --peers: the base {base_dir} is an export; give the torch model it came from")
     task = default_task(base)
     texts = task_inputs(task)
     with tempfile.TemporaryDirectory() as tmp:  # the peers' exports live until they are measured
@@ -106,13 +130,15 @@ def compare_peers(paths: list[str], runs: int, out_dir, show_progress: bool = Fa
             runtime = {"onnxruntime": "ORT", "openvino": "OpenVINO"}.get(m.manifest.get("runtime"), "torch")
             models[f"slimformer {m.manifest.get('recipe') or p} [{runtime}]"] = m
         result, _ = compare(models, {}, task, runs, throughput_texts=texts, show_progress=show_progress)
-    st = SentenceTransformersPeer(str(io.default_model_dir()), getattr(base, "head", None))
-    result["sentence_transformers_sentences_per_s"] = round(throughput(st.encode, texts), 1)
+    st_dir = Path(base_dir) if base_dir is not None else io.default_model_dir()
+    table = markdown(result)
+    if not (st_dir / MANIFEST).is_file():  # sentence-transformers reads HF and its own folders, not slimformer's
+        st = SentenceTransformersPeer(str(st_dir), getattr(base, "head", None))
+        result["sentence_transformers_sentences_per_s"] = round(throughput(st.encode, texts), 1)
+        table += ("\n\nCorpus throughput (%s, %d inputs, tokenization included): %s on the original: %.0f inputs/s."
+                  % (task, len(texts), st.what, result["sentence_transformers_sentences_per_s"]))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = markdown(result) + ("\n\nCorpus throughput (%s, %d inputs, tokenization included): "
-                                "%s on the original: %.0f inputs/s."
-                                % (task, len(texts), st.what, result["sentence_transformers_sentences_per_s"]))
     (out_dir / "peers.json").write_text(json.dumps(result, indent=1))
     (out_dir / "peers.md").write_text(table + "\n")
     plot(result, out_dir / "peers.png")

@@ -20,6 +20,7 @@ class Context:
     calib: Calibration | None
     teacher: object | None = None  # the SlimModel compress() started from (never modified)
     corpus_texts: list[str] | None = None  # what `vocab` keeps the tokens of: all the calibration text there is
+    default_calib: bool = False  # corpus_texts is slimformer's default English text, not the user's (vocab checks)
     checkpoint_dir: Path | None = None  # where a training step keeps its resumable state
 
 
