@@ -95,7 +95,7 @@ def main() -> None:
                 model = slimformer.compress(base, recipe, calib=texts)
                 for t, task in tasks.items():
                     r = evaluate(model, task)
-                    lo, hi = delta_interval(gold[t], ref[t].cosines, r.cosines)
+                    lo, hi = delta_interval(gold[t], ref[t].per_example, r.per_example)
                     kind = "ID" if src == t else ("OOD" if src in GENRES or src == "sst2" else "-")
                     cells.append({"recipe": recipe, "calib": src, "scored": t, "kind": kind,
                                   "delta": round(r.value - ref[t].value, 2), "lo": round(lo, 2), "hi": round(hi, 2)})
