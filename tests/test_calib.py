@@ -71,3 +71,12 @@ def test_squared_gradients_ignore_padding_and_batching(tiny, sentences):
     weight = tiny.encoder.encoder.layer[1].intermediate.dense.weight
     (x,), (y,) = squared_gradients(tiny, together, [weight]), squared_gradients(tiny, apart, [weight])
     torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-9)
+
+
+def test_split_of_one_batch_keeps_both_halves(minilm, sentences):
+    """Up to 32 sentences make one batch: the split takes its even and odd rows, so prune's held-out half exists."""
+    from slimformer.passes.calib import Calibration
+
+    fit, held = Calibration.from_texts(minilm.tokenizer, sentences[:5]).split()
+    assert [b["input_ids"].shape[0] for b in fit.batches] == [3]
+    assert [b["input_ids"].shape[0] for b in held.batches] == [2]

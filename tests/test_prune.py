@@ -148,3 +148,44 @@ def test_plain_torch_encoder_heads(sentences):
         ref = model(x)
     S.slice_heads(model, adapter, [[0, 2], []])
     torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_states_fisher_is_the_fisher_of_every_block(family, texts):
+    """Oracle for fisher="states": sum over sentences, blocks l and outputs (t, d) of (d h_l[t, d] / d mask)^2 /
+    ||h_l||^2, by one backward pass per output coordinate; the one-projection-per-sentence estimate converges to it
+    over seeds. The "pooled" target gives other scores (it reads only the last block's mean)."""
+    from slimformer.passes.calib import _block_states, squared_gradients
+
+    model = tiny_hf(family)
+    enc, adapter = model.encoder, model.adapter
+    masks = [torch.ones(2, 4, requires_grad=True), torch.ones(2, 96, requires_grad=True)]
+    exact = [torch.zeros_like(m) for m in masks]
+    estimate = [torch.zeros_like(m) for m in masks]
+    seeds, few = 100, texts[:2]
+    with S.unit_masks(enc, adapter, *masks):
+        for t in few:
+            for h in _block_states(model, model.tokenize([t])):  # (1, T, H) per block
+                scale = float(h.detach().norm())
+                for y in h.flatten():
+                    for e, g in zip(exact, torch.autograd.grad(y, masks, retain_graph=True)):
+                        e += g.pow(2) / scale**2
+        calib = Calibration.from_texts(model.tokenizer, few, 4)
+        for seed in range(seeds):
+            for e, g in zip(estimate, squared_gradients(model, calib, masks, seed=seed, target="states")):
+                e += g / seeds
+        pooled = squared_gradients(model, calib, masks, target="pooled")
+    for e, x, p in zip(exact, estimate, pooled):
+        assert float((x - e).norm() / e.norm()) < 0.25  # the Monte Carlo error of 100 draws
+        assert float(torch.corrcoef(torch.stack([e.flatten(), x.flatten()]))[0, 1]) > 0.95
+        assert float(torch.corrcoef(torch.stack([e.flatten(), p.flatten()]))[0, 1]) < 0.99
+
+
+def test_fisher_target_is_a_recipe_option(tiny, sentences):
+    from slimformer.errors import RecipeError
+
+    a = slimformer.compress(tiny, "prune(flops=0.6)", calib=sentences[:32])
+    b = slimformer.compress(tiny, "prune(flops=0.6, fisher=pooled)", calib=sentences[:32])
+    assert a.manifest["recipe"] == "prune(flops=0.6)" and "fisher=pooled" in b.manifest["recipe"]
+    with pytest.raises(RecipeError, match="fisher must be one of states, pooled"):
+        slimformer.compress(tiny, "prune(flops=0.6, fisher=logits)")

@@ -49,6 +49,16 @@ def check_count(step: str, key: str, v, least: int = 1) -> None:
     require(is_int(v) and v >= least, step, f"{key} must be an integer >= {least}, got {v!r}")
 
 
+# What an embedder's head/neuron importance is the Fisher information of: "states", every block's token states
+# (each block's share normalized per sentence), or "pooled", the pooled sentence embedding only. "states" is the
+# default: on benchmarks/transfer.py it lost less out of distribution (README, "Beyond the calibration text").
+FISHER_TARGETS = ("states", "pooled")
+
+
+def check_fisher(step: str, v) -> None:
+    require(v in FISHER_TARGETS, step, f"fisher must be one of {', '.join(FISHER_TARGETS)}, got {v!r}")
+
+
 def check_bool(step: str, key: str, v) -> None:
     require(isinstance(v, bool), step, f"{key} must be true or false, got {v!r}")
 
@@ -59,10 +69,12 @@ class Heads:
     phase: ClassVar[int] = STRUCTURE
     keep: float | int  # fraction of all heads (placed by importance), or a count kept in every layer
     tune: bool = False  # least-squares mask tuning of what is kept (Kwon et al. 2022); off: it cost STS-B here
+    fisher: str = "states"  # an embedder's importance target (FISHER_TARGETS); a classifier's is its logits
 
     def __post_init__(self):
         check_keep(self.step, self.keep)
         check_bool(self.step, "tune", self.tune)
+        check_fisher(self.step, self.fisher)
 
 
 @dataclass(frozen=True)
@@ -71,10 +83,12 @@ class Ffn:
     phase: ClassVar[int] = STRUCTURE
     keep: float | int  # fraction of all FFN neurons (placed by importance), or a count kept in every layer
     tune: bool = False  # least-squares mask tuning of what is kept
+    fisher: str = "states"  # an embedder's importance target (FISHER_TARGETS); a classifier's is its logits
 
     def __post_init__(self):
         check_keep(self.step, self.keep)
         check_bool(self.step, "tune", self.tune)
+        check_fisher(self.step, self.fisher)
 
 
 @dataclass(frozen=True)
@@ -93,10 +107,12 @@ class Prune:
     phase: ClassVar[int] = STRUCTURE
     flops: float  # target fraction of the original encoder's FLOPs, heads and FFN neurons chosen jointly
     tune: bool = False  # least-squares mask tuning of what is kept
+    fisher: str = "states"  # an embedder's importance target (FISHER_TARGETS); a classifier's is its logits
 
     def __post_init__(self):
         check_fraction(self.step, "flops", self.flops)
         check_bool(self.step, "tune", self.tune)
+        check_fisher(self.step, self.fisher)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,11 @@ class Calibration:
         return cls(batches)
 
     def split(self) -> tuple["Calibration", "Calibration"]:
-        """(fit, held-out): even and odd batches, so both halves span every sentence length (batches are sorted)."""
+        """(fit, held-out): even and odd batches, so both halves span every sentence length (batches are sorted).
+        One batch (up to 32 sentences) is split by its even and odd rows instead, so neither half is empty."""
+        if len(self.batches) == 1 and self.batches[0]["input_ids"].shape[0] > 1:
+            b = self.batches[0]
+            return Calibration([{k: v[0::2] for k, v in b.items()}]), Calibration([{k: v[1::2] for k, v in b.items()}])
         return Calibration(self.batches[0::2]), Calibration(self.batches[1::2])
 
 
@@ -92,11 +96,31 @@ def output_distance(model, calib: Calibration, reference: list[torch.Tensor]) ->
     return total
 
 
-def _projected_output(model, one: dict[str, torch.Tensor], g: torch.Generator) -> torch.Tensor:
+def _block_states(model, one: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Every block's output token states for one input: L tensors (1, T, H), read with forward hooks so any
+    adapter's blocks work (a plain torch encoder has no output_hidden_states)."""
+    from ..arch import blocks
+
+    states: list[torch.Tensor] = []
+
+    def keep(_module, _args, out):
+        states.append(out[0] if isinstance(out, tuple) else out)
+
+    with hooks(post=[(b, keep) for b in blocks(model.encoder, model.adapter)]):
+        model.encoder(**one)
+    return states
+
+
+def _projected_output(model, one: dict[str, torch.Tensor], g: torch.Generator, target: str = "pooled"
+                      ) -> torch.Tensor:
     """A scalar whose squared gradient is, in expectation over the Gaussian draw, the Fisher of the output.
 
-    Embedder: r . pooled, r ~ N(0, I_H): E[(d r.f / dt)^2] = sum_d (df_d / dt)^2, the Fisher of the embedding
-    under a Gaussian model. Classifier: v . z for logits z (C,) per sentence or token, v = sqrt(p) * r - p
+    Embedder, target "pooled": r . pooled, r ~ N(0, I_H): E[(d r.f / dt)^2] = sum_d (df_d / dt)^2, the Fisher of
+    the embedding under a Gaussian model. Target "states": the same over every block's token states, each block's
+    (1, T, H) divided by its own norm (detached) so that every depth counts alike: a unit then matters by what it
+    does to the representation at every layer, not only to the one mean the calibration text's pooling reads,
+    which transferred better to text unlike the calibration text (benchmarks/transfer.py).
+    Classifier: v . z for logits z (C,) per sentence or token, v = sqrt(p) * r - p
     (sqrt(p) . r) with p = softmax(z) held constant and r ~ N(0, I_C): Cov(v) = diag(p) - p p^T, so
     E[(v . dz/dt)^2] = sum_c p_c (d log p_c / dt)^2, the expected Fisher over the classes the model itself
     predicts (label-free; no gold labels). Chosen over backpropagating log p(y) of one sampled label y ~ p, which
@@ -104,6 +128,9 @@ def _projected_output(model, one: dict[str, torch.Tensor], g: torch.Generator) -
     rests on rare draws; and over the exact sum over classes, which costs C backward passes (T C per sentence
     for a token classifier)."""
     if not has_head(model):
+        if target == "states":
+            return sum((h * torch.randn(h.shape, generator=g)).sum() / h.detach().norm().clamp_min(1e-12)
+                       for h in _block_states(model, one))
         out = pooled(model, one)  # (1, H)
         return (out * torch.randn(out.shape, generator=g)).sum()
     z = model.net(**one).logits  # (1, C) or (1, T, C)
@@ -114,9 +141,9 @@ def _projected_output(model, one: dict[str, torch.Tensor], g: torch.Generator) -
 
 
 def squared_gradients(model, calib: Calibration, tensors: list[torch.Tensor], seed: int = 0,
-                      progress=None) -> list[torch.Tensor]:
+                      progress=None, target: str = "pooled") -> list[torch.Tensor]:
     """Label-free Fisher: the sum over calibration sentences of the squared gradient of a Gaussian projection of
-    the model's output (_projected_output: the pooled embedding, or a classifier's class distribution) with
+    the model's output (_projected_output: an embedder's `target`, or a classifier's class distribution) with
     respect to each tensor, a fresh projection per sentence. One backward per sentence (cut to its own length): a
     Fisher is a sum of squares, which a batched gradient would mix. Same shapes as `tensors` (each must require
     grad)."""
@@ -128,7 +155,7 @@ def squared_gradients(model, calib: Calibration, tensors: list[torch.Tensor], se
             for i in range(batch["input_ids"].shape[0]):
                 n = int(batch["attention_mask"][i].sum())
                 one = {k: v[i : i + 1, :n] for k, v in batch.items()}
-                grads = torch.autograd.grad(_projected_output(model, one, g), tensors, allow_unused=True)
+                grads = torch.autograd.grad(_projected_output(model, one, g, target), tensors, allow_unused=True)
                 for acc, gr in zip(sums, grads):
                     if gr is not None:  # a mask of a layer that has no such units
                         acc += gr.detach().pow(2)

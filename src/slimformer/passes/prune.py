@@ -3,7 +3,8 @@
 After Michel et al. 2019 ("Are Sixteen Heads Really Better than One?") and Kwon et al. 2022 ("A Fast Post-Training
 Pruning Framework for Transformers"): a mask variable multiplies each head's context and each FFN neuron; the
 importance of a unit is the diagonal Fisher information of its mask, from gradients on unlabeled calibration text.
-Label-free: the Fisher of the pooled sentence embedding under a Gaussian model, estimated with random projections
+Label-free: for an embedder, the Fisher of every block's token states (`fisher=pooled`: of the pooled sentence
+embedding only) under a Gaussian model, estimated with random projections
 (E_r[(d r.f / dm)^2] = sum_d (df_d / dm)^2); for a classifier, the Fisher of its output distribution, the expected
 one over the classes it predicts itself (calib._projected_output says how and why), and its layer and head/neuron
 trade-off choices are measured on its class distributions too. Units are chosen greedily by importance per FLOP;
@@ -29,15 +30,17 @@ from .structure import (drop_layers, encoder_flops, ffn_per_layer, heads_per_lay
 
 # ------------------------------------------------------------------------------------------------- importance
 
-def importance(model, calib: Calibration, seed: int = 0, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Diagonal Fisher of head and neuron masks w.r.t. the model's output (pooled embedding, or a classifier's class
-    distribution): (L, max heads) and (L, max neurons). Units a layer does not have score -inf."""
+def importance(model, calib: Calibration, seed: int = 0, progress=None, fisher: str = "states",
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Diagonal Fisher of head and neuron masks w.r.t. the model's output (an embedder's every block's token states
+    or its pooled embedding, as `fisher` says; a classifier's class distribution): (L, max heads) and
+    (L, max neurons). Units a layer does not have score -inf."""
     encoder, adapter = model.encoder, model.adapter
     n_heads, n_neurons = heads_per_layer(encoder, adapter), ffn_per_layer(encoder, adapter)  # per layer
     head_mask = torch.ones(len(n_heads), max(n_heads), requires_grad=True)
     neuron_mask = torch.ones(len(n_neurons), max(n_neurons), requires_grad=True)
     with unit_masks(encoder, adapter, head_mask, neuron_mask):
-        fisher_h, fisher_n = squared_gradients(model, calib, [head_mask, neuron_mask], seed, progress)
+        fisher_h, fisher_n = squared_gradients(model, calib, [head_mask, neuron_mask], seed, progress, fisher)
     for l, (h, f) in enumerate(zip(n_heads, n_neurons)):
         fisher_h[l, h:] = float("-inf")
         fisher_n[l, f:] = float("-inf")
@@ -168,14 +171,14 @@ def _keep_lists(scores: torch.Tensor, keep_: float | int, what: str) -> list[lis
 
 def heads(model, cfg: Heads, ctx) -> dict:
     fit, _ = ctx.calib.split()
-    fisher_h, _ = importance(model, fit)
+    fisher_h, _ = importance(model, fit, fisher=cfg.fisher)
     keep_neurons = [list(range(f)) for f in ffn_per_layer(model.encoder, model.adapter)]
     return narrow(model, ctx.teacher, fit, _keep_lists(fisher_h, cfg.keep, "heads"), keep_neurons, cfg.tune)
 
 
 def ffn(model, cfg: Ffn, ctx) -> dict:
     fit, _ = ctx.calib.split()
-    _, fisher_n = importance(model, fit)
+    _, fisher_n = importance(model, fit, fisher=cfg.fisher)
     keep_heads = [list(range(h)) for h in heads_per_layer(model.encoder, model.adapter)]
     return narrow(model, ctx.teacher, fit, keep_heads, _keep_lists(fisher_n, cfg.keep, "FFN neurons"), cfg.tune)
 
@@ -184,7 +187,7 @@ def prune(model, cfg: Prune, ctx) -> dict:
     """Heads and neurons jointly under a FLOPs budget; the head/neuron exchange rate is chosen on held-out text."""
     enc, adapter = model.encoder, model.adapter
     fit, held = ctx.calib.split()
-    fisher_h, fisher_n = importance(model, fit)
+    fisher_h, fisher_n = importance(model, fit, fisher=cfg.fisher)
     hidden, hs = hidden_size(enc, adapter), head_size(enc, adapter)
     score = fidelity_of(ctx.teacher, held)
 
