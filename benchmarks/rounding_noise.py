@@ -18,8 +18,9 @@ import openvino as ov
 import slimformer
 from slimformer.measure.tasks import delta_interval, evaluate, sts_pairs
 from slimformer.runtime.export import ExportedModel, export
-from slimformer.runtime.openvino import XML_FILE
+from slimformer.runtime.layout import GRAPH_FILES
 
+XML_FILE = GRAPH_FILES["openvino"]
 MODES = {
     "int8 asymmetric (default)": {},
     "int8 symmetric": {"mode": nncf.CompressWeightsMode.INT8_SYM},

@@ -5,12 +5,14 @@ Quantized torch modules do not export, so the model is first turned back into pl
 times their scales: the same grid ORT's per-channel quantization finds again) and exported to float ONNX with eager
 attention (so ORT's transformer optimizer can fuse it). The runtime takes it from there: ORT optimizes the graph and
 quantizes it dynamically to int8 with per-channel weights (onnx.py); OpenVINO converts it to IR with int8 weights
-(openvino.py). The graph takes input_ids and attention_mask and returns the token states and the pooled (and, if the
-model does, normalized) sentence embedding.
+(openvino.py). The graph takes input_ids, attention_mask (and token_type_ids where the tokenizer makes them) and
+returns the token states and the pooled (and, if the model does, normalized) sentence embedding; the folder around it
+is laid out as sentence-transformers and optimum load it (layout.py).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import warnings
@@ -25,7 +27,7 @@ from ..folder import FORMAT, MANIFEST, atomic_folder, manifest_fields
 from ..model import SentenceEncoder, SlimModel
 from ..passes.quantize import Int8Linear, QuantizedEmbedding
 from ..surgery import replace_modules
-from . import onnx
+from . import layout, onnx
 
 RUNTIMES = ("onnxruntime", "openvino")
 
@@ -68,17 +70,32 @@ def float_linears(model: SlimModel) -> list[str]:
     return [n for n, m in mods.items() if type(m) is nn.Linear]
 
 
+# The graph's outputs and their dynamic axes, in the order the sessions return them. last_hidden_state is what
+# sentence-transformers and optimum pool (they feed and read tensors by name); a task head adds its `logits` here.
+GRAPH_OUTPUTS = {"last_hidden_state": {0: "batch_size", 1: "sequence_length"}, "sentence_embedding": {0: "batch_size"}}
+GRAPH_INPUTS = ("input_ids", "attention_mask")  # and token_type_ids where the tokenizer makes them
+
+
+def input_names(model: SlimModel) -> list[str]:
+    """input_ids, attention_mask, and token_type_ids when the tokenizer produces them and the encoder takes them
+    (BERT: sentence-transformers passes the tokenizer's output, optimum feeds what the graph names)."""
+    takes = inspect.signature(model.encoder.forward).parameters
+    extra = [n for n in ("token_type_ids",) if n in model.tokenizer.model_input_names and n in takes]
+    return [*GRAPH_INPUTS, *extra]
+
+
 class _OnnxGraph(nn.Module):
-    """What the ONNX graph computes: (input_ids, attention_mask) -> (token states, sentence embedding)."""
+    """What the ONNX graph computes: (input_ids, attention_mask[, token_type_ids]) -> (token states (B, T, H),
+    sentence embedding (B, H)), the inputs in the order of `names`."""
 
-    def __init__(self, model: SlimModel):
+    def __init__(self, model: SlimModel, names: list[str]):
         super().__init__()
-        self.model = model
+        self.model, self.names = model, names
 
-    def forward(self, input_ids, attention_mask):
-        out = self.model.encoder(input_ids=input_ids, attention_mask=attention_mask)
-        states = out.last_hidden_state  # (B, T, H)
-        return states, self.model.pool(states, attention_mask)  # (B, H)
+    def forward(self, *inputs):
+        feed = dict(zip(self.names, inputs))  # each (B, T)
+        states = self.model.encoder(**feed).last_hidden_state  # (B, T, H)
+        return states, self.model.pool(states, feed["attention_mask"])  # (B, H)
 
 
 def _eager(model: SlimModel) -> SlimModel:
@@ -91,16 +108,15 @@ def _eager(model: SlimModel) -> SlimModel:
 
 def _to_onnx(model: SlimModel, path: Path) -> None:
     """The float model as standard-op ONNX, batch and sequence length dynamic."""
-    graph = _OnnxGraph(_eager(float_copy(model))).eval()  # eval: a fresh wrapper starts in train mode
+    names = input_names(model)
+    graph = _OnnxGraph(_eager(float_copy(model)), names).eval()  # eval: a fresh wrapper starts in train mode
     batch = model.tokenize(["an example sentence for tracing", "another"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(graph, (batch["input_ids"], batch["attention_mask"]), str(path),
-                          input_names=["input_ids", "attention_mask"],
-                          output_names=["last_hidden_state", "sentence_embedding"],
-                          dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
-                                        "last_hidden_state": {0: "batch", 1: "seq"},
-                                        "sentence_embedding": {0: "batch"}},
+        torch.onnx.export(graph, tuple(batch[n] for n in names), str(path), input_names=names,
+                          output_names=list(GRAPH_OUTPUTS),
+                          dynamic_axes={**dict.fromkeys(names, {0: "batch_size", 1: "sequence_length"}),
+                                        **GRAPH_OUTPUTS},
                           opset_version=17, dynamo=False)
 
 
@@ -117,14 +133,15 @@ def _ort(raw: Path, folder: Path, model: SlimModel, int8: bool, optimize: bool) 
     if int8:
         current = onnx.quantize(current, folder / "int8.onnx", float_linears(model))
         steps.append("ort-int8-per-channel")
-    current.rename(folder / onnx.ONNX_FILE)
+    current.rename(folder / layout.GRAPH_FILES["onnxruntime"])
     return steps
 
 
 def export(model: SlimModel, out_dir: str | os.PathLike, int8: bool = True, optimize: bool = True,
            force: bool = False, runtime: str = "onnxruntime") -> Path:
-    """Write out_dir/{model.onnx (ORT) or model.xml + model.bin (OpenVINO), slimformer.json, tokenizer files},
-    atomically. int8: ORT's per-channel dynamic quantization, or OpenVINO's int8 weights."""
+    """Write out_dir as sentence-transformers and optimum load it (runtime/layout.py): onnx/model.onnx (ORT) or
+    openvino/openvino_model.xml + .bin (OpenVINO), config.json, modules.json and its modules, the tokenizer files
+    and slimformer.json; atomically. int8: ORT's per-channel dynamic quantization, or OpenVINO's int8 weights."""
     if runtime not in RUNTIMES:
         raise SlimformerError(f"export: runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     if runtime == "openvino":
@@ -135,24 +152,27 @@ def export(model: SlimModel, out_dir: str | os.PathLike, int8: bool = True, opti
     with atomic_folder(out, force, source=model.manifest.get("source")) as tmp:
         raw = tmp / "raw.onnx"
         _to_onnx(model, raw)
+        (tmp / layout.GRAPH_FILES[runtime]).parent.mkdir()
         if runtime == "openvino":  # OpenVINO reads standard ONNX ops, not ORT's fused ones
-            openvino.convert(raw, tmp / openvino.XML_FILE, int8)
+            openvino.convert(raw, tmp / layout.GRAPH_FILES[runtime], int8)
             steps = ["openvino-int8-weights" if int8 else "openvino-fp32"]
         else:
             steps = _ort(raw, tmp, model, int8, optimize)
-        for f in tmp.glob("*.onnx"):
-            if f.name != onnx.ONNX_FILE:
-                f.unlink()
+        for f in tmp.glob("*.onnx"):  # the intermediate graphs
+            f.unlink()
         manifest = {**manifest_fields(model), "runtime": runtime, "export": steps}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        model.tokenizer.save_pretrained(tmp)
+        layout.write(tmp, model)
     return out
 
 
-def graph_inputs(input_ids, attention_mask) -> dict[str, np.ndarray]:
-    """The exported graph's feed, (B, T) int64 each, from tensors or arrays."""
-    return {"input_ids": np.asarray(input_ids, dtype=np.int64),
-            "attention_mask": np.asarray(attention_mask, dtype=np.int64)}
+def graph_inputs(input_ids, attention_mask, token_type_ids=None,
+                 names: tuple[str, ...] | list[str] = GRAPH_INPUTS) -> dict[str, np.ndarray]:
+    """The feed of a graph whose inputs are `names`, (B, T) int64 each, from tensors or arrays; token_type_ids
+    not given are zeros (one segment, as the tokenizer makes them for a single sentence)."""
+    given = {"input_ids": input_ids, "attention_mask": attention_mask,
+             "token_type_ids": np.zeros_like(np.asarray(input_ids)) if token_type_ids is None else token_type_ids}
+    return {n: np.asarray(given[n], dtype=np.int64) for n in names}
 
 
 class ExportedEncoder:
@@ -162,9 +182,10 @@ class ExportedEncoder:
     def __init__(self, session):
         self.session = session  # onnx.OrtSession or openvino.OpenVinoSession
 
-    def __call__(self, input_ids, attention_mask, **unused):
-        del unused  # token_type_ids: the exported graph uses its default
-        states, emb = self.session.run(graph_inputs(input_ids, attention_mask))
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, **unused):
+        del unused  # anything else a tokenizer returns: the graph has no input for it
+        feed = graph_inputs(input_ids, attention_mask, token_type_ids, self.session.input_names)
+        states, emb = self.session.run(feed)[:2]
         return torch.from_numpy(states), torch.from_numpy(emb)
 
     def size_mb(self) -> float:
@@ -188,12 +209,13 @@ class ExportedModel(SentenceEncoder):
         if manifest.get("format") != FORMAT:
             raise SlimformerError(f"{folder / MANIFEST}: unsupported manifest format {manifest.get('format')}")
         self.manifest = manifest
+        graph = layout.graph_file(folder, manifest["runtime"])  # this layout's, or the one before it
         if manifest["runtime"] == "openvino":
             from . import openvino
 
-            self.encoder = ExportedEncoder(openvino.OpenVinoSession(folder / openvino.XML_FILE))
+            self.encoder = ExportedEncoder(openvino.OpenVinoSession(graph))
         else:
-            self.encoder = ExportedEncoder(onnx.OrtSession(folder / onnx.ONNX_FILE))
+            self.encoder = ExportedEncoder(onnx.OrtSession(graph))
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         p = manifest["pooling"]
         self.pooling, self.normalize, self.max_seq_length = p["mode"], p["normalize"], p["max_seq_length"]

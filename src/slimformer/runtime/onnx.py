@@ -11,8 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ONNX_FILE = "model.onnx"
-
 
 def _explicit_heads(path: Path) -> None:
     """Hugging Face reshapes q/k/v with view(B, T, -1, head_size); ORT's Attention fusion reads the head count from
@@ -93,6 +91,7 @@ class OrtSession:
         # 1x16 here (benchmarks/ort_spinning.py). measure.bench pauses between runtimes so spinning slows no neighbour.
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.path = path
+        self.input_names = [i.name for i in self.session.get_inputs()]  # what run's feed holds
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(None, feed)

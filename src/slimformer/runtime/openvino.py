@@ -1,4 +1,4 @@
-"""OpenVINO as a serving runtime: the plain ONNX export converted to OpenVINO IR (model.xml + model.bin), weights
+"""OpenVINO as a serving runtime: the plain ONNX export converted to OpenVINO IR (openvino_model.xml + .bin), weights
 compressed to int8 per output channel by NNCF (activations stay float: fp32, or bf16 where the CPU has AVX512-BF16 or
 AMX, OpenVINO's default there; quality stays the float model's within rounding). Optional
 extra: pip install 'slimformer[openvino]'. On AVX-512 CPUs its float kernels with int8 weights were the fastest
@@ -15,8 +15,6 @@ import numpy as np
 import torch
 
 from ..errors import SlimformerError
-
-XML_FILE = "model.xml"
 
 
 def require():
@@ -49,6 +47,7 @@ class OpenVinoSession:
         self.path = path
         config = {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"}
         self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        self.input_names = [i.any_name for i in self.compiled.inputs]  # what run's feed holds
 
     def run(self, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         out = self.compiled(feed)

@@ -1,0 +1,78 @@
+"""The export folder, laid out the way sentence-transformers (`backend="onnx"` / `"openvino"`) and optimum's
+ORTModelForFeatureExtraction / optimum-intel's OVModelForFeatureExtraction load a model, so they serve it without
+slimformer:
+
+    EXPORT/
+      config.json                    the Hugging Face config of the compressed model (optimum reads model_type)
+      onnx/model.onnx                or openvino/openvino_model.xml + .bin: the graph, fed by its input names
+      modules.json                   Transformer -> Pooling (-> Normalize): how sentence-transformers pools
+      sentence_bert_config.json      max_seq_length
+      1_Pooling/config.json          the pooling mode, in the keys both sentence-transformers 5 and 6 read
+      2_Normalize/                   only when the model normalizes
+      tokenizer files, slimformer.json
+
+Exports written before this layout hold model.onnx / model.xml at the top; graph_file still finds them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from ..arch import config_of
+from ..errors import ModelNotFoundError
+from ..passes.structure import ffn_per_layer, hidden_size
+
+GRAPH_FILES = {"onnxruntime": "onnx/model.onnx", "openvino": "openvino/openvino_model.xml"}
+LEGACY_FILES = {"onnxruntime": "model.onnx", "openvino": "model.xml"}  # the layout before sentence-transformers'
+
+POOLING_KEYS = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "max": "pooling_mode_max_tokens"}
+
+
+def graph_file(folder: Path, runtime: str) -> Path:
+    """The graph of an export, in the current layout or the old one."""
+    for name in (GRAPH_FILES[runtime], LEGACY_FILES[runtime]):
+        if (folder / name).is_file():
+            return folder / name
+    raise ModelNotFoundError(f"{folder}: no {GRAPH_FILES[runtime]} (a {runtime} export without its graph)")
+
+
+def write(folder: Path, model) -> None:
+    """Everything but the graph and slimformer.json: config.json, the tokenizer files, sentence-transformers'
+    modules. `model`: the SlimModel that was exported."""
+    model.tokenizer.save_pretrained(folder)
+    if config_of(model.encoder) is not None:  # a plain torch encoder has no Hugging Face config to write
+        hf_config(model).save_pretrained(folder)
+    write_sentence_transformers(folder, model.pooling, model.normalize, model.max_seq_length,
+                                hidden_size(model.encoder, model.adapter))
+
+
+def hf_config(model):
+    """The encoder's config with the widths the compressed model really has where every layer agrees:
+    num_hidden_layers (already kept by the structure record) and the FFN width. The head count stays the
+    original's: a BERT config has no head size of its own (hidden_size / num_attention_heads), so 6 heads of 32
+    in a 384-wide model cannot be written as num_attention_heads=6; the per-layer counts are in slimformer_heads.
+    Nothing that serves the graph reads it (optimum reads model_type, and hidden_size for output buffers)."""
+    config = copy.deepcopy(model.encoder.config)
+    ffn = ffn_per_layer(model.encoder, model.adapter)
+    if ffn and len(set(ffn)) == 1:
+        setattr(config, model.adapter.ffn_key, ffn[0])
+    return config
+
+
+def write_sentence_transformers(folder: Path, pooling: str, normalize: bool, max_seq_length: int, dim: int) -> None:
+    """modules.json and the files of its modules; the Transformer module is the folder itself (path "")."""
+    kinds = ["Transformer", "Pooling"] + (["Normalize"] if normalize else [])
+    paths = ["", "1_Pooling", "2_Normalize"]
+    modules = [{"idx": i, "name": str(i), "path": paths[i], "type": f"sentence_transformers.models.{kind}"}
+               for i, kind in enumerate(kinds)]
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+    (folder / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}, indent=2))
+    (folder / "1_Pooling").mkdir()
+    pool = {"word_embedding_dimension": dim, **{key: mode == pooling for mode, key in POOLING_KEYS.items()},
+            "pooling_mode_mean_sqrt_len_tokens": False}
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pool, indent=2))
+    if normalize:
+        (folder / "2_Normalize").mkdir()
