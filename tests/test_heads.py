@@ -208,10 +208,11 @@ def test_torch_ao_peer_quantizes_the_head_and_a_classifier_still_exports(cls_dir
     batch = model.tokenize(sentences[:16])
     ref = logits(model, batch)
     assert float((logits(peer, batch) - ref).norm() / ref.norm()) < 0.05
-    # exporting logits is later work; until then a classifier exports its encoder, as an embedder would
+    # a compressed classifier exports its logits (test_classifier_exports_serve_its_logits has the pair inputs)
     small = slimformer.compress(model, "int8", calib=sentences[:16])
     exported = slimformer.load(export(small, tmp_path / "ort"))
-    np.testing.assert_allclose(exported.encode(sentences[:4]), small.encode(sentences[:4]), atol=0.05)
+    want = small.predict(sentences[:8])
+    np.testing.assert_allclose(exported.predict(sentences[:8]), want, atol=0.1 * float(np.abs(want).max()))
 
 
 @pytest.mark.parametrize("kind", ["seq4", "tok3"])
@@ -353,3 +354,30 @@ def test_distilling_a_pruned_classifier_brings_its_logits_to_the_teacher(cls_dir
     # measured: sharp4 0.0002 after vs 0.0003 before and 0.0012 with the hidden-state terms alone; sharp-tok3
     # 0.006 vs 0.017 and 0.013
     assert kl(distilled) < 0.9 * kl(pruned) and kl(distilled) < kl(hidden_only)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_classifier_exports_serve_its_logits(cls_dirs, runtime, tmp_path, sentences, pairs):
+    """A pair classifier exported: its graph takes token_type_ids and returns logits; slimformer.load of the export
+    predicts what the torch model predicts (fp32 export: to float rounding; int8: close), and config.json keeps
+    its labels."""
+    import json
+
+    if runtime == "openvino":
+        pytest.importorskip("openvino")
+    from slimformer.runtime.export import export
+
+    model = slimformer.load(cls_dirs["sharp4"])
+    for int8, tol in ((False, 1e-4), (True, 0.2)):  # int8: ORT quantizes activations per tensor (measured 0.11)
+        out = slimformer.load(export(model, tmp_path / f"{runtime}-{int8}", int8=int8, runtime=runtime))
+        assert out.head == "sequence-classification" and "token_type_ids" in out.encoder.session.input_names
+        for inputs in (sentences[:16], pairs[:16]):
+            want, got = model.predict(inputs), out.predict(inputs)
+            assert got.shape == want.shape == (16, 4)
+            np.testing.assert_allclose(got, want, atol=tol * float(np.abs(want).max()))
+        assert out.config.id2label == model.config.id2label
+    folder = tmp_path / f"{runtime}-True"
+    assert json.loads((folder / "config.json").read_text())["architectures"] == ["BertForSequenceClassification"]
+    assert not (folder / "modules.json").exists()  # no sentence-transformers pooling for a classifier
+    with pytest.raises(UnsupportedArchitectureError, match="use predict"):
+        out.encode(["a sentence"])

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import SlimformerError
+from ..errors import SlimformerError, UnsupportedArchitectureError
 from ..folder import FORMAT, MANIFEST, atomic_folder, manifest_fields
 from ..model import SentenceEncoder, SlimModel
 from ..passes.quantize import Int8Linear, QuantizedEmbedding
@@ -64,15 +64,23 @@ def float_copy(model: SlimModel) -> SlimModel:
 
 def float_linears(model: SlimModel) -> list[str]:
     """Linears that the recipe's int8 step kept in fp32 (`int8(fp32=N)`): none when the model was never quantized."""
-    mods = dict(model.encoder.named_modules())
+    mods = dict(model.net.named_modules())  # the head's Linears included
     if not any(isinstance(m, Int8Linear) for m in mods.values()):
         return []
     return [n for n, m in mods.items() if type(m) is nn.Linear]
 
 
 # The graph's outputs and their dynamic axes, in the order the sessions return them. last_hidden_state is what
-# sentence-transformers and optimum pool (they feed and read tensors by name); a task head adds its `logits` here.
+# sentence-transformers and optimum pool (they feed and read tensors by name); a classifier's graph returns its
+# `logits` instead, as optimum's ORTModelFor{Sequence,Token}Classification read them.
 GRAPH_OUTPUTS = {"last_hidden_state": {0: "batch_size", 1: "sequence_length"}, "sentence_embedding": {0: "batch_size"}}
+HEAD_OUTPUTS = {"sequence-classification": {"logits": {0: "batch_size"}},
+                "token-classification": {"logits": {0: "batch_size", 1: "sequence_length"}}}
+
+
+def graph_outputs(model) -> dict:
+    """{output name: dynamic axes} of the graph `model` exports to."""
+    return HEAD_OUTPUTS[model.head] if getattr(model, "head", None) else GRAPH_OUTPUTS
 GRAPH_INPUTS = ("input_ids", "attention_mask")  # and token_type_ids where the tokenizer makes them
 
 
@@ -86,7 +94,8 @@ def input_names(model: SlimModel) -> list[str]:
 
 class _OnnxGraph(nn.Module):
     """What the ONNX graph computes: (input_ids, attention_mask[, token_type_ids]) -> (token states (B, T, H),
-    sentence embedding (B, H)), the inputs in the order of `names`."""
+    sentence embedding (B, H)), or a classifier's (logits (B, C) or (B, T, C),); the inputs in the order of
+    `names`."""
 
     def __init__(self, model: SlimModel, names: list[str]):
         super().__init__()
@@ -94,6 +103,8 @@ class _OnnxGraph(nn.Module):
 
     def forward(self, *inputs):
         feed = dict(zip(self.names, inputs))  # each (B, T)
+        if self.model.head is not None:
+            return (self.model.net(**feed).logits,)
         states = self.model.encoder(**feed).last_hidden_state  # (B, T, H)
         return states, self.model.pool(states, feed["attention_mask"])  # (B, H)
 
@@ -114,9 +125,9 @@ def _to_onnx(model: SlimModel, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(graph, tuple(batch[n] for n in names), str(path), input_names=names,
-                          output_names=list(GRAPH_OUTPUTS),
+                          output_names=list(graph_outputs(model)),
                           dynamic_axes={**dict.fromkeys(names, {0: "batch_size", 1: "sequence_length"}),
-                                        **GRAPH_OUTPUTS},
+                                        **graph_outputs(model)},
                           opset_version=17, dynamo=False)
 
 
@@ -160,7 +171,7 @@ def export(model: SlimModel, out_dir: str | os.PathLike, int8: bool = True, opti
             steps = _ort(raw, tmp, model, int8, optimize)
         for f in tmp.glob("*.onnx"):  # the intermediate graphs
             f.unlink()
-        manifest = {**manifest_fields(model), "runtime": runtime, "export": steps}
+        manifest = {**manifest_fields(model), "head": model.head, "runtime": runtime, "export": steps}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         layout.write(tmp, model)
     return out
@@ -176,8 +187,9 @@ def graph_inputs(input_ids, attention_mask, token_type_ids=None,
 
 
 class ExportedEncoder:
-    """A runtime session as a callable encoder, what bench times: enc(input_ids=..., attention_mask=...) ->
-    (token states (B, T, H), sentence embedding (B, H)) as torch tensors; size_mb and n_params of its files."""
+    """A runtime session as a callable encoder, what bench times: enc(input_ids=..., attention_mask=...) -> the
+    graph's outputs as torch tensors: (token states (B, T, H), sentence embedding (B, H)), or a classifier's
+    (logits,); size_mb and n_params of its files."""
 
     def __init__(self, session):
         self.session = session  # onnx.OrtSession or openvino.OpenVinoSession
@@ -185,8 +197,7 @@ class ExportedEncoder:
     def __call__(self, input_ids, attention_mask, token_type_ids=None, **unused):
         del unused  # anything else a tokenizer returns: the graph has no input for it
         feed = graph_inputs(input_ids, attention_mask, token_type_ids, self.session.input_names)
-        states, emb = self.session.run(feed)[:2]
-        return torch.from_numpy(states), torch.from_numpy(emb)
+        return tuple(torch.from_numpy(o) for o in self.session.run(feed))
 
     def size_mb(self) -> float:
         return self.session.size_mb()
@@ -200,7 +211,7 @@ class ExportedModel(SentenceEncoder):
     inside the graph."""
 
     def __init__(self, folder: str | os.PathLike):
-        from transformers import AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         folder = Path(folder)
         manifest = json.loads((folder / MANIFEST).read_text())
@@ -209,6 +220,7 @@ class ExportedModel(SentenceEncoder):
         if manifest.get("format") != FORMAT:
             raise SlimformerError(f"{folder / MANIFEST}: unsupported manifest format {manifest.get('format')}")
         self.manifest = manifest
+        self.head = manifest.get("head")  # absent in exports written before heads were kept: an embedder
         graph = layout.graph_file(folder, manifest["runtime"])  # this layout's, or the one before it
         if manifest["runtime"] == "openvino":
             from . import openvino
@@ -217,8 +229,17 @@ class ExportedModel(SentenceEncoder):
         else:
             self.encoder = ExportedEncoder(onnx.OrtSession(graph))
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        # config.json (this layout) tells a classifier's labels (id2label), as the SlimModel's config does
+        self.config = AutoConfig.from_pretrained(folder) if (folder / "config.json").is_file() else None
         p = manifest["pooling"]
         self.pooling, self.normalize, self.max_seq_length = p["mode"], p["normalize"], p["max_seq_length"]
 
     def embed_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.head is not None:
+            raise UnsupportedArchitectureError("encode: this export holds a classifier's logits graph (use predict)")
         return self.encoder(**batch)[1]  # (B, H): pooled (and normalized) inside the graph
+
+    def logits_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.head is None:
+            return super().logits_batch(batch)
+        return self.encoder(**batch)[0]  # (B, C) or (B, T, C)

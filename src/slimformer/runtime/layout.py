@@ -44,6 +44,8 @@ def write(folder: Path, model) -> None:
     model.tokenizer.save_pretrained(folder)
     if config_of(model.encoder) is not None:  # a plain torch encoder has no Hugging Face config to write
         hf_config(model).save_pretrained(folder)
+    if model.head is not None:  # a classifier: config.json (architectures, id2label) is what optimum's classes read
+        return
     write_sentence_transformers(folder, model.pooling, model.normalize, model.max_seq_length,
                                 hidden_size(model.encoder, model.adapter))
 
@@ -54,7 +56,7 @@ def hf_config(model):
     original's: a BERT config has no head size of its own (hidden_size / num_attention_heads), so 6 heads of 32
     in a 384-wide model cannot be written as num_attention_heads=6; the per-layer counts are in slimformer_heads.
     Nothing that serves the graph reads it (optimum reads model_type, and hidden_size for output buffers)."""
-    config = copy.deepcopy(model.encoder.config)
+    config = copy.deepcopy(model.net.config)  # a classifier's: with architectures and id2label
     ffn = ffn_per_layer(model.encoder, model.adapter)
     if ffn and len(set(ffn)) == 1:
         setattr(config, model.adapter.ffn_key, ffn[0])

@@ -49,9 +49,10 @@ class OpenVinoSession:
         self.compiled = ov.Core().compile_model(str(path), "CPU", config)
         self.input_names = [i.any_name for i in self.compiled.inputs]  # what run's feed holds
 
-    def run(self, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The graph's outputs in its order: (token states, sentence embedding), or a classifier's (logits,)."""
         out = self.compiled(feed)
-        return out[0], out[1]
+        return [out[i] for i in range(len(self.compiled.outputs))]
 
     def size_mb(self) -> float:
         return self.path.with_suffix(".bin").stat().st_size / 1e6
