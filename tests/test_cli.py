@@ -61,12 +61,19 @@ def test_compress_bench_eval_end_to_end(tiny_dir, tmp_path, sts_tsv):
     assert [r["name"] for r in report["rows"]] == ["original", "compressed"]
     assert report["rows"][1]["size_ratio"] > 2.5
     assert "| compressed |" in (out / "report.md").read_text()
+    # the transfer risk: label-free fidelity on calibration-like text and on the package corpus (int8: near 100)
+    risk = report["fidelity"]
+    assert risk["metric"] == "similarity_spearman_x100" and set(risk) == {"metric", "calibration-like", "other"}
+    assert all(95 < risk[k] <= 100 for k in ("calibration-like", "other"))
+    assert "Fidelity to the original" in (out / "report.md").read_text()
 
     bench = json.loads(run("bench", str(out), "--json", "--runs", "2").stdout)
     assert set(bench) == {"model", "size_mb", "params", "latency_ms", "threads", "cpu", "runtime", "int8_kernel"}
     assert set(bench["latency_ms"]) == {"1x16", "8x128", "32x32"}
     assert bench["runtime"] == "torch eager" and sum(bench["int8_kernel"].values()) == 13  # every Linear, a kernel
-    assert report["rows"][1]["int8_kernel"] == bench["int8_kernel"]  # the same choice at compress and at load
+    # the kernels are chosen by timing in each process, so compress and load may differ on a busy machine; a forced
+    # choice is the same everywhere
+    assert sum(report["rows"][1]["int8_kernel"].values()) == 13
     forced = json.loads(run("bench", str(out), "--json", "--runs", "2", env={"SLIMFORMER_INT8_KERNEL": "w8"}).stdout)
     assert forced["int8_kernel"] == {"w8": 13}
 

@@ -57,8 +57,16 @@ def compress(model: Optional[str] = MODEL_ARG,
     result, models = compare({"original": base}, {"compressed": steps}, None if task == "none" else task, runs,
                              calib=str(calib) if calib else None, checkpoint_dir=ckpt, show_progress=True)
     small = models["compressed"]
+    if task != "none":  # how faithful it stays on text unlike the calibration text: the transfer risk
+        from .measure.fidelity import transfer_risk
+
+        result["fidelity"] = transfer_risk(base, small, str(calib) if calib else None)
     path = io.save(small, out, force=force, extra_files=report_files(result, small))
     typer.echo(markdown(result))
+    if "fidelity" in result:
+        from .measure.fidelity import risk_md
+
+        typer.echo("\n" + risk_md(result["fidelity"]))
     typer.echo(f"\nwrote {path}")
 
 

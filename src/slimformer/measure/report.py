@@ -142,6 +142,10 @@ def report_files(result: dict, model) -> dict[str, str]:
     steps = model.manifest["steps"]
     md = f"# slimformer report: `{model.manifest['recipe']}`\n\n" + markdown(result) + "\n\n" + \
         structure_md(steps) + "\n"
+    if "fidelity" in result:
+        from .fidelity import risk_md
+
+        md += "\n" + risk_md(result["fidelity"]) + "\n"
     return {"report.json": json.dumps({**result, "steps": steps}, indent=1), "report.md": md}
 
 
