@@ -55,7 +55,8 @@ def hf_config(model):
     num_hidden_layers (already kept by the structure record) and the FFN width. The head count stays the
     original's: a BERT config has no head size of its own (hidden_size / num_attention_heads), so 6 heads of 32
     in a 384-wide model cannot be written as num_attention_heads=6; the per-layer counts are in slimformer_heads.
-    Nothing that serves the graph reads it (optimum reads model_type, and hidden_size for output buffers)."""
+    No loader of the graph reads the widths: optimum takes model_type from it, sentence-transformers the hidden
+    size (unchanged by pruning), and the graph carries each layer's head count itself."""
     config = copy.deepcopy(model.net.config)  # a classifier's: with architectures and id2label
     ffn = ffn_per_layer(model.encoder, model.adapter)
     if ffn and len(set(ffn)) == 1:
