@@ -25,7 +25,7 @@ def served_by(model) -> dict:
     if not isinstance(model, SlimModel):
         return {"runtime": getattr(model, "manifest", {}).get("runtime"), "int8_kernel": {}}
     traced = model.__dict__.get("frozen") is not None
-    return {"runtime": "torch trace" if traced else "torch eager", "int8_kernel": int8_kernels.summary(model.encoder)}
+    return {"runtime": "torch trace" if traced else "torch eager", "int8_kernel": int8_kernels.summary(model.net)}
 
 
 def bench_model(model, runs: int = 20) -> dict:

@@ -8,6 +8,7 @@ nothing but arch and surgery.
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import torch
 from torch import nn
@@ -113,13 +114,18 @@ def _select_position_bias(attn: nn.Module, idx: torch.Tensor) -> None:
     """Models with one shared (B, heads, T, T) position bias (MPNet): each layer takes the rows of its kept heads.
     The hook stays for the module's life (it is part of the narrowed structure), so it is not a `hooks` body."""
     attn.register_buffer("head_index", idx, persistent=False)
+    # where the bias sits among the positional arguments: found by name, since transformers 4.x passes head_mask
+    # before it (index 3) and 5.x does not (index 2)
+    at = list(inspect.signature(attn.forward).parameters).index("position_bias")
 
-    def hook(mod, args):
-        if len(args) > 2 and args[2] is not None:
-            args = (*args[:2], args[2].index_select(1, mod.head_index), *args[3:])
-        return args
+    def hook(mod, args, kwargs):
+        if kwargs.get("position_bias") is not None:
+            kwargs["position_bias"] = kwargs["position_bias"].index_select(1, mod.head_index)
+        elif len(args) > at and args[at] is not None:
+            args = (*args[:at], args[at].index_select(1, mod.head_index), *args[at + 1 :])
+        return args, kwargs
 
-    attn.register_forward_pre_hook(hook)
+    attn.register_forward_pre_hook(hook, with_kwargs=True)
 
 
 @torch.no_grad()
