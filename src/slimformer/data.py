@@ -43,15 +43,20 @@ def read_stsb(split: str = "test") -> list[tuple[str, str, float]]:
     return out
 
 
-def read_sts_tsv(path: str | Path) -> list[tuple[str, str, float]]:
-    """Any TSV with header `sentence1<TAB>sentence2<TAB>score`."""
-    path = _need(Path(path))
+def _read_tsv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """(header cells, [(line number, cells)] of the non-empty lines below it) of a UTF-8 tab-separated file."""
     try:
         with open(path, encoding="utf-8") as f:
             header = f.readline().rstrip("\n").split("\t")
-            rows = [(n, line.rstrip("\n").split("\t")) for n, line in enumerate(f, 2) if line.strip()]
+            return header, [(n, line.rstrip("\n").split("\t")) for n, line in enumerate(f, 2) if line.strip()]
     except UnicodeDecodeError:
         raise DataFormatError(f"{path}: not UTF-8 text") from None
+
+
+def read_sts_tsv(path: str | Path) -> list[tuple[str, str, float]]:
+    """Any TSV with header `sentence1<TAB>sentence2<TAB>score`."""
+    path = _need(Path(path))
+    header, rows = _read_tsv(path)
     if header[:3] != ["sentence1", "sentence2", "score"]:
         raise DataFormatError(f"{path}: header must be sentence1<TAB>sentence2<TAB>score, got {header[:3]}")
     out = []
@@ -81,12 +86,7 @@ def read_cls_tsv(path: str | Path) -> list[tuple[str | tuple[str, str], str]]:
     `sentence1` and `sentence2`, and `label`, in any order (other columns are ignored). Labels stay text here: an
     id or a name, resolved against a model's id2label by measure/tasks.py."""
     path = _need(Path(path))
-    try:
-        with open(path, encoding="utf-8") as f:
-            header = f.readline().rstrip("\n").split("\t")
-            rows = [(n, line.rstrip("\n").split("\t")) for n, line in enumerate(f, 2) if line.strip()]
-    except UnicodeDecodeError:
-        raise DataFormatError(f"{path}: not UTF-8 text") from None
+    header, rows = _read_tsv(path)
     names = ["sentence1", "sentence2"] if "sentence1" in header else ["sentence"]
     if not set(names + ["label"]) <= set(header):
         raise DataFormatError(f"{path}: header must name sentence (or sentence1 and sentence2) and label, "
