@@ -136,7 +136,9 @@ def export(model: Optional[str] = MODEL_ARG, out: Path = typer.Option(..., "--ou
            int8: bool = typer.Option(True, "--int8/--fp32", help="int8 per-channel quantization in the runtime"),
            optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="ORT transformer graph fusions"),
            force: bool = typer.Option(False, "--force", help="overwrite an existing output folder")):
-    """Export MODEL (any slimformer output, or an original) to ONNX Runtime or OpenVINO; bench/eval/load serve it."""
+    """Export MODEL (any slimformer output, or an original) to ONNX Runtime or OpenVINO, in the folder layout
+    sentence-transformers (backend="onnx"/"openvino") and optimum load; bench/eval/load serve it too. A classifier's
+    graph returns its logits."""
     from . import io
     from .runtime.export import export as run_export
 
