@@ -58,3 +58,21 @@ def test_fnet_traces_with_per_sentence_mixing(tiny_dir, sentences):
     np.testing.assert_allclose(f.encode(sentences[:9], batch_size=9), eager, atol=1e-4, rtol=0)
     alone = f.encode(sentences[4])
     np.testing.assert_allclose(f.encode(sentences[:9], batch_size=9)[4], alone, atol=1e-4, rtol=0)
+
+
+def test_token_types_are_a_graph_input_only_where_the_tokenizer_makes_them(small, sentences):
+    import copy
+
+    traced = small.clone()
+    freeze.apply(traced, "trace")
+    assert traced.__dict__["frozen"].with_types  # BERT's tokenizer: pairs reach the graph with their segments
+    two = small.clone()
+    two.tokenizer = copy.deepcopy(small.tokenizer)
+    two.tokenizer.model_input_names = ["input_ids", "attention_mask"]  # as RoBERTa's and MPNet's tokenizers
+    freeze.apply(two, "trace")
+    frozen = two.__dict__["frozen"]
+    assert not frozen.with_types and len(freeze.check_batches(two, sentences)) == 3
+    batch = small.tokenize(list(zip(sentences[:3], sentences[3:6])))
+    assert not frozen.handles((), batch)  # marked segments to a graph without them: the eager net
+    assert frozen.handles((), {**batch, "token_type_ids": torch.zeros_like(batch["token_type_ids"])})
+    np.testing.assert_allclose(two.encode(sentences[:9]), small.encode(sentences[:9]), atol=1e-5, rtol=0)

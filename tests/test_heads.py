@@ -224,10 +224,28 @@ def test_freeze_traces_the_net_so_logits_come_out(cls_dirs, kind, sentences, pai
     freeze.apply(traced, "trace")
     assert traced.__dict__["frozen"].names == ("logits",)
     # the graph runs each Linear's batch kernel at every size: eager is compared with the same kernels
+    frozen = traced.__dict__["frozen"]
+    # BERT's tokenizer makes token types: they are a graph input, so a cross-encoder's pairs run the graph too
+    assert frozen.with_types and len(freeze.check_batches(traced, sentences)) == 4
     with int8_kernels.large_only(traced.net), int8_kernels.large_only(small.net):
-        assert freeze.max_error(traced.__dict__["frozen"], traced, freeze.check_batches(traced, sentences)) < 1e-4
-        for b in (small.tokenize(sentences[:7]), small.tokenize(pairs[:5])):  # pairs: not traced for, run eager
+        assert freeze.max_error(frozen, traced, freeze.check_batches(traced, sentences)) < 1e-4
+        for b in (small.tokenize(sentences[:7]), small.tokenize(pairs[:5])):
+            assert frozen.handles((), b)
             torch.testing.assert_close(logits(traced, b), logits(small, b), atol=1e-4, rtol=0)
+
+
+def test_a_frozen_cross_encoder_reads_the_token_types(cls_dirs, pairs):
+    """The graph takes the segments as an input: pairs with their types and with all-zero types differ as eager."""
+    from slimformer.passes import freeze
+
+    model = slimformer.load(cls_dirs["sharp4"])
+    traced = model.clone()
+    freeze.apply(traced, "trace")
+    b = model.tokenize(pairs[:5])
+    zeros = {**b, "token_type_ids": torch.zeros_like(b["token_type_ids"])}
+    for batch in (b, zeros):
+        torch.testing.assert_close(logits(traced, batch), logits(model, batch), atol=1e-5, rtol=0)
+    assert (logits(traced, zeros) - logits(traced, b)).abs().max() > 1e-2
 
 
 # ------------------------------------------------------------------------------ pruning importance from the logits
