@@ -156,3 +156,34 @@ def test_sentence_transformers_openvino_backend_and_optimum_intel(narrowed, sent
     batch = AutoTokenizer.from_pretrained(out)(sentences[:8], padding=True, return_tensors="pt")
     np.testing.assert_allclose(ov_model(**batch).last_hidden_state.numpy(),
                                slimformer.load(out).encoder(**batch)[0].numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_a_classifier_export_loads_in_optimum_and_as_a_cross_encoder(runtime, minilm, sentences, tmp_path):
+    """A 3-label pair classifier exported: optimum's *ModelForSequenceClassification and sentence-transformers'
+    CrossEncoder (same backend) give slimformer's logits for sentence pairs, without slimformer."""
+    import transformers
+
+    if runtime == "onnxruntime":
+        ours = pytest.importorskip("optimum.onnxruntime").ORTModelForSequenceClassification
+        backend, where = "onnx", {}
+    else:
+        pytest.importorskip("nncf")
+        ours = pytest.importorskip("optimum.intel").OVModelForSequenceClassification
+        backend, where = "openvino", {"subfolder": "openvino"}  # optimum-intel looks at the top unless told
+    from sentence_transformers import CrossEncoder
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=minilm.tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=128, num_labels=3, initializer_range=0.1)
+    transformers.BertForSequenceClassification(cfg).eval().save_pretrained(tmp_path / "cls")
+    minilm.tokenizer.save_pretrained(tmp_path / "cls")
+    out = export(slimformer.load(tmp_path / "cls"), tmp_path / "e", int8=False, runtime=runtime)
+    pairs = list(zip(sentences[0:16:2], sentences[1:16:2]))
+    mine = slimformer.load(out).predict(pairs)
+    assert mine.shape == (8, 3)
+    batch = transformers.AutoTokenizer.from_pretrained(out)([a for a, _ in pairs], [b for _, b in pairs],
+                                                            padding=True, return_tensors="pt")
+    np.testing.assert_allclose(ours.from_pretrained(str(out), **where)(**batch).logits.numpy(), mine, atol=1e-4)
+    cross = CrossEncoder(str(out), backend=backend, device="cpu")
+    np.testing.assert_allclose(cross.predict(pairs, activation_fn=torch.nn.Identity()), mine, atol=1e-4)
