@@ -235,3 +235,23 @@ def test_clip_vision_folder_without_processor_loads(tmp_path, pixels):
     assert model.tokenizer is None and model.pooling == "cls" and model.head is None
     out = model.net(pixel_values=pixels).last_hidden_state[:, 0]
     torch.testing.assert_close(embed(model, pixels), out, atol=0, rtol=0)
+
+
+def test_cli_compresses_an_image_model_with_a_folder_of_images(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    folder, images = _image_classifier_dir(tmp_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    p = subprocess.run([sys.executable, "-m", "slimformer.cli", "compress", str(folder), "--recipe", "heads(keep=2)",
+                        "-o", str(tmp_path / "out"), "--calib", str(images)], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "no report" in p.stdout
+    back = slimformer.load(tmp_path / "out")
+    assert back.head == "image-classification" and heads_per_layer(back.encoder, back.adapter) == [2, 2, 2]
+    p = subprocess.run([sys.executable, "-m", "slimformer.cli", "compress", str(folder), "--recipe", "fnet",
+                        "-o", str(tmp_path / "out2")], capture_output=True, text=True, env=env, timeout=300)
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert p.returncode != 0 and len(lines) == 1 and "image model" in lines[0], p.stderr
