@@ -255,3 +255,13 @@ def test_cli_compresses_an_image_model_with_a_folder_of_images(tmp_path):
                         "-o", str(tmp_path / "out2")], capture_output=True, text=True, env=env, timeout=300)
     lines = [line for line in p.stderr.splitlines() if line.strip()]
     assert p.returncode != 0 and len(lines) == 1 and "image model" in lines[0], p.stderr
+
+
+@pytest.mark.parametrize("kind", ["vit", "clip_vision_model"])
+def test_prune_under_a_flops_budget(kind):
+    from slimformer.passes.structure import encoder_flops
+
+    model = build(kind)
+    out = slimformer.compress(model, "prune(flops=0.6)", calib=CALIB)
+    fraction = encoder_flops(out.encoder, out.adapter) / encoder_flops(model.encoder, model.adapter)
+    assert 0.4 < fraction <= 0.6 + 1e-6 and out.manifest["steps"][-1]["flops_fraction"] == round(fraction, 4)
