@@ -46,11 +46,14 @@ def compress(model: Optional[str] = MODEL_ARG,
     from .measure.report import markdown, report_files
 
     check_output(out, force, source=model)  # and so does an output that is there (io.save checks it again)
-    if calib is not None and not calib.is_dir():  # a folder: an image model's calibration images
-        from .data import read_lines
+    from .data import read_lines
 
+    images = calib is not None and calib.is_dir()  # a folder: an image model's calibration images
+    if calib is not None and not images:
         read_lines(calib)  # and an empty, unreadable or missing --calib file
     base = io.load(model)
+    if images and getattr(base, "modality", "text") != "image":
+        read_lines(calib)  # a text model's --calib is a file: the one-line error naming the folder
     # a training step keeps resumable state beside OUT: the same command after a crash (even kill -9) resumes
     ckpt = Path(out).resolve().parent / f".{Path(out).name}.checkpoint"
     if getattr(base, "modality", "text") == "image":  # bench and eval time and score text: no report for images
