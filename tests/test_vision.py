@@ -204,6 +204,7 @@ def _image_classifier_dir(tmp_path, labels: int = 3):
     return tmp_path / "vit-cls", images
 
 
+@torch.no_grad()  # logits_batch runs the net as it is (compress's own passes enable grad where they need it)
 def test_image_classifier_loads_compresses_saves_and_exports(tmp_path):
     folder, images = _image_classifier_dir(tmp_path)
     model = slimformer.load(folder)
