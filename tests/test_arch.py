@@ -17,6 +17,9 @@ TINY = {**{t: HF for t in BERT_LAYOUT}, "mpnet": HF,
         "distilbert": dict(vocab_size=VOCAB, dim=H, n_layers=LAYERS, n_heads=HEADS, hidden_dim=FFN,
                            max_position_embeddings=64),
         "torch": None}
+VISION = dict(hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=FFN, image_size=16,
+              patch_size=4)
+TINY.update({t: VISION for t in ("vit", "deit", "clip_vision_model")})  # pixel_values in: tests/test_vision.py
 
 
 def tiny(model_type: str) -> nn.Module:

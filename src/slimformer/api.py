@@ -9,26 +9,30 @@ from .model import SlimModel
 from .passes import Context, run_passes
 from .passes.calib import Calibration
 from .recipe import steps_of, to_text
+from .vision import calibration_pixels, is_image
 
 CALIB_SENTENCES = 512  # default calibration size: enough for activation ranges and importance, seconds to run
 
 
-def compress(model: SlimModel, recipe: str | list, calib: list[str] | str | None = None,
+def compress(model: SlimModel, recipe: str | list, calib: list | str | None = None,
              progress=None, checkpoint_dir: str | Path | None = None) -> SlimModel:
     """Apply `recipe` (text like "int8" or a list of configs like [Int8()]) to a copy of `model`.
 
     calib: calibration sentences, a path to a text file (one sentence a line), or None for the default: STS-B train
-    and SST-2 train sentences from the data folder, else the corpus shipped in the package. checkpoint_dir: where
-    training steps keep resumable state (the same call after a crash resumes from it). The manifest records the
-    recipe as canonical text (recipe.to_text)."""
+    and SST-2 train sentences from the data folder, else the corpus shipped in the package. An image model's calib
+    is a folder of images, a list of pixel tensors, or None for random-normal pixels (vision.calibration_pixels).
+    checkpoint_dir: where training steps keep resumable state (the same call after a crash resumes from it). The
+    manifest records the recipe as canonical text (recipe.to_text)."""
     steps = steps_of(recipe)  # parsed (text) or checked (configs) once, before anything is copied or read
-    # the whole calibration text for vocabulary pruning; a sample of it for everything else
-    corpus = calib if isinstance(calib, list) else calibration_texts(None, path=calib)
-    texts = corpus[:CALIB_SENTENCES]
+    if is_image(model):  # images (a folder, tensors, or random-normal pixels): no text, no vocabulary
+        corpus, calibration = None, Calibration.from_pixels(calibration_pixels(calib, model))
+    else:  # the whole calibration text for vocabulary pruning; a sample of it for everything else
+        corpus = calib if isinstance(calib, list) else calibration_texts(None, path=calib)
+        calibration = Calibration.from_texts(model.tokenizer, corpus[:CALIB_SENTENCES])
     out = model.clone()
     prior = out.manifest.get("recipe")  # a compressed model compressed again: its manifest keeps both recipes
     out.manifest["recipe"] = "+".join(filter(None, [prior, to_text(steps)]))
-    ctx = Context(Calibration.from_texts(model.tokenizer, texts), teacher=model, corpus_texts=corpus,
+    ctx = Context(calibration, teacher=model, corpus_texts=corpus,
                   default_calib=calib is None,
                   checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None)
     return run_passes(out, steps, ctx, progress)

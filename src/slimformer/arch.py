@@ -34,6 +34,7 @@ class Adapter:
     hidden_key: str  # config key of the hidden size
     o_in_attn: bool  # the output projection o lives inside the `attn` module (so a 0-head layer keeps its bias there)
     shared_head_bias: bool = False  # one (B, heads, T, T) position bias, computed once, is passed to every layer
+    modality: str = "text"  # what the net takes: "text" (input_ids, attention_mask) or "image" (pixel_values)
 
     def roles(self) -> dict[str, str]:
         return {"q": self.q, "k": self.k, "v": self.v, "o": self.o, "ffn_in": self.ffn_in, "ffn_out": self.ffn_out}
@@ -68,8 +69,26 @@ BERT_LAYOUT = ("bert", "camembert", "data2vec-text", "electra", "ernie", "megatr
 
 INTERNAL = "torch"  # the adapter of a plain torch nn.TransformerEncoder (no config.json, so no real model_type)
 
+# Vision transformers (transformers 5.x layout): ViT and DeiT blocks are `layers.N` of the base model, CLIP's vision
+# tower's `encoder.layers.N`; both hold q/k/v/o projections inside the attention module, which reshapes with
+# view(B, T, -1, head_dim), so no head-count attribute needs updating after slicing. Their input is pixel_values
+# (B, C, H, W); no attention mask (every patch is real) and no token vocabulary. DINOv2 has the same paths but sets
+# its FFN width by a float `mlp_ratio` (no integer config key to record a narrowed width in), so it is not listed.
+_VIT = dict(q="attention.q_proj", k="attention.k_proj", v="attention.v_proj", o="attention.o_proj",
+            ffn_in="mlp.fc1", ffn_out="mlp.fc2", attn="attention", heads_attrs=("num_attention_heads",),
+            width_attrs=(), word_embeddings=None, heads_key="num_attention_heads", ffn_key="intermediate_size",
+            layers_key="num_hidden_layers", hidden_key="hidden_size", o_in_attn=True, modality="image")
+VISION_ADAPTERS = {
+    "vit": Adapter(name="vit", layers="layers", **_VIT),
+    "deit": Adapter(name="deit", layers="layers", **_VIT),
+    "clip_vision_model": Adapter(name="clip_vision_model", layers="encoder.layers", **{
+        **_VIT, "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+        "o": "self_attn.out_proj", "attn": "self_attn", "heads_attrs": ("num_heads",)}),
+}
+
 # model_type -> adapter
 ADAPTERS: dict[str, Adapter] = {
+    **VISION_ADAPTERS,
     **{model_type: _BERT for model_type in BERT_LAYOUT},
     "mpnet": Adapter(
         name="mpnet",
@@ -138,6 +157,7 @@ ADAPTERS: dict[str, Adapter] = {
 HEADS: dict[str, str] = {
     "ForSequenceClassification": "sequence-classification",
     "ForTokenClassification": "token-classification",
+    "ForImageClassification": "image-classification",  # ViT / DeiT: logits (B, C) from the CLS token
 }
 # not task heads: the bare encoder or a pre-training objective, so the base model is what is kept (BertLMHeadModel
 # ends in "Model" but is a causal language model: not a base model)

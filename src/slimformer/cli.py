@@ -46,13 +46,22 @@ def compress(model: Optional[str] = MODEL_ARG,
     from .measure.report import markdown, report_files
 
     check_output(out, force, source=model)  # and so does an output that is there (io.save checks it again)
-    if calib is not None:
-        from .data import read_lines
+    from .data import read_lines
 
+    images = calib is not None and calib.is_dir()  # a folder: an image model's calibration images
+    if calib is not None and not images:
         read_lines(calib)  # and an empty, unreadable or missing --calib file
     base = io.load(model)
+    if images and getattr(base, "modality", "text") != "image":
+        read_lines(calib)  # a text model's --calib is a file: the one-line error naming the folder
     # a training step keeps resumable state beside OUT: the same command after a crash (even kill -9) resumes
     ckpt = Path(out).resolve().parent / f".{Path(out).name}.checkpoint"
+    if getattr(base, "modality", "text") == "image":  # bench and eval time and score text: no report for images
+        from .api import compress as compress_model
+
+        small = compress_model(base, steps, calib=str(calib) if calib else None, checkpoint_dir=ckpt)
+        typer.echo(f"wrote {io.save(small, out, force=force)} (no report: bench and eval measure text models)")
+        return
     # compare() checks that the task fits the model (auto: picks the model's own) before compressing
     result, models = compare({"original": base}, {"compressed": steps}, None if task == "none" else task, runs,
                              calib=str(calib) if calib else None, checkpoint_dir=ckpt, show_progress=True)

@@ -26,6 +26,7 @@ from .passes.quantize import Int8Linear, QuantizedEmbedding
 from .passes.structure import NoAttention, restore_structure
 from .passes.vocab import VocabEmbedding
 from .surgery import set_module
+from .vision import IMAGE, preprocessor
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"  # a sharded checkpoint: {"weight_map": {tensor name: shard file}}
@@ -35,6 +36,7 @@ AUTO_CLASSES: dict[str | None, str] = {
     None: "AutoModel",
     "sequence-classification": "AutoModelForSequenceClassification",
     "token-classification": "AutoModelForTokenClassification",
+    "image-classification": "AutoModelForImageClassification",
 }
 
 
@@ -108,12 +110,13 @@ def load(path: str | os.PathLike | None = None) -> SlimModel:
     if not any((hf_dir / f).is_file() for f in (WEIGHTS, INDEX)):
         raise ModelNotFoundError(f"no safetensors weights in {hf_dir} (pickled .bin weights are never loaded)")
     check_weights(hf_dir)
-    from transformers import AutoTokenizer
-
     # fp32 whatever the checkpoint holds: transformers 5 keeps a bf16/fp16 checkpoint's dtype, which the int8 passes
     # and encode() on CPU do not take
     net = auto_class(head).from_pretrained(hf_dir, use_safetensors=True, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    tokenizer = preprocessor(hf_dir, config.model_type)
+    if adapter_for(config.model_type).modality == IMAGE:  # no sequence to cut; the CLS token is the image's summary
+        pooling = pooling if (path / "modules.json").is_file() else "cls"
+        max_len = max_len or 0
     if max_len is None:
         max_len = min(getattr(tokenizer, "model_max_length", 512), getattr(config, "max_position_embeddings", 512))
     manifest = {"source": str(path.resolve()), "recipe": "", "steps": []}
@@ -193,8 +196,6 @@ def _skeleton(config_dict: dict, head: str | None = None) -> nn.Module:
 
 
 def _load_slim(path: Path) -> SlimModel:
-    from transformers import AutoTokenizer
-
     manifest = json.loads((path / MANIFEST).read_text())
     if manifest.get("format") != FORMAT:
         raise SlimformerError(f"{path / MANIFEST}: unsupported manifest format {manifest.get('format')}")
@@ -217,7 +218,7 @@ def _load_slim(path: Path) -> SlimModel:
         detail = [line.strip() for line in str(e).splitlines() if line.strip()][-1][:200]
         raise WeightsError(f"{path / WEIGHTS} does not fit {path / MANIFEST}: {detail}") from None
     int8_kernels.choose(net)  # this CPU's int8 kernels (measured, or $SLIMFORMER_INT8_KERNEL), before any trace
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = preprocessor(path, encoder.config.model_type)
     p = manifest["pooling"]
     kept = {k: manifest[k] for k in ("source", "recipe", "steps")}
     model = SlimModel(net, tokenizer, p["mode"], p["normalize"], p["max_seq_length"], kept)
@@ -270,7 +271,8 @@ def save(model: SlimModel, out_dir: str | os.PathLike, force: bool = False,
     with atomic_folder(out, force, source=model.manifest.get("source")) as tmp:
         save_file(_state_for_safetensors(model.net), tmp / WEIGHTS, metadata={"format": "pt"})
         (tmp / MANIFEST).write_text(json.dumps(manifest_of(model), indent=1))
-        model.tokenizer.save_pretrained(tmp)
+        if model.tokenizer is not None:  # an image model built in code has no image processor
+            model.tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
     return out

@@ -127,7 +127,7 @@ class SlimModel(SentenceEncoder, nn.Module):
 
     @property
     def head(self) -> str | None:
-        """None (an embedder), "sequence-classification" or "token-classification"."""
+        """None (an embedder), "sequence-classification", "token-classification" or "image-classification"."""
         return None if self.encoder is self.net else head_of([type(self.net).__name__])
 
     @property
@@ -141,6 +141,12 @@ class SlimModel(SentenceEncoder, nn.Module):
     @property
     def adapter(self) -> Adapter:
         return adapter_for(self.model_type)
+
+    @property
+    def modality(self) -> str:
+        """"text" (input_ids, attention_mask; `tokenizer` is a tokenizer) or "image" (pixel_values (B, C, H, W);
+        `tokenizer` holds the image processor, or None for a model built in code)."""
+        return self.adapter.modality
 
     def forward(self, *args, **kwargs):
         frozen = self.__dict__.get("frozen")  # set by the `freeze` step (passes/freeze.py); not a submodule
@@ -156,8 +162,11 @@ class SlimModel(SentenceEncoder, nn.Module):
         new.__dict__["frozen"] = None  # a traced graph holds the old weights; the copy runs eager
         return new
 
-    def pool(self, token_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T, H) token states -> (B, H) sentence embeddings, ignoring padded positions."""
+    def pool(self, token_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, H) token states -> (B, H) sentence embeddings, ignoring padded positions. attention_mask None:
+        every position is real (an image's patches; "cls" is then its CLS token)."""
+        if attention_mask is None:
+            attention_mask = torch.ones(token_states.shape[:2], dtype=torch.long)  # (B, T)
         mask = attention_mask.unsqueeze(-1).to(token_states.dtype)  # (B, T, 1)
         if self.pooling == "cls":
             out = token_states[:, 0]
@@ -168,10 +177,11 @@ class SlimModel(SentenceEncoder, nn.Module):
         return F.normalize(out, p=2, dim=-1) if self.normalize else out
 
     def embed_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """A tokenized batch -> (B, H) pooled sentence embeddings, through the frozen graph when there is one; a
-        task model's encoder pooled (its head's output is no sentence embedding)."""
+        """A tokenized batch (or {"pixel_values": (B, C, H, W)}) -> (B, H) pooled sentence (image) embeddings,
+        through the frozen graph when there is one; a task model's encoder pooled (its head's output is no sentence
+        embedding)."""
         out = self(**batch) if self.head is None else self.encoder(**batch)
-        return self.pool(main_output(out), batch["attention_mask"])
+        return self.pool(main_output(out), batch.get("attention_mask"))
 
     def logits_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """A tokenized batch -> the head's logits, (B, C) or (B, T, C), through the frozen graph when there is one."""

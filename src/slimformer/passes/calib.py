@@ -26,13 +26,23 @@ class Calibration:
                    for i in range(0, len(texts), batch_size)]
         return cls(batches)
 
+    @classmethod
+    def from_pixels(cls, pixels: torch.Tensor, batch_size: int = 8) -> "Calibration":
+        """Images, already preprocessed (N, C, H, W) -> batches of {"pixel_values"} (vision.calibration_pixels)."""
+        return cls([{"pixel_values": pixels[i : i + batch_size]} for i in range(0, len(pixels), batch_size)])
+
     def split(self) -> tuple["Calibration", "Calibration"]:
         """(fit, held-out): even and odd batches, so both halves span every sentence length (batches are sorted).
         One batch (up to 32 sentences) is split by its even and odd rows instead, so neither half is empty."""
-        if len(self.batches) == 1 and self.batches[0]["input_ids"].shape[0] > 1:
+        if len(self.batches) == 1 and rows(self.batches[0]) > 1:
             b = self.batches[0]
             return Calibration([{k: v[0::2] for k, v in b.items()}]), Calibration([{k: v[1::2] for k, v in b.items()}])
         return Calibration(self.batches[0::2]), Calibration(self.batches[1::2])
+
+
+def rows(batch: dict[str, torch.Tensor]) -> int:
+    """How many sentences (or images) a batch holds."""
+    return len(next(iter(batch.values())))
 
 
 @torch.inference_mode()
@@ -66,7 +76,7 @@ def activation_absmax(model: nn.Module, calib: Calibration, names: set[str]) -> 
 
 def pooled(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The model's sentence embeddings for one batch of inputs, through its own pooling: (B, H)."""
-    return model.pool(main_output(model.encoder(**batch)), batch["attention_mask"])
+    return model.pool(main_output(model.encoder(**batch)), batch.get("attention_mask"))  # no mask: an image
 
 
 def has_head(model) -> bool:
@@ -152,9 +162,12 @@ def squared_gradients(model, calib: Calibration, tensors: list[torch.Tensor], se
     model.net.eval()
     with torch.enable_grad():
         for batch in calib.batches:
-            for i in range(batch["input_ids"].shape[0]):
-                n = int(batch["attention_mask"][i].sum())
-                one = {k: v[i : i + 1, :n] for k, v in batch.items()}
+            for i in range(rows(batch)):
+                if "attention_mask" in batch:  # text: cut to the sentence's own length
+                    n = int(batch["attention_mask"][i].sum())
+                    one = {k: v[i : i + 1, :n] for k, v in batch.items()}
+                else:  # pixel_values: every patch is real
+                    one = {k: v[i : i + 1] for k, v in batch.items()}
                 grads = torch.autograd.grad(_projected_output(model, one, g, target), tensors, allow_unused=True)
                 for acc, gr in zip(sums, grads):
                     if gr is not None:  # a mask of a layer that has no such units

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from ..configs import Distill
 from ..errors import RecipeError
 from ..folder import atomic_folder
+from ..vision import is_image
 
 CHECKPOINT_SECONDS = 30.0
 WARMUP_STEPS = 50
@@ -47,7 +48,7 @@ def _forward(model, batch, grad: bool):
         states = out.hidden_states[1:]  # per block: (B, T, H)
         last = getattr(out, "last_hidden_state", None)  # a task model's output has no such field: its last block's
         last = states[-1] if last is None else last
-        return model.pool(last, batch["attention_mask"]), states, getattr(out, "logits", None)
+        return model.pool(last, batch.get("attention_mask")), states, getattr(out, "logits", None)
 
 
 def logit_kl(student: torch.Tensor, teacher: torch.Tensor, real: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -62,7 +63,8 @@ def loss_fn(student, teacher, batch, lmap, temperature: float = 2.0) -> torch.Te
     with torch.no_grad():
         t_pool, t_states, t_logits = _forward(teacher, batch, grad=False)
     s_pool, s_states, s_logits = _forward(student, batch, grad=True)
-    real = batch["attention_mask"].bool()  # (B, T)
+    real = batch["attention_mask"].bool() if "attention_mask" in batch else torch.ones(  # (B, T); an image: all
+        t_states[0].shape[:2], dtype=torch.bool, device=t_states[0].device)
     loss = (1 - torch.cosine_similarity(s_pool, t_pool, dim=-1)).mean()
     for s, ti in zip(s_states, lmap):
         t = t_states[ti][real]  # (N, H)
@@ -117,6 +119,9 @@ def distill(model, cfg: Distill, ctx, progress_bar: bool = True) -> dict:
 
     student, teacher = model, ctx.teacher
     texts = ctx.corpus_texts
+    # an image model learns on the calibration images (N, C, H, W), as a text model on the calibration text
+    pixels = torch.cat([b["pixel_values"] for b in ctx.calib.batches]) if is_image(student) else None
+    n_items = len(pixels) if pixels is not None else len(texts)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RecipeError("distill: device=cuda, but this machine has no CUDA device")
     student.net.to(cfg.device)
@@ -126,7 +131,7 @@ def distill(model, cfg: Distill, ctx, progress_bar: bool = True) -> dict:
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
-    fingerprint = json.dumps([student.manifest["recipe"], len(texts), [list(p.shape) for p in params]])
+    fingerprint = json.dumps([student.manifest["recipe"], n_items, [list(p.shape) for p in params]])
     ckpt = _Checkpoint(getattr(ctx, "checkpoint_dir", None), fingerprint)
     student.net.eval()  # no dropout: deterministic, and the teacher's targets are noise-free
     teacher.net.eval()
@@ -134,7 +139,7 @@ def distill(model, cfg: Distill, ctx, progress_bar: bool = True) -> dict:
     done = ckpt.load(student, opt) or {"step": 0, "elapsed": 0.0, "losses": []}
     step, elapsed = done["step"], done["elapsed"]
     budget_s = cfg.minutes * 60 if cfg.minutes is not None else None
-    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    order = torch.randperm(n_items, generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     losses = done["losses"]
     bar = tqdm(total=cfg.steps or int(budget_s), initial=step if cfg.steps else int(elapsed), disable=not progress_bar,
                desc="distill", unit="step" if cfg.steps else "s", leave=False)
@@ -150,8 +155,11 @@ def distill(model, cfg: Distill, ctx, progress_bar: bool = True) -> dict:
         for g in opt.param_groups:
             g["lr"] = lr
         idx = [order[(step * cfg.batch_size + j) % len(order)] for j in range(cfg.batch_size)]
-        batch = dict(student.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                       max_length=MAX_LENGTH, return_tensors="pt").to(cfg.device))
+        if pixels is not None:
+            batch = {"pixel_values": pixels[idx].to(cfg.device)}
+        else:
+            batch = dict(student.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                           max_length=MAX_LENGTH, return_tensors="pt").to(cfg.device))
         loss = loss_fn(student, teacher, batch, lmap, cfg.temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -16,6 +16,7 @@ from ..arch import Adapter, blocks
 from ..configs import FNet
 from ..errors import BudgetError, UnsupportedArchitectureError
 from ..surgery import set_module
+from ..vision import not_for_images
 from .calib import Calibration, output_distance, sentence_output
 
 
@@ -126,6 +127,8 @@ def rank_layers(model, calib: Calibration) -> list[int]:
 
 
 def fnet(model, cfg: FNet, ctx) -> dict:
+    not_for_images(model, "fnet", "Fourier mixing replaces attention over a text's token sequence; the patch "
+                   "grid of an image is two-dimensional, which a 1-D DFT over patches ignores")
     enc, adapter = model.encoder, model.adapter
     n_layers = len(blocks(enc, adapter))
     n = n_layers if cfg.layers == "all" else cfg.layers

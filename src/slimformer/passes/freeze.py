@@ -21,6 +21,7 @@ from torch import nn
 
 from ..model import main_output
 from ..timing import latency_ms
+from ..vision import not_for_images
 from . import int8_kernels
 
 TIME_SHAPES = ((1, 16), (8, 128))  # the latency that matters for serving one query, and a batch
@@ -118,6 +119,8 @@ def apply(model, runtime: str) -> None:
 
 
 def freeze(model, cfg, ctx, runs: int = 10) -> dict:
+    not_for_images(model, "freeze", "the traced graph takes input_ids and attention_mask; export an image model "
+                   "to ONNX instead")
     sentences = getattr(ctx, "corpus_texts", None) or []
     if len(sentences) < 12:
         sentences = (sentences + ["a sentence to check the traced graph against eager", "another, shorter one"] * 6)

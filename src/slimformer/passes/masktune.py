@@ -19,8 +19,9 @@ class _Stop(Exception):
     """Raised by a capture hook: the rest of the forward is not needed."""
 
 
-def _tokens(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return x.reshape(-1, x.shape[-1])[mask.reshape(-1).bool()].double()  # (N real tokens, D)
+def _tokens(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    x = x.reshape(-1, x.shape[-1])
+    return (x if mask is None else x[mask.reshape(-1).bool()]).double()  # (N real tokens, D); no mask: an image
 
 
 def _capture(encoder, adapter, calib, layer: int, roles: tuple[str, ...], stop_after: str | None, head_mask=None,
@@ -46,7 +47,7 @@ def _capture(encoder, adapter, calib, layer: int, roles: tuple[str, ...], stop_a
                 encoder(**b)
             except _Stop:
                 pass
-    masks_ = [b["attention_mask"] for b in calib.batches]
+    masks_ = [b.get("attention_mask") for b in calib.batches]
     return {k: torch.cat([_tokens(x, mk) for x, mk in zip(v, masks_)]) for k, v in got.items()}
 
 

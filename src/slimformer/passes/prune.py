@@ -22,7 +22,7 @@ from ..arch import blocks, head_size
 from ..configs import Ffn, Heads, Layers, Prune
 from ..errors import BudgetError
 from ..surgery import set_module
-from .calib import Calibration, has_head, output_distance, pooled, sentence_output, squared_gradients
+from .calib import Calibration, has_head, output_distance, pooled, rows, sentence_output, squared_gradients
 from .masktune import fold_masks, tune_masks
 from .structure import (drop_layers, encoder_flops, ffn_per_layer, heads_per_layer, hidden_size, layer_flops,
                         slice_ffn, slice_heads, unit_masks)
@@ -153,7 +153,7 @@ def fidelity_of(teacher, held: Calibration):
         return lambda candidate: similarity_fidelity(candidate, held, reference)
     with torch.no_grad():
         ref = [sentence_output(teacher, b) for b in held.batches]
-    n = sum(int(b["attention_mask"].sum() if teacher.head == "token-classification" else len(b["input_ids"]))
+    n = sum(int(b["attention_mask"].sum() if teacher.head == "token-classification" else rows(b))
             for b in held.batches)  # sentences, or real tokens
     return lambda candidate: -output_distance(candidate, held, ref) / n
 

@@ -27,6 +27,7 @@ from ..configs import Vocab
 from ..data import read_lines
 from ..errors import BudgetError, CoverageWarning, StepNotApplicableError
 from ..surgery import set_module
+from ..vision import not_for_images
 
 MIN_COVERAGE = 0.2  # warn when the calibration text uses less than this share of the vocabulary
 MULTILINGUAL_VOCAB = 100_000  # vocabularies this large are multilingual: the default English text is refused
@@ -105,6 +106,7 @@ def _nearest_kept(weight: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
 
 
 def vocab(model, cfg: Vocab, ctx) -> dict:
+    not_for_images(model, "vocab", "it has no token vocabulary (its input is patches of pixels)")
     if cfg.corpus is not None:
         texts = read_lines(cfg.corpus)
     else:

@@ -27,6 +27,7 @@ from ..folder import FORMAT, MANIFEST, atomic_folder, manifest_fields
 from ..model import SentenceEncoder, SlimModel
 from ..passes.quantize import Int8Linear, QuantizedEmbedding
 from ..surgery import replace_modules
+from ..vision import IMAGE, is_image, random_pixels
 from . import layout, onnx
 
 RUNTIMES = ("onnxruntime", "openvino")
@@ -75,7 +76,8 @@ def float_linears(model: SlimModel) -> list[str]:
 # `logits` instead, as optimum's ORTModelFor{Sequence,Token}Classification read them.
 GRAPH_OUTPUTS = {"last_hidden_state": {0: "batch_size", 1: "sequence_length"}, "sentence_embedding": {0: "batch_size"}}
 HEAD_OUTPUTS = {"sequence-classification": {"logits": {0: "batch_size"}},
-                "token-classification": {"logits": {0: "batch_size", 1: "sequence_length"}}}
+                "token-classification": {"logits": {0: "batch_size", 1: "sequence_length"}},
+                "image-classification": {"logits": {0: "batch_size"}}}
 
 
 def graph_outputs(model) -> dict:
@@ -86,7 +88,10 @@ GRAPH_INPUTS = ("input_ids", "attention_mask")  # and token_type_ids where the t
 
 def input_names(model: SlimModel) -> list[str]:
     """input_ids, attention_mask, and token_type_ids when the tokenizer produces them and the encoder takes them
-    (BERT: sentence-transformers passes the tokenizer's output, optimum feeds what the graph names)."""
+    (BERT: sentence-transformers passes the tokenizer's output, optimum feeds what the graph names); an image
+    model's graph takes pixel_values (B, C, H, W) alone, as optimum's image models feed it."""
+    if is_image(model):
+        return ["pixel_values"]
     takes = inspect.signature(model.encoder.forward).parameters
     extra = [n for n in ("token_type_ids",) if n in model.tokenizer.model_input_names and n in takes]
     return [*GRAPH_INPUTS, *extra]
@@ -102,11 +107,11 @@ class _OnnxGraph(nn.Module):
         self.model, self.names = model, names
 
     def forward(self, *inputs):
-        feed = dict(zip(self.names, inputs))  # each (B, T)
+        feed = dict(zip(self.names, inputs))  # each (B, T), or pixel_values (B, C, H, W)
         if self.model.head is not None:
             return (self.model.net(**feed).logits,)
         states = self.model.encoder(**feed).last_hidden_state  # (B, T, H)
-        return states, self.model.pool(states, feed["attention_mask"])  # (B, H)
+        return states, self.model.pool(states, feed.get("attention_mask"))  # (B, H); an image: no mask
 
 
 def _eager(model: SlimModel) -> SlimModel:
@@ -121,12 +126,16 @@ def _to_onnx(model: SlimModel, path: Path) -> None:
     """The float model as standard-op ONNX, batch and sequence length dynamic."""
     names = input_names(model)
     graph = _OnnxGraph(_eager(float_copy(model)), names).eval()  # eval: a fresh wrapper starts in train mode
-    batch = model.tokenize(["an example sentence for tracing", "another"])
+    if is_image(model):  # the image size is fixed by the position embeddings: only the batch is dynamic
+        batch, axes = {"pixel_values": random_pixels(model.config, 2)}, {0: "batch_size"}
+    else:
+        batch, axes = model.tokenize(["an example sentence for tracing", "another"]), {0: "batch_size",
+                                                                                       1: "sequence_length"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(graph, tuple(batch[n] for n in names), str(path), input_names=names,
                           output_names=list(graph_outputs(model)),
-                          dynamic_axes={**dict.fromkeys(names, {0: "batch_size", 1: "sequence_length"}),
+                          dynamic_axes={**dict.fromkeys(names, axes),
                                         **graph_outputs(model)},
                           opset_version=17, dynamo=False)
 
@@ -194,9 +203,12 @@ class ExportedEncoder:
     def __init__(self, session):
         self.session = session  # onnx.OrtSession or openvino.OpenVinoSession
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, **unused):
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, pixel_values=None, **unused):
         del unused  # anything else a tokenizer returns: the graph has no input for it
-        feed = graph_inputs(input_ids, attention_mask, token_type_ids, self.session.input_names)
+        if pixel_values is not None:  # an image model's graph: pixel_values (B, C, H, W) float32 alone
+            feed = {"pixel_values": np.asarray(pixel_values, dtype=np.float32)}
+        else:
+            feed = graph_inputs(input_ids, attention_mask, token_type_ids, self.session.input_names)
         return tuple(torch.from_numpy(o) for o in self.session.run(feed))
 
     def size_mb(self) -> float:
@@ -211,7 +223,7 @@ class ExportedModel(SentenceEncoder):
     inside the graph."""
 
     def __init__(self, folder: str | os.PathLike):
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
         folder = Path(folder)
         manifest = json.loads((folder / MANIFEST).read_text())
@@ -228,7 +240,10 @@ class ExportedModel(SentenceEncoder):
             self.encoder = ExportedEncoder(openvino.OpenVinoSession(graph))
         else:
             self.encoder = ExportedEncoder(onnx.OrtSession(graph))
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        image = self.encoder.session.input_names == ["pixel_values"]
+        self.modality = IMAGE if image else "text"  # vision.is_image reads it
+        self.tokenizer = AutoTokenizer.from_pretrained(folder) if not image else (
+            AutoImageProcessor.from_pretrained(folder) if (folder / "preprocessor_config.json").is_file() else None)
         # config.json (this layout) tells a classifier's labels (id2label), as the SlimModel's config does
         self.config = AutoConfig.from_pretrained(folder) if (folder / "config.json").is_file() else None
         p = manifest["pooling"]

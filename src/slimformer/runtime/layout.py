@@ -23,6 +23,7 @@ from pathlib import Path
 from ..arch import config_of
 from ..errors import ModelNotFoundError
 from ..passes.structure import ffn_per_layer, hidden_size
+from ..vision import is_image
 
 GRAPH_FILES = {"onnxruntime": "onnx/model.onnx", "openvino": "openvino/openvino_model.xml"}
 LEGACY_FILES = {"onnxruntime": "model.onnx", "openvino": "model.xml"}  # the layout before sentence-transformers'
@@ -41,11 +42,12 @@ def graph_file(folder: Path, runtime: str) -> Path:
 def write(folder: Path, model) -> None:
     """Everything but the graph and slimformer.json: config.json, the tokenizer files, sentence-transformers'
     modules. `model`: the SlimModel that was exported."""
-    model.tokenizer.save_pretrained(folder)
+    if model.tokenizer is not None:  # an image model built in code has no image processor
+        model.tokenizer.save_pretrained(folder)
     if config_of(model.encoder) is not None:  # a plain torch encoder has no Hugging Face config to write
         hf_config(model).save_pretrained(folder)
-    if model.head is not None:  # a classifier: config.json (architectures, id2label) is what optimum's classes read
-        return
+    if model.head is not None or is_image(model):  # a classifier: config.json (architectures, id2label) is what
+        return  # optimum's classes read; an image model: sentence-transformers has no image modules to describe
     write_sentence_transformers(folder, model.pooling, model.normalize, model.max_seq_length,
                                 hidden_size(model.encoder, model.adapter))
 
