@@ -183,3 +183,15 @@ def test_a_model2vec_folder_loads_as_a_static_model(static_tiny, sentences, tmp_
     m = slimformer.load(path)
     assert isinstance(m, StaticModel) and m.manifest["recipe"] == ""
     np.testing.assert_allclose(m.encode(sentences), ours, atol=1e-6)
+
+
+def test_the_teacher_sentences_come_back_in_the_texts_order(tiny, sentences):
+    texts = sentences[:40]  # read in length order, in batches: each row must still be its own sentence's mean state
+    _, counts, got = S.read_context(tiny, texts, tiny.tokenizer.vocab_size)
+    for i in (0, 7, 33):
+        b = tiny.tokenize([texts[i]])
+        with torch.no_grad():
+            ref = tiny.encoder(**b).last_hidden_state[0].mean(0)
+        torch.testing.assert_close(got[i], ref, atol=1e-5, rtol=1e-4)
+    real = sum(len(tiny.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    assert counts.sum() == real  # every real token counted once, no special token

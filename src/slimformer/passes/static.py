@@ -79,8 +79,9 @@ def read_context(model, texts: list[str], vocab_size: int) -> tuple[torch.Tensor
     the mean of each sentence's output states, special tokens included, as mean pooling reads them)."""
     special = torch.tensor(sorted(set(model.tokenizer.all_special_ids)))
     sums, counts, sentences = None, torch.zeros(vocab_size), []
+    order = sorted(range(len(texts)), key=lambda j: len(texts[j]))  # similar lengths per batch: little padding
     for i in range(0, len(texts), CONTEXT_BATCH):
-        b = dict(model.tokenizer(texts[i : i + CONTEXT_BATCH], padding=True, truncation=True,
+        b = dict(model.tokenizer([texts[j] for j in order[i : i + CONTEXT_BATCH]], padding=True, truncation=True,
                                  max_length=MAX_LENGTH, return_tensors="pt"))
         h = main_output(model.encoder(**b))  # (B, T, H)
         mask = b["attention_mask"].bool()  # (B, T)
@@ -89,7 +90,7 @@ def read_context(model, texts: list[str], vocab_size: int) -> tuple[torch.Tensor
         sums = torch.zeros(vocab_size, h.shape[-1]) if sums is None else sums
         sums.index_add_(0, b["input_ids"][take], h[take])
         counts.index_add_(0, b["input_ids"][take], torch.ones(int(take.sum())))
-    return sums, counts, torch.cat(sentences)
+    return sums, counts, torch.cat(sentences)[torch.tensor(order).argsort()]  # back to the texts' order
 
 
 def pca(x: torch.Tensor, dims: int) -> tuple[torch.Tensor, torch.Tensor]:
