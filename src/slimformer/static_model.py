@@ -142,12 +142,14 @@ class StaticModel(SentenceEncoder, nn.Module):
         try:
             t = load_file(path / WEIGHTS)
         except (SafetensorError, OSError) as e:
-            raise WeightsError(f"{path / WEIGHTS}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+            raise WeightsError(f"{path / WEIGHTS}: not a readable safetensors file "
+                               f"({str(e).splitlines()[0]})") from None
         if "embeddings" not in t:
             raise WeightsError(f"{path / WEIGHTS}: no 'embeddings' table for a static model")
         if (path / MANIFEST).is_file():
             manifest = json.loads((path / MANIFEST).read_text())
-            kept, normalize = {k: manifest.get(k) for k in ("source", "recipe", "steps")}, manifest["pooling"]["normalize"]
+            kept = {k: manifest.get(k) for k in ("source", "recipe", "steps")}
+            normalize = manifest["pooling"]["normalize"]
         else:  # model2vec's own folder
             kept = {"source": str(path.resolve()), "recipe": "", "steps": []}
             normalize = bool(json.loads((path / "config.json").read_text()).get("normalize", True))
