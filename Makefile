@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-full test test-slow mpnet peers finetune ecosystem clean
+.PHONY: install demo demo-full test test-slow mpnet peers finetune ecosystem peers-static clean
 
 install: $(STAMP)
 
@@ -88,5 +88,32 @@ ecosystem: $(ECO)/.installed $(ECO_OV)/.installed
 	$(ECO)/bin/python benchmarks/ecosystem.py onnx $(ECO_DIR)
 	$(ECO_OV)/bin/python benchmarks/ecosystem.py openvino $(ECO_DIR)
 
+# The static table ("Two orders of magnitude" in the README): `static` and `static(fit=8)+int8` beside model2vec's
+# own distillation of the same teacher at the same dims, in one bench run. model2vec's `distill` extra pins
+# transformers<5.4, so it gets a venv of its own (torch first and pinned: the CPU wheel from local disk; its distill
+# imports scikit-learn: the quantization extra). Also checks that model2vec itself loads slimformer's int8 static
+# folder and gives slimformer's vectors.
+M2V := .venv-m2v
+STATIC_DIR := benchmarks/out/static
+
+$(M2V)/.installed:
+	$(PYTHON) -m venv $(M2V)
+	$(M2V)/bin/python -m pip install -q torch==2.13.0
+	$(M2V)/bin/python -m pip install -q torch==2.13.0 "model2vec[distill,quantization]"
+	touch $@
+
+peers-static: install $(M2V)/.installed
+	$(M2V)/bin/python benchmarks/static_peers.py distill \
+	  "$$($(BIN)/python -c 'from slimformer.io import default_model_dir; print(default_model_dir())')" \
+	  --dims 256 -o $(STATIC_DIR)/model2vec
+	$(BIN)/slimformer compress --recipe "static" -o $(STATIC_DIR)/static --force --task none --runs 1
+	$(BIN)/slimformer compress --recipe "static(fit=8)+int8" -o $(STATIC_DIR)/static-fit-int8 --force --task none \
+	  --runs 1
+	$(BIN)/python benchmarks/static_peers.py vectors $(STATIC_DIR)/static-fit-int8 $(STATIC_DIR)/v.npy $(STATIC_DIR)/s.txt
+	$(M2V)/bin/python benchmarks/static_peers.py check $(STATIC_DIR)/static-fit-int8 $(STATIC_DIR)/v.npy \
+	  $(STATIC_DIR)/s.txt
+	$(BIN)/slimformer bench --peers --runs 100 $(STATIC_DIR)/static $(STATIC_DIR)/static-fit-int8 \
+	  $(STATIC_DIR)/model2vec --out-dir $(STATIC_DIR)
+
 clean:
-	rm -rf $(VENV) $(ECO) $(ECO_OV) .pytest_cache build src/*.egg-info
+	rm -rf $(VENV) $(ECO) $(ECO_OV) $(M2V) .pytest_cache build src/*.egg-info

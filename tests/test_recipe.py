@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from slimformer import Distill, FNet, Ffn, Freeze, Heads, Int8, Layers, LowRank, Prune, Vocab
+from slimformer import Distill, FNet, Ffn, Freeze, Heads, Int8, Layers, LowRank, Prune, Static, Vocab
 from slimformer.configs import CONFIGS
 from slimformer.errors import RecipeError
 from slimformer.recipe import STEPS, parse, steps_of, to_text, validate
@@ -15,7 +15,7 @@ from slimformer.recipe import STEPS, parse, steps_of, to_text, validate
 # one config of every class, with every field away from its default where it has one
 EXAMPLES = [Heads(keep=0.5, tune=True), Ffn(keep=2), Layers(keep=1), Prune(flops=0.35, tune=True),
             Vocab(corpus="/tmp/c.txt", keep=100, fallback="unk"), LowRank(energy=0.9, fisher=True), FNet(layers=2),
-            Distill(steps=10, lr=1e-4, batch_size=8, seed=3, device="cuda"),
+            Static(dims=64, zipf=False, tokens="alone", steps=5), Distill(steps=10, lr=1e-4, batch_size=8, seed=3, device="cuda"),
             Int8(smooth=0, fp32=2, embeddings=False, embedding_bits=4), Freeze()]
 
 
@@ -41,7 +41,8 @@ def test_round_trip_every_config_class(cfg):
 
 def test_every_step_has_an_example_and_a_name():
     assert [type(c) for c in EXAMPLES] == list(CONFIGS)
-    assert list(STEPS) == ["heads", "ffn", "layers", "prune", "vocab", "lowrank", "fnet", "distill", "int8", "freeze"]
+    assert list(STEPS) == ["heads", "ffn", "layers", "prune", "vocab", "lowrank", "fnet", "static", "distill", "int8",
+                          "freeze"]
     assert all(STEPS[cls.step] is cls for cls in CONFIGS)
     assert {cls.step: cls.phase for cls in CONFIGS if cls.phase > 0} == {"distill": 1, "int8": 2, "freeze": 3}
 
@@ -49,7 +50,10 @@ def test_every_step_has_an_example_and_a_name():
 @pytest.mark.parametrize("a, b", itertools.permutations(EXAMPLES, 2), ids=lambda c: c.step)
 def test_order_follows_the_phase_attribute(a, b):
     text = f"{to_text([a])}+{to_text([b])}"
-    if a.phase <= b.phase:
+    if b.step not in getattr(a, "followed_by", (b.step,)):  # static: the last structural step, only int8 after it
+        with pytest.raises(RecipeError, match=f"step '{b.step}' cannot follow '{a.step}'"):
+            parse(text)
+    elif a.phase <= b.phase:
         assert parse(text) == [a, b] and validate([a, b]) == [a, b]
     else:
         with pytest.raises(RecipeError, match=f"step '{b.step}' must come before '{a.step}'"):

@@ -9,13 +9,13 @@
 
 import importlib
 
-from .configs import FNet, Distill, Ffn, Freeze, Heads, Int8, Layers, LowRank, Prune, Vocab
+from .configs import FNet, Distill, Ffn, Freeze, Heads, Int8, Layers, LowRank, Prune, Static, Vocab
 from .errors import (BudgetError, ModelNotFoundError, OutputExistsError, RecipeError, SlimformerError,
                      UnsupportedArchitectureError)
 
 # The torch-heavy names load on first use (PEP 562), so `import slimformer.recipe` (parsing a recipe) and the
 # config classes do not import torch.
-_LAZY = {"load": "io", "save": "io", "compress": "api", "SlimModel": "model"}
+_LAZY = {"load": "io", "save": "io", "compress": "api", "SlimModel": "model", "StaticModel": "static_model"}
 
 
 def __getattr__(name: str):
@@ -31,8 +31,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "load", "save", "compress", "SlimModel",
-    "Int8", "Heads", "Ffn", "Layers", "Prune", "Vocab", "LowRank", "FNet", "Distill", "Freeze",
+    "load", "save", "compress", "SlimModel", "StaticModel",
+    "Int8", "Heads", "Ffn", "Layers", "Prune", "Vocab", "LowRank", "FNet", "Distill", "Freeze", "Static",
     "SlimformerError", "ModelNotFoundError", "UnsupportedArchitectureError", "RecipeError", "BudgetError",
     "OutputExistsError",
 ]

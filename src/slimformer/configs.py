@@ -217,5 +217,29 @@ class Freeze:
     phase: ClassVar[int] = FREEZE
 
 
+STATIC_TOKENS = ("context", "alone")
+
+
+@dataclass(frozen=True)
+class Static:
+    step: ClassVar[str] = "static"
+    phase: ClassVar[int] = STRUCTURE
+    followed_by: ClassVar[tuple[str, ...]] = ("int8",)  # the last structural step: no transformer is left after it
+    dims: int = 256  # PCA width of the token vectors
+    fit: float = 0  # minutes of training the vectors towards the teacher's sentence embeddings (0: none)
+    zipf: bool = True  # SIF weights a / (a + p) from the calibration text's token frequencies, folded into the rows
+    tokens: str = "context"  # token vectors averaged over the calibration text ("alone": [CLS] tok [SEP], model2vec)
+    steps: int = 0  # or train this many optimizer steps instead of `fit` minutes
+
+    def __post_init__(self):
+        check_count(self.step, "dims", self.dims)
+        require(is_real(self.fit) and self.fit >= 0, self.step, f"fit must be minutes >= 0, got {self.fit!r}")
+        check_bool(self.step, "zipf", self.zipf)
+        require(self.tokens in STATIC_TOKENS, self.step,
+                f"tokens must be one of {', '.join(STATIC_TOKENS)}, got {self.tokens!r}")
+        check_count(self.step, "steps", self.steps, least=0)
+        require(not (self.fit and self.steps), self.step, "give fit= (minutes) or steps=, not both")
+
+
 # every step, in the order a recipe may run them
-CONFIGS: tuple[type, ...] = (Heads, Ffn, Layers, Prune, Vocab, LowRank, FNet, Distill, Int8, Freeze)
+CONFIGS: tuple[type, ...] = (Heads, Ffn, Layers, Prune, Vocab, LowRank, FNet, Static, Distill, Int8, Freeze)

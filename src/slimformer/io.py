@@ -19,6 +19,7 @@ from .errors import ModelNotFoundError, SlimformerError, WeightsError
 from .folder import FORMAT, MANIFEST, atomic_folder, manifest_fields
 from .mha import QuantizableMHA
 from .model import SlimModel
+from .static_model import StaticModel
 from .passes import freeze, int8_kernels
 from .passes.fnet import FourierMixer, restore_fnet
 from .passes.lowrank import FactorizedLinear
@@ -98,9 +99,15 @@ def load(path: str | os.PathLike | None = None) -> SlimModel:
     if (path / MANIFEST).is_file():
         from .runtime.export import RUNTIMES, ExportedModel
 
-        if json.loads((path / MANIFEST).read_text()).get("runtime") in RUNTIMES:
+        manifest = json.loads((path / MANIFEST).read_text())
+        if manifest.get("runtime") in RUNTIMES:
             return ExportedModel(path)
+        if "static" in manifest:  # a `static` model: one vector per token, no transformer
+            return StaticModel.load(path)
         return _load_slim(path)
+    if (path / "config.json").is_file() and json.loads((path / "config.json").read_text()).get(
+            "model_type") == "model2vec":
+        return StaticModel.load(path)  # a model2vec folder (model2vec's peer row, or a potion model)
     pooling, normalize, max_len, hf_dir = _sentence_transformers_info(path)
     if not (hf_dir / "config.json").is_file():
         raise ModelNotFoundError(f"not a model folder (no config.json, slimformer.json or modules.json): {path}")
@@ -267,6 +274,8 @@ def save(model: SlimModel, out_dir: str | os.PathLike, force: bool = False,
          extra_files: dict[str, str] | None = None) -> Path:
     """Write `model` to out_dir atomically (folder.atomic_folder: a killed run leaves no half-written output, an
     existing output is replaced only with force). `extra_files` ({name: text}) are written alongside."""
+    if isinstance(model, StaticModel):
+        return model.save(out_dir, force, extra_files)
     out = Path(out_dir).resolve()
     with atomic_folder(out, force, source=model.manifest.get("source")) as tmp:
         save_file(_state_for_safetensors(model.net), tmp / WEIGHTS, metadata={"format": "pt"})

@@ -93,11 +93,18 @@ def validate(steps) -> list:
     for step in steps:
         if type(step) not in CONFIGS:
             raise RecipeError(f"not a recipe step config: a {type(step).__name__} (configs: {', '.join(STEPS)})")
-    seen = set()
+    seen, seen_steps = set(), []
     for prev, step in zip([None, *steps], steps):
         if step.step in seen:
             raise RecipeError(f"step '{step.step}' appears twice")
         seen.add(step.step)
+        for before in seen_steps:  # a step that only some steps may follow (static: only int8)
+            allowed = getattr(before, "followed_by", None)
+            if allowed is not None and step.step not in allowed:
+                hint = " (train the static vectors with static(fit=MINUTES) instead)" if step.step == "distill" else ""
+                raise RecipeError(f"step '{step.step}' cannot follow '{before.step}' (only "
+                                  f"{', '.join(allowed)} may){hint}")
+        seen_steps.append(step)
         if prev is not None and step.phase < prev.phase:
             raise RecipeError(f"step '{step.step}' must come before '{prev.step}' "
                               f"(order: {', then '.join(PHASE_NAMES)})")

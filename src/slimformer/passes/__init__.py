@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..configs import Distill, Ffn, FNet, Freeze, Heads, Int8, Layers, LowRank, Prune, Vocab
-from . import distill, fnet, freeze, lowrank, prune, quantize, vocab
+from ..configs import Distill, Ffn, FNet, Freeze, Heads, Int8, Layers, LowRank, Prune, Static, Vocab
+from ..errors import StepNotApplicableError
+from ..static_model import StaticModel
+from . import distill, fnet, freeze, lowrank, prune, quantize, static, vocab
 from .calib import Calibration
 
 
@@ -36,7 +38,11 @@ HANDLERS: dict[type, Callable] = {
     Distill: distill.distill,
     Int8: quantize.quantize,
     Freeze: freeze.freeze,
+    Static: static.static,  # returns (a new StaticModel, decisions): the model changes type
 }
+
+# what may run on a StaticModel (a model compressed with `static` earlier, or loaded from a static folder)
+STATIC_HANDLERS: dict[type, Callable] = {Int8: static.int8}
 
 
 def run_passes(model, steps: list, ctx: Context, progress: Callable[[str], None] | None = None):
@@ -45,6 +51,12 @@ def run_passes(model, steps: list, ctx: Context, progress: Callable[[str], None]
     for cfg in steps:
         if progress:
             progress(cfg.step)
-        decisions = HANDLERS[type(cfg)](model, cfg, ctx)
+        table = STATIC_HANDLERS if isinstance(model, StaticModel) else HANDLERS
+        if type(cfg) not in table:
+            raise StepNotApplicableError(f"{cfg.step}: the model is a static embedding table (no transformer left); "
+                                         f"only {', '.join(c.step for c in table)} applies")
+        decisions = table[type(cfg)](model, cfg, ctx)
+        if isinstance(decisions, tuple):  # a step that returns a new model (static)
+            model, decisions = decisions
         model.manifest["steps"].append({"step": cfg.step, **decisions})
     return model
