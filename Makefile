@@ -88,7 +88,7 @@ ecosystem: $(ECO)/.installed $(ECO_OV)/.installed
 	$(ECO)/bin/python benchmarks/ecosystem.py onnx $(ECO_DIR)
 	$(ECO_OV)/bin/python benchmarks/ecosystem.py openvino $(ECO_DIR)
 
-# The static table ("Two orders of magnitude" in the README): `static` and `static(fit=8)+int8` beside model2vec's
+# The static table ("Two orders of magnitude" in the README): `static` and `static(steps=1000)+int8` beside model2vec's
 # own distillation of the same teacher at the same dims, in one bench run. model2vec's `distill` extra pins
 # transformers<5.4, so it gets a venv of its own (torch first and pinned: the CPU wheel from local disk; its distill
 # imports scikit-learn: the quantization extra). Also checks that model2vec itself loads slimformer's int8 static
@@ -107,7 +107,7 @@ peers-static: install $(M2V)/.installed
 	  "$$($(BIN)/python -c 'from slimformer.io import default_model_dir; print(default_model_dir())')" \
 	  --dims 256 -o $(STATIC_DIR)/model2vec
 	$(BIN)/slimformer compress --recipe "static" -o $(STATIC_DIR)/static --force --task none --runs 1
-	$(BIN)/slimformer compress --recipe "static(fit=8)+int8" -o $(STATIC_DIR)/static-fit-int8 --force --task none \
+	$(BIN)/slimformer compress --recipe "static(steps=1000)+int8" -o $(STATIC_DIR)/static-fit-int8 --force --task none \
 	  --runs 1
 	$(BIN)/python benchmarks/static_peers.py vectors $(STATIC_DIR)/static-fit-int8 $(STATIC_DIR)/v.npy $(STATIC_DIR)/s.txt
 	$(M2V)/bin/python benchmarks/static_peers.py check $(STATIC_DIR)/static-fit-int8 $(STATIC_DIR)/v.npy \
