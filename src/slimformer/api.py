@@ -11,6 +11,8 @@ from .passes.calib import Calibration
 from .recipe import steps_of, to_text
 
 CALIB_SENTENCES = 512  # default calibration size: enough for activation ranges and importance, seconds to run
+# a causal LM's: every forward ends in (B, T, vocabulary) logits (Gemma 3: 262k tokens), so fewer, in smaller batches
+CALIB_SENTENCES_LM, CALIB_BATCH_LM = 128, 8
 
 
 def compress(model: SlimModel, recipe: str | list, calib: list[str] | str | None = None,
@@ -24,11 +26,13 @@ def compress(model: SlimModel, recipe: str | list, calib: list[str] | str | None
     steps = steps_of(recipe)  # parsed (text) or checked (configs) once, before anything is copied or read
     # the whole calibration text for vocabulary pruning; a sample of it for everything else
     corpus = calib if isinstance(calib, list) else calibration_texts(None, path=calib)
-    texts = corpus[:CALIB_SENTENCES]
+    lm = model.head == "causal-lm"
+    texts = corpus[: CALIB_SENTENCES_LM if lm else CALIB_SENTENCES]
     out = model.clone()
     prior = out.manifest.get("recipe")  # a compressed model compressed again: its manifest keeps both recipes
     out.manifest["recipe"] = "+".join(filter(None, [prior, to_text(steps)]))
-    ctx = Context(Calibration.from_texts(model.tokenizer, texts), teacher=model, corpus_texts=corpus,
+    batch = CALIB_BATCH_LM if lm else 32
+    ctx = Context(Calibration.from_texts(model.tokenizer, texts, batch_size=batch), teacher=model, corpus_texts=corpus,
                   default_calib=calib is None,
                   checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None)
     return run_passes(out, steps, ctx, progress)

@@ -35,6 +35,7 @@ AUTO_CLASSES: dict[str | None, str] = {
     None: "AutoModel",
     "sequence-classification": "AutoModelForSequenceClassification",
     "token-classification": "AutoModelForTokenClassification",
+    "causal-lm": "AutoModelForCausalLM",
 }
 
 

@@ -18,9 +18,13 @@ from ..configs import Int8
 from ..errors import RecipeError
 from ..mha import make_quantizable
 from ..surgery import replace_modules, set_module
-from .calib import Calibration, activation_absmax, output_error, outputs
+from .calib import (Calibration, activation_absmax, is_causal_lm, output_distance, output_error, outputs,
+                    sentence_output)
 from . import int8_kernels
 from .int8_kernels import Int8Linear, quantize_rows
+
+
+RANK_BATCHES_LM = 2  # calibration batches (of 8 sentences) a causal LM's fp32=N ranking runs each trial on
 
 
 class QuantizedEmbedding(nn.Module):
@@ -73,21 +77,25 @@ def _smoothing(absmax_x: torch.Tensor, lin: nn.Linear, alpha: float) -> torch.Te
 
 
 def rank_by_sensitivity(model: nn.Module, calib: Calibration, names: list[str], absmax: dict, alpha: float,
-                        ) -> list[str]:
-    """Linears ordered by how much quantizing each one alone moves the model's output on calibration text."""
-    ref = outputs(model, calib)
+                        damage=None) -> list[str]:
+    """Linears ordered by how much quantizing each one alone moves the model's output on calibration text:
+    `damage()` measures it on the model as it stands (default: relative squared error of its main output)."""
+    if damage is None:
+        ref = outputs(model, calib)
+        damage = lambda: output_error(ref, outputs(model, calib))  # noqa: E731
     errors = {}
     for fqn in names:
         lin = model.get_submodule(fqn)
         smooth = _smoothing(absmax[fqn], lin, alpha) if alpha > 0 else None
         set_module(model, fqn, Int8Linear.from_linear(lin, smooth))
-        errors[fqn] = output_error(ref, outputs(model, calib))
+        errors[fqn] = damage()
         set_module(model, fqn, lin)
     return sorted(names, key=errors.__getitem__, reverse=True)
 
 
-def int8(model: nn.Module, cfg: Int8, calib: Calibration | None = None) -> tuple[nn.Module, dict]:
-    """Quantize `model` in place; returns it and the decisions made (recorded in the manifest)."""
+def int8(model: nn.Module, cfg: Int8, calib: Calibration | None = None, damage=None) -> tuple[nn.Module, dict]:
+    """Quantize `model` in place; returns it and the decisions made (recorded in the manifest). `damage`: what
+    fp32=N ranks the Linears by (rank_by_sensitivity)."""
     make_quantizable(model)  # stock nn.MultiheadAttention hides its projections from a Linear swap
     linears = {fqn for fqn, m in model.named_modules() if isinstance(m, nn.Linear)}
     needs_calib = cfg.smooth > 0 or cfg.fp32 > 0
@@ -97,7 +105,7 @@ def int8(model: nn.Module, cfg: Int8, calib: Calibration | None = None) -> tuple
 
     keep_fp32: list[str] = []
     if cfg.fp32 > 0:
-        keep_fp32 = rank_by_sensitivity(model, calib, sorted(linears), absmax, cfg.smooth)[: cfg.fp32]
+        keep_fp32 = rank_by_sensitivity(model, calib, sorted(linears), absmax, cfg.smooth, damage)[: cfg.fp32]
 
     def swap(lin: nn.Linear, fqn: str) -> nn.Module:
         smooth = _smoothing(absmax[fqn], lin, cfg.smooth) if cfg.smooth > 0 else None
@@ -118,5 +126,11 @@ def int8(model: nn.Module, cfg: Int8, calib: Calibration | None = None) -> tuple
 
 def quantize(model, cfg: Int8, ctx) -> dict:
     """The `int8` step: quantize a SlimModel's net in place (a task head's Linears too, ranked for `fp32=N` by how
-    much they move the logits); returns the decisions for the manifest."""
-    return int8(model.net, cfg, ctx.calib)[1]
+    much they move the logits; a causal LM's by the next-token KL on a few calibration batches, RANK_BATCHES_LM,
+    since each trial is a forward through the whole vocabulary); returns the decisions for the manifest."""
+    damage = None
+    if is_causal_lm(model) and cfg.fp32 > 0 and ctx.calib is not None:
+        few = Calibration(ctx.calib.batches[:RANK_BATCHES_LM])
+        ref = [sentence_output(model, b) for b in few.batches]
+        damage = lambda: output_distance(model, few, ref)  # noqa: E731
+    return int8(model.net, cfg, ctx.calib, damage)[1]
