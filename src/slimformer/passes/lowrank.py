@@ -165,8 +165,7 @@ def target_linears(encoder: nn.Module, adapter: Adapter) -> dict[str, nn.Linear]
     """The Linears of every block's roles (attention and FFN), by fully qualified name."""
     out = {}
     for i, block in enumerate(blocks(encoder, adapter)):
-        for role in ROLES:
-            path = getattr(adapter, role)
+        for path in adapter.roles().values():  # ROLES, and a gated FFN's gate
             try:
                 m = block.get_submodule(path)
             except AttributeError:  # an attention block removed by pruning

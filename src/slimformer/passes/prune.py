@@ -118,15 +118,16 @@ HEAD_WEIGHTS = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0)
 
 def even_groups(encoder: nn.Module, adapter, fisher_h: torch.Tensor, keep_heads: list[list[int]]
                 ) -> list[list[int]]:
-    """Grouped-query attention: repeat_kv needs the same number of query heads on every key/value head, so a layer
-    that keeps k of its heads keeps round(k / n_kv) (at least 1) in every group, the most important of each; k = 0
-    drops the layer's attention, key/value heads included (with one key/value head, as Gemma 3 270M has, heads are
-    pruned one query head at a time and the group goes with the last one). Other models: unchanged."""
+    """Grouped-query attention (the decoders here): repeat_kv needs the same number of query heads on every
+    key/value head, so a layer that keeps k of its heads keeps round(k / n_kv) (at least 1) in every group, the most
+    important of each (with one key/value head, as Gemma 3 270M has, that is any k >= 1). No layer loses its last
+    head: generate() reads the KV cache's length and mask sizes off its layers, and a layer without attention fills
+    no cache slot (drop whole layers with `layers` instead). Other models: unchanged."""
     if not adapter.kv_heads_key:
         return keep_heads
     hs, out = head_size(encoder, adapter), []
     for block, kept, scores in zip(blocks(encoder, adapter), keep_heads, fisher_h):
-        if not kept or not has_attention(block, adapter):
+        if not has_attention(block, adapter):
             out.append(kept)
             continue
         n_kv = block.get_submodule(adapter.k).out_features // hs
