@@ -153,6 +153,8 @@ def test_layer_drop_keeps_the_kv_cache_right(gemma, batch, sentences, tmp_path):
 def test_int8_close_and_ranked_by_next_token_kl(gemma, batch, sentences, tmp_path):
     ref = logits(gemma, batch)
     q = slimformer.compress(gemma, "int8", calib=sentences[:8])
+    assert type(q.encoder.embed_tokens).__name__ == "QuantizedEmbedding"  # the scaled token table too
+    assert q.encoder.embed_tokens.embed_scale == pytest.approx(64**0.5)
     out = logits(q, batch)
     assert float((out - ref).norm() / ref.norm()) < 0.05
     kl = lm_kl(out, lm_reference(ref))[batch["attention_mask"].bool()]

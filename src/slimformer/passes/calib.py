@@ -112,7 +112,8 @@ def sentence_output(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def output_distance(model, calib: Calibration, reference: list[torch.Tensor]) -> float:
     """How far a changed model has moved, summed over calibration sentences: 1 - cos of the pooled embeddings, or
     for a classifier KL(p_reference || p_model) of the class distributions (summed over the real tokens of a token
-    classifier; a causal LM: of its next-token distributions, lm_kl). `reference`: [sentence_output(original, b) for b in calib.batches]."""
+    classifier; a causal LM: of its next-token distributions, lm_kl).
+    `reference`: [sentence_output(original, b) for b in calib.batches]."""
     total = 0.0
     for b, r in zip(calib.batches, reference):
         if is_causal_lm(model):
