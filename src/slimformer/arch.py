@@ -35,9 +35,14 @@ class Adapter:
     o_in_attn: bool  # the output projection o lives inside the `attn` module (so a 0-head layer keeps its bias there)
     shared_head_bias: bool = False  # one (B, heads, T, T) position bias, computed once, is passed to every layer
     modality: str = "text"  # what the net takes: "text" (input_ids, attention_mask) or "image" (pixel_values)
+    ffn_gate: str | None = None  # a gated FFN's second input projection (GeGLU: down(act(gate x) * up x)), or None
+    kv_heads_key: str | None = None  # grouped-query attention: config key of the number of key/value heads
+    head_dim_key: str | None = None  # config key of the head width, where it is not hidden / heads
+    kv_groups_attr: str | None = None  # attribute of `attn`: query heads per key/value head (repeat_kv reads it)
 
     def roles(self) -> dict[str, str]:
-        return {"q": self.q, "k": self.k, "v": self.v, "o": self.o, "ffn_in": self.ffn_in, "ffn_out": self.ffn_out}
+        return {"q": self.q, "k": self.k, "v": self.v, "o": self.o, "ffn_in": self.ffn_in, "ffn_out": self.ffn_out,
+            **({"ffn_gate": self.ffn_gate} if self.ffn_gate else {})}
 
 
 _BERT = Adapter(
@@ -129,6 +134,31 @@ ADAPTERS: dict[str, Adapter] = {
         hidden_key="dim",
         o_in_attn=True,
     ),
+    # Gemma 3 decoder (the text model inside Gemma3ForCausalLM): grouped-query attention (4 query heads share 1
+    # key/value head in the 270M), head width 256 != hidden / heads, GeGLU FFN (gate and up both hidden -> ffn)
+    "gemma3_text": Adapter(
+        name="gemma3_text",
+        layers="layers",
+        q="self_attn.q_proj",
+        k="self_attn.k_proj",
+        v="self_attn.v_proj",
+        o="self_attn.o_proj",
+        ffn_in="mlp.up_proj",
+        ffn_out="mlp.down_proj",
+        attn="self_attn",
+        heads_attrs=(),
+        width_attrs=(),
+        word_embeddings="embed_tokens",
+        heads_key="num_attention_heads",
+        ffn_key="intermediate_size",
+        layers_key="num_hidden_layers",
+        hidden_key="hidden_size",
+        o_in_attn=True,
+        ffn_gate="mlp.gate_proj",
+        kv_heads_key="num_key_value_heads",
+        head_dim_key="head_dim",
+        kv_groups_attr="num_key_value_groups",
+    ),
     # plain torch nn.TransformerEncoder after `mha.make_quantizable` swapped its attention for QuantizableMHA
     INTERNAL: Adapter(
         name="torch",
@@ -159,6 +189,10 @@ HEADS: dict[str, str] = {
     "ForTokenClassification": "token-classification",
     "ForImageClassification": "image-classification",  # ViT / DeiT: logits (B, C) from the CLS token
 }
+CAUSAL_LM = "causal-lm"
+# decoder language models, by full class name: only those whose decoder an adapter above describes (an encoder run
+# as a decoder, BertForCausalLM / BertLMHeadModel, is not one of them)
+CAUSAL_LMS = ("Gemma3ForCausalLM",)
 # not task heads: the bare encoder or a pre-training objective, so the base model is what is kept (BertLMHeadModel
 # ends in "Model" but is a causal language model: not a base model)
 NOT_HEADS = ("Model", "ForMaskedLM", "ForPreTraining")
@@ -170,11 +204,11 @@ def head_of(architectures: list[str] | None) -> str | None:
     fallback to the base model."""
     heads = set()
     for name in architectures or []:
-        head = next((h for suffix, h in HEADS.items() if name.endswith(suffix)), None)
+        head = CAUSAL_LM if name in CAUSAL_LMS else next((h for s, h in HEADS.items() if name.endswith(s)), None)
         if head is None and (not name.endswith(NOT_HEADS) or name.endswith("LMHeadModel")):
             raise UnsupportedArchitectureError(
                 f"unsupported architecture '{name}' (heads: {', '.join(f'*{s}' for s in HEADS)}; "
-                f"or a base model: *{', *'.join(NOT_HEADS)})")
+                f"or a base model: *{', *'.join(NOT_HEADS)}; causal LMs: {', '.join(CAUSAL_LMS)})")
         heads.add(head)
     if len(heads) > 1:
         raise UnsupportedArchitectureError(f"config.json names several architectures: {', '.join(architectures)}")
@@ -216,6 +250,8 @@ def config_of(encoder: nn.Module) -> dict | None:
 def head_size(encoder: nn.Module, adapter: Adapter) -> int:
     """Width of one head: constant through pruning (heads are dropped whole; the config keeps the original count)."""
     cfg = config_of(encoder)
+    if cfg is not None and adapter.head_dim_key and getattr(cfg, adapter.head_dim_key, None):
+        return int(getattr(cfg, adapter.head_dim_key))
     if cfg is not None:
         return getattr(cfg, adapter.hidden_key) // getattr(cfg, adapter.heads_key)
     for block in blocks(encoder, adapter):

@@ -120,8 +120,8 @@ def bench(models: Optional[List[str]] = typer.Argument(None, help="model folder(
 @app.command("eval")
 def eval_(model: Optional[str] = MODEL_ARG,
           task: Optional[str] = typer.Option(None, "--task", help="stsb | stsb-dev | sts:PATH | sst2 | cls:PATH "
-                                             "(default: the model's own: stsb for an embedder, sst2 for a 2-label "
-                                             "classifier)"),
+                                             "| ppl | ppl:PATH (default: the model's own: stsb for an embedder, sst2 "
+                                             "for a 2-label classifier, ppl (SST-2 dev) for a causal LM)"),
           as_json: bool = typer.Option(False, "--json")):
     """Quality on a real benchmark (STS-B test: Spearman of cosine x100; classification: accuracy x100)."""
     from . import io

@@ -38,6 +38,7 @@ AUTO_CLASSES: dict[str | None, str] = {
     "sequence-classification": "AutoModelForSequenceClassification",
     "token-classification": "AutoModelForTokenClassification",
     "image-classification": "AutoModelForImageClassification",
+    "causal-lm": "AutoModelForCausalLM",
 }
 
 

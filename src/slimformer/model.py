@@ -127,7 +127,8 @@ class SlimModel(SentenceEncoder, nn.Module):
 
     @property
     def head(self) -> str | None:
-        """None (an embedder), "sequence-classification", "token-classification" or "image-classification"."""
+        """None (an embedder), "sequence-classification", "token-classification", "image-classification" or
+        "causal-lm"."""
         return None if self.encoder is self.net else head_of([type(self.net).__name__])
 
     @property

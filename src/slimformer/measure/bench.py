@@ -41,11 +41,23 @@ def _nbytes(v) -> int:
     return 0
 
 
+def _unshared(state: dict) -> dict:
+    """The state dict without the second name of a tied tensor (a decoder's lm_head.weight is its token table)."""
+    seen, out = set(), {}
+    for k, v in state.items():
+        key = (v.data_ptr(), v.shape) if isinstance(v, torch.Tensor) and not v.is_quantized else None
+        if key is None or key not in seen:
+            out[k] = v
+        if key is not None:
+            seen.add(key)
+    return out
+
+
 def size_mb(module: nn.Module) -> float:
     """Bytes of the saved weights (state_dict tensors as stored: int8 as 1 byte), in MB (1e6)."""
     if hasattr(module, "size_mb"):  # an ONNX Runtime session: its file
         return module.size_mb()
-    return sum(_nbytes(v) for v in module.state_dict().values()) / 1e6
+    return sum(_nbytes(v) for v in _unshared(module.state_dict()).values()) / 1e6
 
 
 def _numel(v) -> int:
@@ -62,7 +74,7 @@ def n_params(module: nn.Module) -> int:
     """Stored weight elements (parameters and weight buffers; an int8 weight counts like an fp32 one)."""
     if hasattr(module, "n_params"):
         return module.n_params()
-    return sum(_numel(v) for k, v in module.state_dict().items()
+    return sum(_numel(v) for k, v in _unshared(module.state_dict()).items()
                if not k.endswith(("_scale", "inv_smooth", "remap", "zero_point", "dtype")))
 
 

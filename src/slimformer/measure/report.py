@@ -7,6 +7,7 @@ import json
 
 from ..timing import SHAPES
 from .bench import bench, cpu_info, throughput
+from .lm import lm_speed
 from .tasks import AUTO, default_task, evaluate, inference_fn, result_interval
 from ..model import SlimModel
 from ..passes import int8_kernels
@@ -33,7 +34,8 @@ def bench_model(model, runs: int = 20) -> dict:
     "runtime", "int8_kernel"}."""
     stats = bench({"m": runnable(model)}, {"m": model.tokenizer.vocab_size}, runs=runs)["m"]
     info = cpu_info()
-    return {**stats, "threads": info["threads"], "cpu": {"model": info["model"], "flags": info["flags"]},
+    own = lm_speed(model, runs) if getattr(model, "head", None) == "causal-lm" else {}  # prefill, decode tokens/s
+    return {**stats, **own, "threads": info["threads"], "cpu": {"model": info["model"], "flags": info["flags"]},
             **served_by(model)}
 
 

@@ -9,13 +9,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.stats import spearmanr
 
-from ..data import read_cls_tsv, read_sst2, read_sts_tsv, read_stsb
+from ..data import read_cls_tsv, read_lines, read_sst2, read_sts_tsv, read_stsb
+from .lm import document_nll, perplexity, ppl_interval
 from ..errors import DataFormatError, SlimformerError
 
 AUTO = "auto"  # the model's own task: default_task(model)
 SEQ_CLS = "sequence-classification"  # SlimModel.head of a sequence classifier
 SST2_LABELS = ("negative", "positive")  # SST-2's label ids 0 and 1
-TASKS = "stsb, stsb-dev, sts:PATH, sst2, cls:PATH"
+TASKS = "stsb, stsb-dev, sts:PATH, sst2, cls:PATH, ppl, ppl:PATH"
+CAUSAL_LM = "causal-lm"  # SlimModel.head of a decoder LM
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,10 @@ class TaskResult:
 
 
 def task_kind(task: str) -> str:
-    """"sts" (scores sentence embeddings) or "cls" (scores a sequence classifier's logits)."""
+    """"sts" (scores sentence embeddings), "cls" (scores a sequence classifier's logits) or "ppl" (a causal LM's
+    perplexity)."""
+    if task == "ppl" or task.startswith("ppl:"):
+        return "ppl"
     if task in ("stsb", "stsb-dev") or task.startswith("sts:"):
         return "sts"
     if task == "sst2" or task.startswith("cls:"):
@@ -58,10 +63,20 @@ def cls_examples(task: str) -> list[tuple[str | tuple[str, str], str]]:
     raise SlimformerError(f"unknown classification task '{task}' (tasks: {TASKS})")
 
 
+def ppl_documents(task: str) -> list[str]:
+    """The documents of a perplexity task: `ppl` is SST-2 dev's sentences (held out: calibration reads train
+    splits), `ppl:PATH` a text file, one document a line."""
+    if task == "ppl":
+        return [s for s, _ in read_sst2("dev")]
+    return read_lines(task[4:])
+
+
 def task_inputs(task: str) -> list:
     """What a model is given for `task`, each input once (for throughput): sentences (STS), texts or pairs (cls)."""
     if task_kind(task) == "sts":
         return list(dict.fromkeys(s for a, b, _ in sts_pairs(task) for s in (a, b)))
+    if task_kind(task) == "ppl":
+        return ppl_documents(task)
     return list(dict.fromkeys(x for x, _ in cls_examples(task)))
 
 
@@ -96,6 +111,8 @@ def default_task(model) -> str:
     head = getattr(model, "head", None)
     if head is None:
         return "stsb"
+    if head == CAUSAL_LM:
+        return "ppl"
     if head == SEQ_CLS:
         labels = _id2label(model)
         if _fits_sst2(labels):
@@ -108,6 +125,10 @@ def default_task(model) -> str:
 def _check_fits(task: str, model) -> str:
     """The task's kind, or a one-line error when the model cannot be scored on it."""
     kind, head = task_kind(task), getattr(model, "head", None)
+    if (kind == "ppl") != (head == CAUSAL_LM):
+        what = "a causal LM" if head == CAUSAL_LM else f"a {head or 'embedder'} model"
+        raise SlimformerError(f"task '{task}': perplexity scores a causal LM and a causal LM takes only perplexity "
+                              f"(ppl, ppl:PATH); this model is {what}")
     if kind == "cls" and (head != SEQ_CLS or not hasattr(model, "predict")):
         what = "an embedder (no classification head)" if head is None else f"a {head} model"
         raise SlimformerError(f"task '{task}' scores a sequence classifier's predictions; this model is {what}")
@@ -153,9 +174,12 @@ def check_task(task: str | None, model) -> str:
     """The task `model` will be scored on (AUTO: its own), after checking that the task fits the model and that the
     data reads (labels resolved): call it before slow work, so a mismatch fails in seconds."""
     task = default_task(model) if task in (None, AUTO) else task
-    if _check_fits(task, model) == "cls":
+    kind = _check_fits(task, model)
+    if kind == "cls":
         examples = cls_examples(task)
         gold_ids(task, [y for _, y in examples], model)
+    elif kind == "ppl":
+        ppl_documents(task)
     else:
         sts_pairs(task)
     return task
@@ -188,7 +212,12 @@ def evaluate(model, task: str | None = AUTO, batch_size: int = 64) -> TaskResult
     argmax of model.predict's logits (N, C), macro-F1 x100 in `extra`. The per-example values come along for
     delta_interval. task AUTO: the model's own (default_task)."""
     task = default_task(model) if task in (None, AUTO) else task
-    if _check_fits(task, model) == "sts":
+    kind = _check_fits(task, model)
+    if kind == "ppl":  # per_example: each document's nll; gold: its token count (what ppl_interval resamples)
+        nll, tokens = document_nll(model, ppl_documents(task))
+        return TaskResult(task, "perplexity", perplexity(nll, tokens), len(nll), nll, tokens,
+                          {"tokens": int(tokens.sum())})
+    if kind == "sts":
         pairs = sts_pairs(task)
         cos = pair_cosines(model.encode, pairs, batch_size)
         gold = np.array([p[2] for p in pairs])
@@ -238,4 +267,6 @@ def result_interval(base: TaskResult, other: TaskResult, **kw) -> tuple[float, f
     """delta_interval of other - base, two results of one task."""
     if base.task != other.task or base.n != other.n:
         raise ValueError(f"results of different tasks: {base.task} (n={base.n}) and {other.task} (n={other.n})")
+    if base.metric == "perplexity":
+        return ppl_interval(base.gold, base.per_example, other.per_example, **kw)
     return delta_interval(base.gold, base.per_example, other.per_example, **kw)

@@ -83,9 +83,38 @@ def has_head(model) -> bool:
     return getattr(model, "head", None) is not None
 
 
+LM_TOP_K = 64  # a causal LM's reference: its K likeliest next tokens per position (the full (B, T, V) logits of
+# 512 calibration sentences would take ~10 GB with Gemma's 262k-token vocabulary)
+
+
+def is_causal_lm(model) -> bool:
+    from ..arch import CAUSAL_LM
+
+    return getattr(model, "head", None) == CAUSAL_LM
+
+
+def lm_reference(logits: torch.Tensor) -> torch.Tensor:
+    """(B, T, V) logits -> (B, T, K, 2): the K largest next-token log-probabilities and their token ids (as float:
+    exact below 2^24), what lm_kl compares a changed model against."""
+    logp = F.log_softmax(logits.float(), -1)
+    top, ids = logp.topk(LM_TOP_K, -1)  # (B, T, K) each
+    return torch.stack((top, ids.float()), -1)
+
+
+def lm_kl(logits: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Next-token KL(p_reference || p_model) per position, (B, T), restricted to the reference's top K tokens (the
+    tail it leaves out holds little of its mass): sum_k p_r(k) (log p_r(k) - log p_m(k))."""
+    log_r, ids = reference[..., 0], reference[..., 1].long()  # (B, T, K) each
+    log_m = F.log_softmax(logits.float(), -1).gather(-1, ids)  # (B, T, K)
+    return (log_r.exp() * (log_r - log_m)).sum(-1)
+
+
 def sentence_output(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """What a model's decisions are measured on: its pooled sentence embeddings (B, H) for an embedder, its head's
-    logits (B, C), or (B, T, C) for a token classifier."""
+    logits (B, C), or (B, T, C) for a token classifier; a causal LM's top-K next-token log-probabilities
+    (lm_reference: (B, T, K, 2))."""
+    if is_causal_lm(model):
+        return lm_reference(model.net(**batch).logits)
     return model.net(**batch).logits if has_head(model) else pooled(model, batch)
 
 
@@ -93,9 +122,14 @@ def sentence_output(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def output_distance(model, calib: Calibration, reference: list[torch.Tensor]) -> float:
     """How far a changed model has moved, summed over calibration sentences: 1 - cos of the pooled embeddings, or
     for a classifier KL(p_reference || p_model) of the class distributions (summed over the real tokens of a token
-    classifier). `reference`: [sentence_output(original, b) for b in calib.batches]."""
+    classifier; a causal LM: of its next-token distributions, lm_kl).
+    `reference`: [sentence_output(original, b) for b in calib.batches]."""
     total = 0.0
     for b, r in zip(calib.batches, reference):
+        if is_causal_lm(model):
+            kl = lm_kl(model.net(**b).logits, r)  # (B, T)
+            total += float(kl[b["attention_mask"].bool()].sum())
+            continue
         out = sentence_output(model, b)
         if not has_head(model):
             total += float((1 - torch.cosine_similarity(out, r)).sum())

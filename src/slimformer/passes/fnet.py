@@ -14,7 +14,7 @@ from torch import nn
 
 from ..arch import Adapter, blocks
 from ..configs import FNet
-from ..errors import BudgetError, UnsupportedArchitectureError
+from ..errors import BudgetError, StepNotApplicableError, UnsupportedArchitectureError
 from ..surgery import set_module
 from ..vision import not_for_images
 from .calib import Calibration, output_distance, sentence_output
@@ -129,6 +129,9 @@ def rank_layers(model, calib: Calibration) -> list[int]:
 def fnet(model, cfg: FNet, ctx) -> dict:
     not_for_images(model, "fnet", "Fourier mixing replaces attention over a text's token sequence; the patch "
                    "grid of an image is two-dimensional, which a 1-D DFT over patches ignores")
+    if getattr(model, "head", None) == "causal-lm":  # a decoder's token t must not see tokens after t
+        raise StepNotApplicableError("fnet: Fourier mixing reads every position, later ones too; a causal LM "
+                                     "cannot use it")
     enc, adapter = model.encoder, model.adapter
     n_layers = len(blocks(enc, adapter))
     n = n_layers if cfg.layers == "all" else cfg.layers

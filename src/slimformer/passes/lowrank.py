@@ -23,7 +23,6 @@ from .calib import Calibration, squared_gradients
 
 FAST_MARGIN = 0.9  # a factorized layer must take at most this share of the dense layer's time
 TIMING_TOKENS = 1024  # rows of the timing matmul: the 8x128 benchmark shape
-ROLES = ("q", "k", "v", "o", "ffn_in", "ffn_out")
 
 
 class FactorizedLinear(nn.Module):
@@ -165,8 +164,7 @@ def target_linears(encoder: nn.Module, adapter: Adapter) -> dict[str, nn.Linear]
     """The Linears of every block's roles (attention and FFN), by fully qualified name."""
     out = {}
     for i, block in enumerate(blocks(encoder, adapter)):
-        for role in ROLES:
-            path = getattr(adapter, role)
+        for path in adapter.roles().values():  # q, k, v, o, ffn_in, ffn_out (and a gated FFN's gate)
             try:
                 m = block.get_submodule(path)
             except AttributeError:  # an attention block removed by pruning

@@ -24,8 +24,8 @@ from ..errors import BudgetError
 from ..surgery import set_module
 from .calib import Calibration, has_head, output_distance, pooled, rows, sentence_output, squared_gradients
 from .masktune import fold_masks, tune_masks
-from .structure import (drop_layers, encoder_flops, ffn_per_layer, heads_per_layer, hidden_size, layer_flops,
-                        slice_ffn, slice_heads, unit_masks)
+from .structure import (drop_layers, encoder_flops, ffn_per_layer, has_attention, heads_per_layer, hidden_size,
+                        layer_flops, slice_ffn, slice_heads, unit_masks)
 
 
 # ------------------------------------------------------------------------------------------------- importance
@@ -66,12 +66,13 @@ def top_units(scores: torch.Tensor, n_keep: int) -> list[list[int]]:
     return [sorted(p) for p in per]
 
 
-def choose_by_flops(fisher_h, fisher_n, flops: float, hidden: int, hs: int) -> tuple[list[list[int]], list[list[int]]]:
+def choose_by_flops(fisher_h, fisher_n, flops: float, hidden: int, hs: int, ffn_mats: int = 2,
+                    ) -> tuple[list[list[int]], list[list[int]]]:
     """Greedy knapsack: drop the units of least importance per FLOP until the encoder's FLOPs <= flops x original.
     Head and neuron Fisher values are both ~2x the loss increase of removing the unit, so they compare directly."""
     L, H = fisher_h.shape
     F = fisher_n.shape[1]
-    cost_h, cost_n = layer_flops(1, 1, hidden, hs)
+    cost_h, cost_n = layer_flops(1, 1, hidden, hs, ffn_mats=ffn_mats)
     score = torch.cat([(fisher_h / cost_h).flatten(), (fisher_n / cost_n).flatten()])
     cost = torch.cat([torch.full((L * H,), cost_h), torch.full((L * F,), cost_n)])
     cost[score == float("-inf")] = 0.0  # units a narrowed layer no longer has: dropped first, at no gain
@@ -115,6 +116,28 @@ def choose_layers(model, calib: Calibration, n_keep: int) -> list[int]:
 HEAD_WEIGHTS = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0)
 
 
+def even_groups(encoder: nn.Module, adapter, fisher_h: torch.Tensor, keep_heads: list[list[int]]
+                ) -> list[list[int]]:
+    """Grouped-query attention (the decoders here): repeat_kv needs the same number of query heads on every
+    key/value head, so a layer that keeps k of its heads keeps round(k / n_kv) (at least 1) in every group, the most
+    important of each (with one key/value head, as Gemma 3 270M has, that is any k >= 1). No layer loses its last
+    head: generate() reads the KV cache's length and mask sizes off its layers, and a layer without attention fills
+    no cache slot (drop whole layers with `layers` instead). Other models: unchanged."""
+    if not adapter.kv_heads_key:
+        return keep_heads
+    hs, out = head_size(encoder, adapter), []
+    for block, kept, scores in zip(blocks(encoder, adapter), keep_heads, fisher_h):
+        if not has_attention(block, adapter):
+            out.append(kept)
+            continue
+        n_kv = block.get_submodule(adapter.k).out_features // hs
+        g = block.get_submodule(adapter.o).in_features // hs // n_kv
+        per = max(1, round(len(kept) / n_kv))
+        out.append(sorted(j * g + int(i) for j in range(n_kv)
+                          for i in scores[j * g : (j + 1) * g].argsort(descending=True)[:per]))
+    return out
+
+
 def narrow(model, teacher, calib: Calibration, keep_heads, keep_neurons, tune: bool) -> dict:
     """Mask-tune (if `tune`: every config's default is off), then slice. Returns the decisions for the manifest."""
     enc, adapter = model.encoder, model.adapter
@@ -153,7 +176,8 @@ def fidelity_of(teacher, held: Calibration):
         return lambda candidate: similarity_fidelity(candidate, held, reference)
     with torch.no_grad():
         ref = [sentence_output(teacher, b) for b in held.batches]
-    n = sum(int(b["attention_mask"].sum() if teacher.head == "token-classification" else rows(b))
+    per_token = teacher.head in ("token-classification", "causal-lm")
+    n = sum(int(b["attention_mask"].sum() if per_token else rows(b))
             for b in held.batches)  # sentences, or real tokens
     return lambda candidate: -output_distance(candidate, held, ref) / n
 
@@ -173,7 +197,8 @@ def heads(model, cfg: Heads, ctx) -> dict:
     fit, _ = ctx.calib.split()
     fisher_h, _ = importance(model, fit, fisher=cfg.fisher)
     keep_neurons = [list(range(f)) for f in ffn_per_layer(model.encoder, model.adapter)]
-    return narrow(model, ctx.teacher, fit, _keep_lists(fisher_h, cfg.keep, "heads"), keep_neurons, cfg.tune)
+    keep_heads = even_groups(model.encoder, model.adapter, fisher_h, _keep_lists(fisher_h, cfg.keep, "heads"))
+    return narrow(model, ctx.teacher, fit, keep_heads, keep_neurons, cfg.tune)
 
 
 def ffn(model, cfg: Ffn, ctx) -> dict:
@@ -191,8 +216,12 @@ def prune(model, cfg: Prune, ctx) -> dict:
     hidden, hs = hidden_size(enc, adapter), head_size(enc, adapter)
     score = fidelity_of(ctx.teacher, held)
 
+    def choose(weight: float) -> tuple[list[list[int]], list[list[int]]]:
+        kh, kn = choose_by_flops(fisher_h * weight, fisher_n, cfg.flops, hidden, hs, 3 if adapter.ffn_gate else 2)
+        return even_groups(enc, adapter, fisher_h, kh), kn
+
     def trial(weight: float) -> float:
-        kh, kn = choose_by_flops(fisher_h * weight, fisher_n, cfg.flops, hidden, hs)
+        kh, kn = choose(weight)
         candidate = model.clone()
         slice_heads(candidate.encoder, adapter, kh)
         slice_ffn(candidate.encoder, adapter, kn)
@@ -200,7 +229,7 @@ def prune(model, cfg: Prune, ctx) -> dict:
 
     fidelity = {w: trial(w) for w in HEAD_WEIGHTS}
     weight = max(fidelity, key=fidelity.get)
-    keep_heads, keep_neurons = choose_by_flops(fisher_h * weight, fisher_n, cfg.flops, hidden, hs)
+    keep_heads, keep_neurons = choose(weight)
     decisions = narrow(model, ctx.teacher, fit, keep_heads, keep_neurons, cfg.tune)
     return {**decisions, "head_weight": weight, "fidelity": {str(w): round(f, 4) for w, f in fidelity.items()}}
 

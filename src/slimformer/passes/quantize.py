@@ -18,9 +18,14 @@ from ..configs import Int8
 from ..errors import RecipeError
 from ..mha import make_quantizable
 from ..surgery import replace_modules, set_module
-from .calib import Calibration, activation_absmax, output_error, outputs
+from .calib import (Calibration, activation_absmax, is_causal_lm, output_distance, output_error, outputs,
+                    sentence_output)
 from . import int8_kernels
 from .int8_kernels import Int8Linear, quantize_rows
+
+
+SCALED_EMBEDDINGS = ("Gemma3TextScaledWordEmbedding",)  # embeddings whose forward is only rows x a constant
+RANK_BATCHES_LM = 1  # calibration batches (of 8 sentences) a causal LM's fp32=N ranking runs each trial on
 
 
 class QuantizedEmbedding(nn.Module):
@@ -29,8 +34,10 @@ class QuantizedEmbedding(nn.Module):
     8 bits: weight (V, D) int8. 4 bits: weight (V, D/2) uint8, two weights a byte (low nibble first), each stored
     as q + 8 with q in [-7, 7]. Only the gathered rows are dequantized."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, bits: int = 8):
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, bits: int = 8,
+                 embed_scale: float = 1.0):
         super().__init__()
+        self.embed_scale = embed_scale  # what every row is multiplied by on the way out (Gemma: sqrt(hidden))
         if bits not in (4, 8) or (bits == 4 and embedding_dim % 2):
             raise RecipeError(f"int8: embeddings of {bits} bits need bits 8, or 4 with an even width")
         self.num_embeddings, self.embedding_dim, self.padding_idx, self.bits = (num_embeddings, embedding_dim,
@@ -42,12 +49,15 @@ class QuantizedEmbedding(nn.Module):
 
     def spec(self) -> dict:
         return dict(num_embeddings=self.num_embeddings, embedding_dim=self.embedding_dim,
-                    padding_idx=self.padding_idx, bits=self.bits)
+                    padding_idx=self.padding_idx, bits=self.bits,
+                    **({"embed_scale": self.embed_scale} if self.embed_scale != 1.0 else {}))
 
     @classmethod
     @torch.no_grad()
     def from_embedding(cls, emb: nn.Embedding, bits: int = 8) -> "QuantizedEmbedding":
-        new = cls(emb.num_embeddings, emb.embedding_dim, emb.padding_idx, bits)
+        # a scaled table (Gemma3TextScaledWordEmbedding: rows x sqrt(hidden)) keeps its scale
+        new = cls(emb.num_embeddings, emb.embedding_dim, emb.padding_idx, bits,
+                  float(getattr(emb, "scalar_embed_scale", 1.0)))
         w = emb.weight.detach().float()
         if bits == 8:
             new.weight, new.weight_scale = quantize_rows(w)
@@ -62,7 +72,8 @@ class QuantizedEmbedding(nn.Module):
         rows = F.embedding(ids, self.weight)  # (..., D) int8 or (..., D/2) uint8
         if self.bits == 4:
             rows = torch.stack((rows & 15, rows >> 4), -1).flatten(-2).to(torch.int8) - 8  # (..., D)
-        return rows.float() * self.weight_scale[ids].unsqueeze(-1)
+        out = rows.float() * self.weight_scale[ids].unsqueeze(-1)
+        return out * self.embed_scale if self.embed_scale != 1.0 else out
 
 
 def _smoothing(absmax_x: torch.Tensor, lin: nn.Linear, alpha: float) -> torch.Tensor:
@@ -73,21 +84,25 @@ def _smoothing(absmax_x: torch.Tensor, lin: nn.Linear, alpha: float) -> torch.Te
 
 
 def rank_by_sensitivity(model: nn.Module, calib: Calibration, names: list[str], absmax: dict, alpha: float,
-                        ) -> list[str]:
-    """Linears ordered by how much quantizing each one alone moves the model's output on calibration text."""
-    ref = outputs(model, calib)
+                        damage=None) -> list[str]:
+    """Linears ordered by how much quantizing each one alone moves the model's output on calibration text:
+    `damage()` measures it on the model as it stands (default: relative squared error of its main output)."""
+    if damage is None:
+        ref = outputs(model, calib)
+        damage = lambda: output_error(ref, outputs(model, calib))  # noqa: E731
     errors = {}
     for fqn in names:
         lin = model.get_submodule(fqn)
         smooth = _smoothing(absmax[fqn], lin, alpha) if alpha > 0 else None
         set_module(model, fqn, Int8Linear.from_linear(lin, smooth))
-        errors[fqn] = output_error(ref, outputs(model, calib))
+        errors[fqn] = damage()
         set_module(model, fqn, lin)
     return sorted(names, key=errors.__getitem__, reverse=True)
 
 
-def int8(model: nn.Module, cfg: Int8, calib: Calibration | None = None) -> tuple[nn.Module, dict]:
-    """Quantize `model` in place; returns it and the decisions made (recorded in the manifest)."""
+def int8(model: nn.Module, cfg: Int8, calib: Calibration | None = None, damage=None) -> tuple[nn.Module, dict]:
+    """Quantize `model` in place; returns it and the decisions made (recorded in the manifest). `damage`: what
+    fp32=N ranks the Linears by (rank_by_sensitivity)."""
     make_quantizable(model)  # stock nn.MultiheadAttention hides its projections from a Linear swap
     linears = {fqn for fqn, m in model.named_modules() if isinstance(m, nn.Linear)}
     needs_calib = cfg.smooth > 0 or cfg.fp32 > 0
@@ -97,7 +112,7 @@ def int8(model: nn.Module, cfg: Int8, calib: Calibration | None = None) -> tuple
 
     keep_fp32: list[str] = []
     if cfg.fp32 > 0:
-        keep_fp32 = rank_by_sensitivity(model, calib, sorted(linears), absmax, cfg.smooth)[: cfg.fp32]
+        keep_fp32 = rank_by_sensitivity(model, calib, sorted(linears), absmax, cfg.smooth, damage)[: cfg.fp32]
 
     def swap(lin: nn.Linear, fqn: str) -> nn.Module:
         smooth = _smoothing(absmax[fqn], lin, cfg.smooth) if cfg.smooth > 0 else None
@@ -109,7 +124,7 @@ def int8(model: nn.Module, cfg: Int8, calib: Calibration | None = None) -> tuple
         token = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
         token = getattr(token, "embedding", token)  # a vocabulary-pruned table sits inside its id remap
         embedded = replace_modules(
-            model, lambda m, _: type(m) is nn.Embedding,
+            model, lambda m, _: type(m) is nn.Embedding or type(m).__name__ in SCALED_EMBEDDINGS,
             lambda m, _: QuantizedEmbedding.from_embedding(m, cfg.embedding_bits if m is token else 8))
     int8_kernels.choose(model)  # measured on this CPU (or forced); not stored: each machine chooses at load
     return model, {"quantized": len(quantized), "fp32_kept": keep_fp32, "embeddings": embedded,
@@ -118,5 +133,12 @@ def int8(model: nn.Module, cfg: Int8, calib: Calibration | None = None) -> tuple
 
 def quantize(model, cfg: Int8, ctx) -> dict:
     """The `int8` step: quantize a SlimModel's net in place (a task head's Linears too, ranked for `fp32=N` by how
-    much they move the logits); returns the decisions for the manifest."""
-    return int8(model.net, cfg, ctx.calib)[1]
+    much they move the logits; a causal LM's by the next-token KL on a few calibration batches, RANK_BATCHES_LM,
+    since each trial is a forward through the whole vocabulary); returns the decisions for the manifest."""
+    damage = None
+    if is_causal_lm(model) and cfg.fp32 > 0 and ctx.calib is not None:
+        mid = len(ctx.calib.batches) // 2  # batches are sorted by length: the middle ones hold typical sentences
+        few = Calibration(ctx.calib.batches[mid : mid + RANK_BATCHES_LM])
+        ref = [sentence_output(model, b) for b in few.batches]
+        damage = lambda: output_distance(model, few, ref)  # noqa: E731
+    return int8(model.net, cfg, ctx.calib, damage)[1]

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..arch import Adapter, blocks, config_of, head_size
+from ..errors import BudgetError
 from ..surgery import hooks, keep, set_module
 
 REF_TOKENS = 128  # sequence length at which FLOPs are counted (the attention core grows with it)
@@ -41,15 +42,18 @@ def hidden_size(encoder: nn.Module, adapter: Adapter) -> int:
     return blocks(encoder, adapter)[0].get_submodule(adapter.ffn_in).in_features
 
 
-def layer_flops(heads: int, neurons: int, hidden: int, hs: int, t: int = REF_TOKENS) -> tuple[float, float]:
+def layer_flops(heads: int, neurons: int, hidden: int, hs: int, t: int = REF_TOKENS, ffn_mats: int = 2,
+                ) -> tuple[float, float]:
     """Multiply-adds per sentence of t tokens: (attention, FFN). Per head: q, k, v, o projections (4 H hs t) and the
-    attention core (2 t^2 hs); per neuron: in and out (2 H t)."""
-    return heads * (4 * hidden * hs * t + 2 * t * t * hs), neurons * 2 * hidden * t
+    attention core (2 t^2 hs); per neuron: in and out (2 H t; a gated FFN has ffn_mats=3: gate, up and down).
+    Grouped-query attention shares k, v between heads, so this overstates a head's cost there."""
+    return heads * (4 * hidden * hs * t + 2 * t * t * hs), neurons * ffn_mats * hidden * t
 
 
 def encoder_flops(encoder: nn.Module, adapter: Adapter) -> float:
     hs, hidden = head_size(encoder, adapter), hidden_size(encoder, adapter)
-    return sum(sum(layer_flops(h, f, hidden, hs)) for h, f in zip(heads_per_layer(encoder, adapter),
+    mats = 3 if adapter.ffn_gate else 2
+    return sum(sum(layer_flops(h, f, hidden, hs, ffn_mats=mats)) for h, f in zip(heads_per_layer(encoder, adapter),
                                                                  ffn_per_layer(encoder, adapter)))
 
 
@@ -110,6 +114,29 @@ def _set_heads_attrs(attn: nn.Module, adapter: Adapter, n: int, hs: int) -> None
         setattr(attn, a, n * hs)
 
 
+def _set_kv_groups(block: nn.Module, adapter: Adapter, hs: int) -> None:
+    """Grouped-query attention: query heads per key/value head, from the projections' widths (repeat_kv reads it)."""
+    if adapter.kv_groups_attr and has_attention(block, adapter):
+        n_kv = block.get_submodule(adapter.k).out_features // hs
+        setattr(block.get_submodule(adapter.attn), adapter.kv_groups_attr,
+                block.get_submodule(adapter.o).in_features // hs // n_kv)
+
+
+def _kv_index(block: nn.Module, adapter: Adapter, kept: list[int], hs: int) -> torch.Tensor | None:
+    """Grouped-query attention: the k/v rows of the key/value heads that keep a query head, (n_kv' * hs,); None
+    without grouped-query attention. Query head h reads key/value head h // g (g query heads per group, contiguous,
+    as repeat_kv lays them out), so every kept group must keep the same number of query heads."""
+    if not adapter.kv_heads_key:
+        return None
+    n_kv = block.get_submodule(adapter.k).out_features // hs
+    g = block.get_submodule(adapter.o).in_features // hs // n_kv
+    per_group = [sum(1 for h in kept if h // g == j) for j in range(n_kv)]
+    if len({n for n in per_group if n}) > 1:
+        raise BudgetError(f"grouped-query attention: every kept key/value group needs the same number of query "
+                          f"heads, got {per_group} per group")
+    return torch.tensor([j * hs + i for j in range(n_kv) if per_group[j] for i in range(hs)], dtype=torch.long)
+
+
 def _select_position_bias(attn: nn.Module, idx: torch.Tensor) -> None:
     """Models with one shared (B, heads, T, T) position bias (MPNet): each layer takes the rows of its kept heads.
     The hook stays for the module's life (it is part of the narrowed structure), so it is not a `hooks` body."""
@@ -148,10 +175,13 @@ def slice_heads(encoder: nn.Module, adapter: Adapter, keep_heads: list[list[int]
             if not adapter.o_in_attn:
                 set_module(block, adapter.o, keep(o, idx, dim=1))  # Linear(0, H): its output is its bias
             continue
+        kv_idx = _kv_index(block, adapter, kept, hs)  # (n_kv' * hs,) or None: k/v rows follow the query heads
         for role in ("q", "k", "v"):
-            set_module(block, getattr(adapter, role), keep(block.get_submodule(getattr(adapter, role)), idx, dim=0))
+            rows = idx if role == "q" or kv_idx is None else kv_idx
+            set_module(block, getattr(adapter, role), keep(block.get_submodule(getattr(adapter, role)), rows, dim=0))
         set_module(block, adapter.o, keep(o, idx, dim=1))
         _set_heads_attrs(attn, adapter, len(kept), hs)
+        _set_kv_groups(block, adapter, hs)
         if adapter.shared_head_bias:
             prev = getattr(attn, "head_index", None)
             chosen = torch.tensor(kept, dtype=torch.long)
@@ -167,6 +197,8 @@ def slice_ffn(encoder: nn.Module, adapter: Adapter, keep_neurons: list[list[int]
     for block, kept in zip(blocks(encoder, adapter), keep_neurons):
         idx = torch.tensor(kept, dtype=torch.long)
         set_module(block, adapter.ffn_in, keep(block.get_submodule(adapter.ffn_in), idx, dim=0))
+        if adapter.ffn_gate:  # a gated FFN: neuron n is act(gate_n . x) * (up_n . x), both rows go together
+            set_module(block, adapter.ffn_gate, keep(block.get_submodule(adapter.ffn_gate), idx, dim=0))
         set_module(block, adapter.ffn_out, keep(block.get_submodule(adapter.ffn_out), idx, dim=1))
     _record(encoder, adapter)
 
@@ -176,6 +208,13 @@ def drop_layers(encoder: nn.Module, adapter: Adapter, keep_layers: list[int]) ->
     set_module(encoder, adapter.layers, nn.ModuleList([layers[i] for i in sorted(keep_layers)]))
     if hasattr(encoder, "num_layers"):  # torch nn.TransformerEncoder
         encoder.num_layers = len(keep_layers)
+    cfg = config_of(encoder)
+    if isinstance(getattr(cfg, "layer_types", None), list):  # a decoder's per-layer attention kind (sliding/full)
+        cfg.layer_types = [cfg.layer_types[i] for i in sorted(keep_layers)]
+    for i, block in enumerate(blocks(encoder, adapter)):  # a decoder's KV cache is indexed by layer position
+        for m in (block, *block.children()):
+            if hasattr(m, "layer_idx"):
+                m.layer_idx = i
     _record(encoder, adapter)
 
 
@@ -201,12 +240,13 @@ def restore_structure(encoder: nn.Module, adapter: Adapter) -> None:
     heads = getattr(cfg, "slimformer_heads", None)
     if not heads:
         return
-    hs = getattr(cfg, adapter.hidden_key) // getattr(cfg, adapter.heads_key)
+    hs = head_size(encoder, adapter)
     for block, n, index in zip(blocks(encoder, adapter), heads,
                                getattr(cfg, "slimformer_head_index", None) or [None] * len(heads)):
         attn = block.get_submodule(adapter.attn)
         if not has_attention(block, adapter):
             continue
         _set_heads_attrs(attn, adapter, n, hs)
+        _set_kv_groups(block, adapter, hs)
         if index is not None:
             _select_position_bias(attn, torch.tensor(index, dtype=torch.long))

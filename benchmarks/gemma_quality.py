@@ -1,0 +1,33 @@
+"""Perplexity of Gemma 3 270M (models/gemma-3-270m, from `make gemma`) under slimformer recipes, on the held-out
+default slice (SST-2 dev sentences, one document each): one JSON line per recipe with its perplexity, the paired
+bootstrap 95% interval of its difference to fp32 (over documents), its size and the compression time. Quality only:
+no timing (the lead measures speed on a quiet machine).
+
+    python benchmarks/gemma_quality.py [MODEL [TASK [RECIPE ...]]]   (TASK: ppl, the default, or ppl:PATH)
+"""
+
+import json
+import sys
+import time
+
+import slimformer
+from slimformer.measure.bench import n_params, size_mb
+from slimformer.measure.tasks import evaluate, result_interval
+
+model_dir = sys.argv[1] if len(sys.argv) > 1 else "models/gemma-3-270m"
+task = sys.argv[2] if len(sys.argv) > 2 else "ppl"
+recipes = sys.argv[3:] or ["int8(smooth=0)", "int8", "int8(fp32=18)", "ffn(keep=0.8)", "layers(keep=16)"]
+base = slimformer.load(model_dir)
+ref = evaluate(base, task)
+print(json.dumps({"recipe": "fp32", "task": task, "ppl": round(ref.value, 2), "n": ref.n, "tokens": ref.extra["tokens"],
+                  "size_mb": round(size_mb(base.net), 1), "params": n_params(base.net)}), flush=True)
+for recipe in recipes:
+    t0 = time.perf_counter()
+    small = slimformer.compress(base, recipe)
+    seconds = time.perf_counter() - t0
+    r = evaluate(small, task)
+    lo, hi = result_interval(ref, r)
+    kept = next((s.get("fp32_kept") for s in small.manifest["steps"] if s.get("fp32_kept")), None)
+    print(json.dumps({"recipe": recipe, "ppl": round(r.value, 2), "delta_95": [round(lo, 2), round(hi, 2)],
+                      "size_mb": round(size_mb(small.net), 1), "params": n_params(small.net),
+                      "compress_s": round(seconds), **({"fp32_kept": kept} if kept else {})}), flush=True)
