@@ -90,6 +90,16 @@ def counted(study) -> int:
                                                       TrialState.RUNNING)))
 
 
+def time_left_for_one(study, deadline: float | None) -> bool:
+    """Whether another trial can start: the clock has at least half a typical trial (the median so far) left."""
+    import statistics
+
+    if deadline is None:
+        return True
+    took = [t.user_attrs["wall_s"] for t in study.get_trials(deepcopy=False) if "wall_s" in t.user_attrs]
+    return deadline - time.time() > (statistics.median(took) / 2 if took else 0)
+
+
 def feasible_full(study, max_drop: float) -> list:
     """Trials fully measured (whole split, every shape) whose drop is within the budget."""
     from optuna.trial import TrialState
@@ -194,7 +204,7 @@ def search(model: str | None, max_drop: float, out: str | os.PathLike, task: str
             study.enqueue_trial({}, user_attrs={"try_recipe": c.recipe, "try_runtime": c.runtime})
     distill = space.distill_choices(minutes)
     with report.progress(show_progress, n_trials, deadline) as bar:
-        while (n_trials is None or counted(study) < n_trials) and (deadline is None or time.time() < deadline):
+        while (n_trials is None or counted(study) < n_trials) and time_left_for_one(study, deadline):
             run_one(study, spec, work, n_layers, runtimes, distill, deadline, max_drop)
             bar.update(study, choose(study, max_drop))
     chosen = choose(study, max_drop)
