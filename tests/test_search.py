@@ -20,16 +20,18 @@ OFF = {"vocab": False, "layers": 6, "prune_flops": 1.0, "fnet": 0, "lowrank": 1.
 
 
 def test_all_off_is_the_original_and_all_on_is_the_full_recipe():
-    assert space.suggest(optuna.trial.FixedTrial(OFF), 6, ("torch", "onnx"), (0.0, 3.0)) == \
+    assert space.suggest(optuna.trial.FixedTrial(OFF), 6, ("torch", "onnx"), 30) == \
         space.Candidate(None, "onnx")
-    on = {**OFF, "vocab": True, "layers": 4, "prune_flops": 0.5, "fnet": 1, "lowrank": 0.5, "distill": 3.0,
+    on = {**OFF, "vocab": True, "layers": 4, "prune_flops": 0.5, "fnet": 1, "lowrank": 0.5, "distill": 0.1,
           "int8": True, "int8_fp32": 2, "embedding_bits": 4, "runtime": "torch"}
-    c = space.suggest(optuna.trial.FixedTrial(on), 6, ("torch", "onnx"), (0.0, 3.0))
+    c = space.suggest(optuna.trial.FixedTrial(on), 6, ("torch", "onnx"), 30)
     assert c == space.Candidate("vocab+layers(keep=4)+prune(flops=0.5)+fnet(layers=1)+lowrank(ratio=0.5)+"
                                 "distill(minutes=3.0)+int8(fp32=2, embedding_bits=4)", "torch")
-    # training that does not fit in the minutes left runs as the largest choice that does
-    c = space.suggest(optuna.trial.FixedTrial(on), 6, ("torch",), (0.0, 1.0, 3.0), max_distill=2.0)
-    assert "distill(minutes=1.0)" in c.recipe
+    # training that does not fit in the minutes left runs as the largest share that does
+    c = space.suggest(optuna.trial.FixedTrial({**on, "distill": 0.25}), 6, ("torch",), 30, max_distill=5.0)
+    assert "distill(minutes=3.0)" in c.recipe
+    c = space.suggest(optuna.trial.FixedTrial({**on, "distill": 0.25}), 6, ("torch",), None)
+    assert "distill(minutes=2.5)" in c.recipe  # no --minutes: shares of 10 minutes
 
 
 def test_sampled_candidates_parse_and_stay_in_range():
@@ -39,7 +41,7 @@ def test_sampled_candidates_parse_and_stay_in_range():
     seen = set()
     for _ in range(40):
         t = s.ask()
-        c = space.suggest(t, 6, ("torch", "onnx"), (0.0, 1.0))
+        c = space.suggest(t, 6, ("torch", "onnx"), 4)
         steps = parse(c.recipe) if c.recipe else []
         assert all(getattr(st, "keep", 6) >= 3 for st in steps if st.step == "layers")
         assert all(st.layers <= 3 for st in steps if st.step == "fnet")
@@ -60,7 +62,6 @@ def test_tries_and_bad_input():
         space.check_objective("latency@2x2")
     with pytest.raises(SlimformerError, match="--runtime must be"):
         space.available_runtimes("tensorrt")
-    assert space.distill_choices(30) == (0.0, 3.0, 7.5)
 
 
 def _add(s, number_drop_cost_stage):

@@ -56,12 +56,14 @@ def check_objective(objective: str) -> str:
     return objective
 
 
-def distill_choices(minutes: float | None) -> tuple[float, ...]:
-    """Distillation minutes a trial may spend (0 included): a tenth and a quarter of the search's budget, so a few
-    trained trials fit in it; without a time budget 1 and 3 minutes."""
-    if minutes is None:
-        return (0.0, 1.0, 3.0)
-    return (0.0, round(minutes / 10, 2), round(minutes / 4, 2))
+DISTILL_SHARES = (0.0, 0.1, 0.25)  # of the search's minutes a trial may train for (0: none), so a few trained fit
+NO_BUDGET_MINUTES = 10.0  # what the shares are of when the search has --trials but no --minutes
+
+
+def distill_minutes(share: float, minutes: float | None) -> float:
+    """Training minutes of a sampled share. The parameter is the share, not minutes, so that workers given
+    different --minutes sample one space (the recipe records the minutes that ran)."""
+    return round(share * (NO_BUDGET_MINUTES if minutes is None else minutes), 2)
 
 
 def parse_try(text: str, runtimes: tuple[str, ...]) -> list[Candidate]:
@@ -76,12 +78,12 @@ def parse_try(text: str, runtimes: tuple[str, ...]) -> list[Candidate]:
     return [Candidate(recipe, r) for r in ([runtime.strip()] if runtime else runtimes)]
 
 
-def suggest(trial, n_layers: int, runtimes: tuple[str, ...], distill: tuple[float, ...],
+def suggest(trial, n_layers: int, runtimes: tuple[str, ...], minutes: float | None,
             max_distill: float | None = None) -> Candidate:
     """Sample one candidate. Steps in the order the passes compose: vocabulary, layers, joint heads+FFN pruning,
     Fourier mixing of the first layers, low-rank factorization, then distillation (only after a structural change:
-    it repairs what structure broke) and int8. max_distill: minutes left for training (the rest of the budget);
-    a larger sampled value runs as the largest choice that fits, and the recipe records what ran."""
+    it repairs what structure broke) and int8. minutes: the search's budget (None: none). max_distill: minutes
+    left for training; a larger sampled share runs as the largest that fits, and the recipe records what ran."""
     steps = []
     if trial.suggest_categorical("vocab", [False, True]):
         steps.append("vocab")
@@ -99,11 +101,12 @@ def suggest(trial, n_layers: int, runtimes: tuple[str, ...], distill: tuple[floa
     if ratio < 1.0:
         steps.append(f"lowrank(ratio={ratio})")
     if steps:
-        minutes = trial.suggest_categorical("distill", list(distill))
-        if max_distill is not None and minutes > max_distill:
-            minutes = max([m for m in distill if m <= max_distill], default=0.0)
-        if minutes > 0:
-            steps.append(f"distill(minutes={minutes})")
+        fits = [distill_minutes(s, minutes) for s in DISTILL_SHARES]
+        train = distill_minutes(trial.suggest_categorical("distill", list(DISTILL_SHARES)), minutes)
+        if max_distill is not None and train > max_distill:
+            train = max([m for m in fits if m <= max_distill], default=0.0)
+        if train > 0:
+            steps.append(f"distill(minutes={train})")
     if trial.suggest_categorical("int8", [False, True]):
         fp32 = trial.suggest_int("int8_fp32", 0, MAX_FP32)
         bits = trial.suggest_categorical("embedding_bits", [8, 4])

@@ -114,20 +114,20 @@ def choose(study, max_drop: float):
                default=None)
 
 
-def _candidate(t, n_layers: int, runtimes, distill, max_distill) -> space.Candidate:
+def _candidate(t, n_layers: int, runtimes, minutes, max_distill) -> space.Candidate:
     if "try_runtime" in t.user_attrs:  # enqueued hand pick
         return space.Candidate(t.user_attrs.get("try_recipe"), t.user_attrs["try_runtime"])
-    return space.suggest(t, n_layers, runtimes, distill, max_distill)
+    return space.suggest(t, n_layers, runtimes, minutes, max_distill)
 
 
-def run_one(study, spec: dict, work: Path, n_layers: int, runtimes, distill, deadline: float | None,
+def run_one(study, spec: dict, work: Path, n_layers: int, runtimes, minutes, deadline: float | None,
             max_drop: float) -> None:
     """Ask the study for a trial, run it in a subprocess, tell the study what it measured (or that it failed)."""
     from optuna.trial import TrialState
 
     left = None if deadline is None else max(0.0, deadline - time.time())
     t = study.ask()
-    cand = _candidate(t, n_layers, runtimes, distill, None if left is None else left / 60 / 2)
+    cand = _candidate(t, n_layers, runtimes, minutes, None if left is None else left / 60 / 2)
     t.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     t.set_user_attr("recipe", cand.recipe)
     t.set_user_attr("runtime", cand.runtime)
@@ -143,6 +143,8 @@ def run_one(study, spec: dict, work: Path, n_layers: int, runtimes, distill, dea
         t.set_user_attr(k, v)
     if "error" in result:
         study.tell(t, state=TrialState.FAIL)
+        if result.get("timed_out"):  # not the candidate's fault: the next run of the command tries it again
+            study.enqueue_trial({}, user_attrs={"try_recipe": cand.recipe, "try_runtime": cand.runtime})
         shutil.rmtree(folder, ignore_errors=True)
         return
     t.set_constraint("drop", result["drop"] - max_drop)  # <= 0: feasible; TPE samples around feasible trials
@@ -202,10 +204,9 @@ def search(model: str | None, max_drop: float, out: str | os.PathLike, task: str
     if not study.trials:
         for c in picks:
             study.enqueue_trial({}, user_attrs={"try_recipe": c.recipe, "try_runtime": c.runtime})
-    distill = space.distill_choices(minutes)
     with report.progress(show_progress, n_trials, deadline) as bar:
         while (n_trials is None or counted(study) < n_trials) and time_left_for_one(study, deadline):
-            run_one(study, spec, work, n_layers, runtimes, distill, deadline, max_drop)
+            run_one(study, spec, work, n_layers, runtimes, minutes, deadline, max_drop)
             bar.update(study, choose(study, max_drop))
     chosen = choose(study, max_drop)
     if chosen is None:

@@ -39,7 +39,7 @@ def run(spec: dict, folder: Path, timeout: float | None) -> dict:
         proc = subprocess.run([sys.executable, "-m", "slimformer.search.trial", str(path)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"error": f"ran past the search's time budget ({timeout:.0f} s) and was stopped"}
+        return {"error": f"ran past the search's time budget ({timeout:.0f} s) and was stopped", "timed_out": True}
     if proc.returncode == 0 and result.is_file():
         return json.loads(result.read_text())
     lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
@@ -88,7 +88,8 @@ def measure_trial(spec: dict) -> dict:
     base = io.load(spec["model"])
     model_dir = Path(spec["dir"]) / "model"
     cand = _build(spec, base, model_dir)
-    out = {"stage": "proxy", "recipe": cand.manifest.get("recipe", ""), "build_s": round(time.perf_counter() - t0, 1)}
+    out = {"stage": "proxy", "recipe": cand.manifest.get("recipe") or None,  # what ran (None: the original)
+           "build_s": round(time.perf_counter() - t0, 1)}
     t1 = time.perf_counter()
     slice_q = probe.slice_score(cand, spec["task"])
     proxy = probe.cost(base, cand, spec["objective"], max(3, spec["runs"] // 4), spec["task"], all_shapes=False)
