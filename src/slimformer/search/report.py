@@ -16,8 +16,9 @@ ROW_KEYS = ("recipe", "runtime", "stage", "quality", "drop", "drop_95", "slice_q
             "latency_ms", "original_ms", "size_mb", "sentences_per_s", "worker", "wall_s", "error")
 
 
-def read_reference(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
+def read_reference(path: Path) -> dict | None:
+    """The original's figures a trial compares with (probe.reference), or None when not measured yet."""
+    return json.loads(Path(path).read_text()) if Path(path).is_file() else None
 
 
 def study_name(settings: dict) -> str:

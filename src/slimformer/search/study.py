@@ -186,11 +186,11 @@ def search(model: str | None, max_drop: float, out: str | os.PathLike, task: str
     deadline = None if minutes is None else time.time() + minutes * 60
     spec = {"model": model, "task": task, "objective": objective, "runs": runs,
             "reference": str(work / "reference" / "result.json")}
-    if not (work / "reference" / "result.json").is_file():  # measured once per machine, kept beside OUT
+    ref = report.read_reference(work / "reference" / "result.json")  # measured once per machine, kept beside OUT
+    if ref is None or (ref.get("model"), ref["task"]) != (model, task):
         ref = trials.run({**spec, "mode": "reference"}, work / "reference", None)
         if "error" in ref:
             raise SlimformerError(f"search: measuring the original failed: {ref['error']}")
-    ref = report.read_reference(work / "reference" / "result.json")
     settings = {"model": str(model or "all-MiniLM-L6-v2"), "task": task, "objective": objective,
                 "max_drop": max_drop, "runtimes": list(runtimes)}
     name = study_name or report.study_name(settings)

@@ -115,7 +115,7 @@ def main(path: str) -> None:
             from .. import io
             from .probe import reference
 
-            result = reference(io.load(spec["model"]), spec["task"])
+            result = {**reference(io.load(spec["model"]), spec["task"]), "model": spec["model"]}
         else:
             result = measure_trial(spec)
     except SlimformerError as e:
