@@ -166,6 +166,51 @@ def demo(full: bool = typer.Option(False, "--full", help="the README's table (lo
     typer.echo(run_demo(full=full, runs=runs))
 
 
+@app.command()
+def search(model: Optional[str] = MODEL_ARG,
+           max_drop: float = typer.Option(..., "--max-drop", help="quality budget: the most the task's score may "
+                                          "drop (points x100, on the whole split)"),
+           out: Path = typer.Option(..., "--out", "-o", help="the chosen model, with search.json / search.md / "
+                                    "pareto.png"),
+           task: Optional[str] = typer.Option(None, "--task", help="stsb-dev | sts:PATH | sst2 | cls:PATH "
+                                              "(default: stsb-dev for an embedder, the model's own for a classifier)"),
+           objective: str = typer.Option("latency@8x128", "--objective", help="latency@1x16 | latency@8x128 | "
+                                         "latency@32x32 | throughput | size"),
+           runtime: str = typer.Option("auto", "--runtime", help="torch | onnx | openvino | auto (search over every "
+                                       "runtime installed)"),
+           minutes: Optional[float] = typer.Option(None, "--minutes", help="wall-clock budget of this worker, "
+                                                   "distillation included (default 30 when --trials is not given)"),
+           trials: Optional[int] = typer.Option(None, "--trials", help="trials in the study, all workers together"),
+           storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage: an RDB URL (sqlite:///..., "
+                                                 "postgresql://...) or a journal file path for several machines "
+                                                 "(default: OUT.optuna.db beside OUT)"),
+           study: Optional[str] = typer.Option(None, "--study", help="study name (default: from model, task, "
+                                               "objective and budget, so the same command resumes)"),
+           tries: Optional[List[str]] = typer.Option(None, "--try", help="RECIPE[@RUNTIME] to run first (repeat; "
+                                                     "default: the original and prune(flops=0.8)+int8)"),
+           runs: int = typer.Option(20, "--runs", help="timed runs per shape of a full measurement"),
+           force: bool = typer.Option(False, "--force", help="overwrite an existing OUT")):
+    """The fastest (or smallest) model within a quality budget: an Optuna study over structure, int8,
+    distillation and runtime; each trial compresses, exports and measures in a subprocess. Rerun the same command
+    to resume; run it on several machines with one --storage to share the work."""
+    from .search.study import search as run_search
+
+    if task is None:
+        from . import io
+        from .measure.tasks import default_task
+
+        own = default_task(io.load(model))
+        task = "stsb-dev" if own == "stsb" else own  # never the test split the README reports
+    s = run_search(model, max_drop, out, task=task, objective=objective, runtime=runtime, minutes=minutes,
+                   n_trials=trials, storage=storage, study_name=study, force=force, tries=tries, runs=runs,
+                   show_progress=True)
+    chosen = next(r for r in s["trials"] if r["number"] == s["chosen"])
+    typer.echo(f"chosen: trial {chosen['number']}, {chosen['recipe'] or 'original'} @ {chosen['runtime']}: "
+               f"{s['task']} {chosen['quality']:.2f} (drop {chosen['drop']:.2f}), {chosen['cost']:.3f}x the "
+               f"original's {s['objective']}")
+    typer.echo(f"wrote {Path(out).resolve()}")
+
+
 def _warning_lines() -> None:
     """slimformer's own warnings (CoverageWarning) as one `warning:` line on stderr; others as Python prints them."""
     import sys

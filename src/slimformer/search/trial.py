@@ -1,0 +1,138 @@
+"""One trial in a subprocess: compress the original with the candidate's recipe, export it to the candidate's
+runtime, measure it (probe.py), and write the result as JSON. A subprocess, so that a crash, an out-of-memory kill
+or a hung export in one trial ends that trial only: the search records it as failed with its one-line error.
+
+    python -m slimformer.search.trial SPEC.json     # SPEC: what run() writes; the result goes to spec["result"]
+
+The spec's "mode" is "reference" (measure the original: its full and slice scores and their noise) or "trial".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .space import EXPORT_RUNTIME
+
+GRACE_S = 60  # a trial may overrun the search's time budget by this much before it is killed
+
+
+def run(spec: dict, folder: Path, timeout: float | None) -> dict:
+    """Run `spec` in a fresh Python process; its result dict, or {"error": one line} when it failed, was killed
+    (signal 9: most often out of memory) or ran past `timeout` seconds."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path, result = folder / "spec.json", folder / "result.json"
+    result.unlink(missing_ok=True)
+    path.write_text(json.dumps({**spec, "result": str(result)}))
+    import slimformer
+
+    env = dict(os.environ)  # the child imports this same slimformer (a source checkout shadows an installed one)
+    src = str(Path(slimformer.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "slimformer.search.trial", str(path)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"ran past the search's time budget ({timeout:.0f} s) and was stopped", "timed_out": True}
+    if proc.returncode == 0 and result.is_file():
+        return json.loads(result.read_text())
+    lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+    if proc.returncode < 0:
+        why = f"killed by signal {-proc.returncode}" + (" (out of memory?)" if proc.returncode == -9 else "")
+        return {"error": why}
+    return {"error": (lines[-1] if lines else f"exit code {proc.returncode}").removeprefix("error: ")}
+
+
+def _die_with_parent() -> None:
+    """A killed search must not leave its trial running: exit when the parent process is gone."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _build(spec: dict, base, out: Path):
+    """The candidate: compressed (if it has a recipe), written to `out` in its runtime's format, and loaded back
+    from there as a user would serve it."""
+    from .. import api, io
+    from ..runtime.export import export
+
+    cand = spec["candidate"]
+    small = api.compress(base, cand["recipe"], calib=spec.get("calib")) if cand["recipe"] else base
+    if cand["runtime"] == "torch":
+        io.save(small, out, force=True)
+    else:  # the runtime quantizes to int8 when the recipe did (it keeps the recipe's fp32 Linears in float)
+        int8 = any(step.startswith("int8") for step in (cand["recipe"] or "").split("+"))
+        export(small, out, int8=int8, runtime=EXPORT_RUNTIME[cand["runtime"]], force=True)
+    return io.load(out)
+
+
+def measure_trial(spec: dict) -> dict:
+    """Compress + export, then the proxy (quality on a slice, cost at the objective's shape); the full measurement
+    (whole split with its interval, every shape) only when the proxy is near the front (spec["full_if"])."""
+    from .. import io
+    from . import probe
+
+    ref = json.loads(Path(spec["reference"]).read_text())
+    t0 = time.perf_counter()
+    base = io.load(spec["model"])
+    model_dir = Path(spec["dir"]) / "model"
+    cand = _build(spec, base, model_dir)
+    out = {"stage": "proxy", "recipe": cand.manifest.get("recipe") or None,  # what ran (None: the original)
+           "build_s": round(time.perf_counter() - t0, 1)}
+    t1 = time.perf_counter()
+    slice_q = probe.slice_score(cand, spec["task"])
+    proxy = probe.cost(base, cand, spec["objective"], max(3, spec["runs"] // 4), spec["task"], all_shapes=False)
+    out.update(slice_quality=slice_q, slice_drop=ref["slice"] - slice_q, proxy_cost=proxy["cost"], **proxy,
+               drop=ref["slice"] - slice_q, proxy_s=round(time.perf_counter() - t1, 1))
+    full_if = spec["full_if"]
+    if out["slice_drop"] <= full_if["drop"] and proxy["cost"] <= full_if["cost"]:
+        t2 = time.perf_counter()
+        out.update(stage="full", **probe.full_quality(cand, spec["task"], ref),
+                   **probe.cost(base, cand, spec["objective"], spec["runs"], spec["task"], all_shapes=True))
+        out["full_s"] = round(time.perf_counter() - t2, 1)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def main(path: str) -> None:
+    from ..errors import SlimformerError
+
+    _die_with_parent()
+    spec = json.loads(Path(path).read_text())
+    try:
+        if spec["mode"] == "reference":
+            from .. import io
+            from .probe import reference
+
+            result = {**reference(io.load(spec["model"]), spec["task"]), "model": spec["model"]}
+        else:
+            result = measure_trial(spec)
+    except SlimformerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    except Exception as e:  # any crash is this trial's failure, in one line; the search goes on
+        print(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
+        raise SystemExit(1)
+    tmp = Path(spec["result"] + ".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(spec["result"])
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    main(sys.argv[1])
