@@ -195,3 +195,15 @@ def test_the_teacher_sentences_come_back_in_the_texts_order(tiny, sentences):
         torch.testing.assert_close(got[i], ref, atol=1e-5, rtol=1e-4)
     real = sum(len(tiny.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
     assert counts.sum() == real  # every real token counted once, no special token
+
+
+def test_encode_without_padding_equals_the_padded_batches(minilm, sentences):
+    """encode reads the Rust tokenizer's ids straight into a flat gather: the same vectors as the padded
+    tokenize -> forward path, truncation at max_seq_length included, whatever the shared tokenizer was last set to."""
+    m = random_static(minilm.tokenizer)
+    m.max_seq_length = 12
+    texts = sentences + ["a much longer sentence " * 20, ""]
+    minilm.tokenizer(["pad me", "and me too please"], padding="max_length", max_length=40)  # leaves padding on
+    b = m.tokenize(texts)
+    assert b["attention_mask"].sum(1).max() == 12  # the long ones are truncated in both paths
+    torch.testing.assert_close(m.encode(texts, convert_to_tensor=True), m(**b), atol=1e-6, rtol=0)

@@ -14,10 +14,12 @@ Zipf/SIF weights are folded into the rows, so the sentence vector is a plain mea
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
@@ -30,6 +32,7 @@ from .model import SentenceEncoder
 
 WEIGHTS = "model.safetensors"
 MAX_TOKENS = 512  # tokens read per sentence (model2vec's default); a mean needs no position table
+FLAT_CHUNK = 4096  # sentences tokenized at once by encode
 
 
 class StaticModel(SentenceEncoder, nn.Module):
@@ -82,11 +85,51 @@ class StaticModel(SentenceEncoder, nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         real = attention_mask.bool()  # (B, T)
-        rows = self.vectors(input_ids[real])  # (n, D): real tokens only, so padding never enters the sum
-        sentence = torch.repeat_interleave(torch.arange(len(input_ids)), real.sum(1))  # (n,) row -> sentence
-        out = torch.zeros(len(input_ids), self.dims).index_add_(0, sentence, rows)  # (B, D)
-        out = out / real.sum(1, keepdim=True).clamp_min(1)
+        return self.mean_of(input_ids[real], real.sum(1))  # real tokens only: padding never enters the sum
+
+    def mean_of(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The sentences' token ids one after another (n,) and each sentence's count (B,) -> (B, D) vectors."""
+        rows = self.vectors(ids)  # (n, D)
+        sentence = torch.repeat_interleave(torch.arange(len(lengths)), lengths)  # (n,) row -> sentence
+        out = torch.zeros(len(lengths), self.dims).index_add_(0, sentence, rows)  # (B, D)
+        out = out / lengths.unsqueeze(1).clamp_min(1)
         return F.normalize(out, dim=-1) if self.normalize else out
+
+    @torch.inference_mode()
+    def encode(self, sentences: str | list[str], batch_size: int = 32, show_progress_bar: bool = False,
+               convert_to_numpy: bool = True, convert_to_tensor: bool = False,
+               normalize_embeddings: bool | None = None) -> np.ndarray | torch.Tensor:
+        """SentenceEncoder.encode's result without its padded batches: at this speed the tokenizer is most of the
+        time, and its padded tensors (the transformers wrapper) cost about as much as the tokenization itself, so the
+        Rust tokenizer's ids go straight to a flat gather (no padding: batch_size does not change the result)."""
+        single = isinstance(sentences, str)
+        texts = [sentences] if single else list(sentences)
+        fast, out = self.fast_tokenizer(), []
+        for i in range(0, len(texts), FLAT_CHUNK):  # bounded memory for big corpora
+            ids = [e.ids[: self.max_seq_length] for e in fast.encode_batch_fast(texts[i : i + FLAT_CHUNK],
+                                                                               add_special_tokens=False)]
+            flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64)  # (n,)
+            lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))  # (B,)
+            out.append(self.mean_of(torch.from_numpy(flat), torch.from_numpy(lengths)))
+        emb = torch.cat(out) if out else torch.empty(0, self.dims)
+        if normalize_embeddings:
+            emb = F.normalize(emb, p=2, dim=-1)
+        if single:
+            emb = emb[0]
+        return emb if convert_to_tensor or not convert_to_numpy else emb.numpy()
+
+    def fast_tokenizer(self):
+        """A private copy of the Rust tokenizer with padding and truncation off (the transformers wrapper leaves its
+        last call's settings on the shared one)."""
+        fast = self.__dict__.get("_fast")
+        if fast is None:
+            from tokenizers import Tokenizer
+
+            fast = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
+            fast.no_padding()
+            fast.no_truncation()
+            self.__dict__["_fast"] = fast
+        return fast
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         if texts and not isinstance(texts[0], str):
