@@ -97,13 +97,20 @@ class SentenceEncoder:
         out = [self.embed_batch(self.tokenize([texts[j] for j in order[i : i + batch_size]])) for i in chunks]
         emb = torch.cat(out) if out else torch.empty(0, 0)
         emb = emb[torch.from_numpy(np.argsort(order))]  # back to input order
-        if normalize_embeddings:
-            emb = F.normalize(emb, p=2, dim=-1)
-        if single:
-            emb = emb[0]
-        if convert_to_tensor or not convert_to_numpy:
-            return emb
-        return emb.numpy()
+        return encode_output(emb, single, convert_to_numpy, convert_to_tensor, normalize_embeddings)
+
+
+def encode_output(emb: torch.Tensor, single: bool, convert_to_numpy: bool, convert_to_tensor: bool,
+                  normalize_embeddings: bool | None) -> np.ndarray | torch.Tensor:
+    """(N, H) embeddings in input order -> what encode returns, as sentence-transformers does: normalized on request,
+    (H,) for one string, a tensor or an array."""
+    if normalize_embeddings:
+        emb = F.normalize(emb, p=2, dim=-1)
+    if single:
+        emb = emb[0]
+    if convert_to_tensor or not convert_to_numpy:
+        return emb
+    return emb.numpy()
 
 
 class SlimModel(SentenceEncoder, nn.Module):

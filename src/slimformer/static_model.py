@@ -28,7 +28,7 @@ from torch import nn
 
 from .errors import WeightsError
 from .folder import MANIFEST, atomic_folder, manifest_fields
-from .model import SentenceEncoder
+from .model import SentenceEncoder, encode_output
 
 WEIGHTS = "model.safetensors"
 MAX_TOKENS = 512  # tokens read per sentence (model2vec's default); a mean needs no position table
@@ -122,11 +122,7 @@ class StaticModel(SentenceEncoder, nn.Module):
             lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))  # (B,)
             out.append(self.mean_of(torch.from_numpy(flat), torch.from_numpy(lengths)))
         emb = torch.cat(out) if out else torch.empty(0, self.dims)
-        if normalize_embeddings:
-            emb = F.normalize(emb, p=2, dim=-1)
-        if single:
-            emb = emb[0]
-        return emb if convert_to_tensor or not convert_to_numpy else emb.numpy()
+        return encode_output(emb, single, convert_to_numpy, convert_to_tensor, normalize_embeddings)
 
     def fast_tokenizer(self):
         """A private copy of the Rust tokenizer with padding and truncation off (the transformers wrapper leaves its
