@@ -81,7 +81,8 @@ class StaticModel(SentenceEncoder, nn.Module):
         per-call mapping and dequantizing made encode ~15% slower; the folder keeps the small table."""
         if self.mapping is None and self.weights is None:
             return self.embeddings[ids].float()
-        key = (self.embeddings.data_ptr(), self.embeddings._version, self.mapping is None, self.weights is None)
+        key = tuple((t.data_ptr(), t._version) if t is not None else None
+                    for t in (self.embeddings, self.mapping, self.weights))  # any of the three changed: expand again
         cached = self.__dict__.get("_expanded")
         if cached is None or cached[0] != key:
             everything = torch.arange(self.vocab_size)
