@@ -81,6 +81,17 @@ def test_forced_kernel_is_the_one_that_runs(layer_and_inputs, kernel, monkeypatc
     assert not ({KERNEL_OPS[k] for k in KERNELS if k != kernel} - {"aten::linear"}) & ops
 
 
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_a_call_outside_no_grad_runs_and_gives_the_same_values(layer_and_inputs, kernel):
+    """HF style `model(**x)` without no_grad: the input then requires grad (it comes from float parameters), which
+    the fbgemm kernel's in-place buffer writes used to refuse with an autograd error."""
+    lin, x = layer_and_inputs
+    int8_kernels.set_kernel(lin, kernel)
+    with torch.inference_mode():
+        expected = lin(x)
+    assert torch.equal(lin(x.clone().requires_grad_(True)), expected)
+
+
 def test_unknown_kernel_is_a_one_line_error(monkeypatch):
     monkeypatch.setenv(int8_kernels.ENV, "vnni512")
     with pytest.raises(slimformer.SlimformerError, match="SLIMFORMER_INT8_KERNEL 'vnni512': unknown kernel 'vnni512'"):

@@ -118,8 +118,11 @@ class Int8Linear(nn.Module):
         d = self.__dict__
         if "_kernel_small" not in d:  # not given a kernel yet, or deep-copied / moved: measured (or forced) now
             set_kernel(self, planned(self))
-        small = x.numel() <= SMALL_ROWS * self.in_features
-        return (d["_kernel_small"] if small else d["_kernel_large"])(self, x)
+        kernel = d["_kernel_small"] if x.numel() <= SMALL_ROWS * self.in_features else d["_kernel_large"]
+        if torch.is_grad_enabled():  # a call outside no_grad (HF style): int8 kernels have no backward, and the
+            with torch.no_grad():  # fbgemm one writes into buffers (out=), which autograd refuses outright
+                return kernel(self, x)
+        return kernel(self, x)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
