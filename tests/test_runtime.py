@@ -69,6 +69,21 @@ def test_zero_head_layer_exports(tiny, sentences, tmp_path):
     np.testing.assert_allclose(ort_model.encode(sentences[:4]), tiny.encode(sentences[:4]), atol=1e-4)
 
 
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_zero_head_layer_exports_to_each_runtime(tiny, sentences, tmp_path, runtime):
+    """A layer with every head pruned: its attention output projection has no inputs left, (N, 0). OpenVINO refused
+    the (N, 0) weight as a scalar MatMul operand; the export writes it as its bias broadcast (BiasOnly)."""
+    if runtime == "openvino":
+        pytest.importorskip("openvino")
+        pytest.importorskip("nncf")
+    from slimformer.passes import structure as S
+
+    S.slice_heads(tiny.encoder, tiny.adapter, [[0, 1], []])
+    assert tiny.encoder.encoder.layer[1].attention.output.dense.in_features == 0
+    back = slimformer.load(export(tiny, tmp_path / "z", int8=False, runtime=runtime))
+    np.testing.assert_allclose(back.encode(sentences[:4]), tiny.encode(sentences[:4]), atol=1e-4)
+
+
 def test_layers_with_different_head_counts_still_fuse_attention(tiny, sentences, tmp_path):
     import onnx
 

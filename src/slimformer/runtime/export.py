@@ -54,12 +54,27 @@ def _dequantize_embedding(q: QuantizedEmbedding) -> nn.Embedding:
     return emb
 
 
+class BiasOnly(nn.Module):
+    """What a Linear with no inputs left computes (a layer whose heads were all pruned: its attention output
+    projection is (N, 0)): its bias at every position. x (..., 0) -> (..., N). Exported as Expand of a constant,
+    where a (N, 0) weight became a scalar MatMul operand that OpenVINO refuses."""
+
+    def __init__(self, lin: nn.Linear):
+        super().__init__()
+        self.register_buffer("bias", lin.bias.detach().clone() if lin.bias is not None
+                             else torch.zeros(lin.out_features))  # (N,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bias.expand(*x.shape[:-1], self.bias.shape[0])
+
+
 def float_copy(model: SlimModel) -> SlimModel:
     """A copy of `model` made only of float torch modules (quantized ones dequantized), ready for export."""
     out = model.clone()
     replace_modules(out.net, lambda m, _: isinstance(m, Int8Linear), lambda m, _: _dequantize_linear(m))
     replace_modules(out.net, lambda m, _: isinstance(m, QuantizedEmbedding),
                     lambda m, _: _dequantize_embedding(m))
+    replace_modules(out.net, lambda m, _: isinstance(m, nn.Linear) and m.in_features == 0, lambda m, _: BiasOnly(m))
     return out
 
 

@@ -30,7 +30,12 @@ def require():
 def convert(onnx_path: Path, xml_path: Path, int8: bool) -> None:
     """ONNX (standard ops only: no ORT fusions) -> OpenVINO IR, int8 weights unless int8=False."""
     ov, nncf = require()
-    model = ov.convert_model(str(onnx_path))
+    try:
+        model = ov.convert_model(str(onnx_path))
+    except Exception as e:  # OpConversionFailure and friends: pages of frontend log; the first line names the op
+        lines = str(e).splitlines() or [type(e).__name__]
+        first = next((ln.strip() for ln in lines if "failed for" in ln), lines[0].strip())
+        raise SlimformerError(f"OpenVINO could not convert the graph: {first}") from None
     if int8:
         # NNCF logs statistics and draws a progress bar on stdout, which `bench --json` keeps for its JSON
         nncf.set_log_level(logging.WARNING)
