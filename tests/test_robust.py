@@ -326,6 +326,22 @@ def test_bench_peers_builds_every_peer_row_from_the_base(minilm, tiny, tmp_path,
     assert [r["source"] for name, r in rows.items() if name.startswith("slimformer")] == [tiny.manifest["source"]]
 
 
+def test_bench_peers_keeps_two_folders_of_one_recipe_apart(tiny, tmp_path, cli, monkeypatch):
+    """A search's pick and the hand-made model it matched share recipe and runtime: both rows stay in the table."""
+    from slimformer.measure import peers
+
+    monkeypatch.setattr(peers, "compare", lambda models, *a, **k: ({"rows": [{"name": n} for n in models]}, models))
+    monkeypatch.setattr(peers, "throughput", lambda encode, texts: 1.0)
+    monkeypatch.setattr(peers, "plot", lambda result, path: None)
+    monkeypatch.setattr(peers, "markdown", lambda result: "")
+    small = slimformer.compress(tiny, "int8", calib=["a short sentence here"] * 8)
+    a, b = slimformer.save(small, tmp_path / "a"), slimformer.save(small, tmp_path / "b")
+    p = cli("bench", "--peers", str(a), str(b), "--json", "--out-dir", str(tmp_path / "peers"))
+    assert p.returncode == 0, p.stderr
+    names = [r["name"] for r in json.loads(p.stdout)["rows"] if r["name"].startswith("slimformer")]
+    assert names == ["slimformer int8 [torch]", "slimformer int8 [torch] (b)"]
+
+
 @pytest.mark.slow
 def test_bench_peers_base_end_to_end(minilm, tmp_path, cli, monkeypatch):
     """Issue 13's acceptance: `bench --peers --base THREE_LAYER_MODEL` shows its parameter count in the fp32 row."""

@@ -128,7 +128,10 @@ def compare_peers(paths: list[str], runs: int, out_dir, show_progress: bool = Fa
         for p in paths:
             m = io.load(p)
             runtime = {"onnxruntime": "ORT", "openvino": "OpenVINO"}.get(m.manifest.get("runtime"), "torch")
-            models[f"slimformer {m.manifest.get('recipe') or p} [{runtime}]"] = m
+            name = f"slimformer {m.manifest.get('recipe') or p} [{runtime}]"
+            if name in models:  # two folders of one recipe and runtime (say, a search's pick and a hand-made one)
+                name += f" ({Path(p).name})"
+            models[name] = m
         result, _ = compare(models, {}, task, runs, throughput_texts=texts, show_progress=show_progress)
     st_dir = Path(base_dir) if base_dir is not None else io.default_model_dir()
     table = markdown(result)
