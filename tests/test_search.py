@@ -16,7 +16,8 @@ from slimformer.errors import BudgetError, RecipeError, SlimformerError
 from slimformer.search import report, space, study as studies, trial as trials
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-OFF = {"vocab": False, "layers": 6, "prune_flops": 1.0, "fnet": 0, "lowrank": 1.0, "int8": False, "runtime": "onnx"}
+OFF = {"vocab": False, "layers": 6, "prune_flops": 1.0, "fnet": 0, "lowrank": 1.0, "distill": 0.0, "int8": False,
+       "runtime": "onnx"}
 
 
 def test_all_off_is_the_original_and_all_on_is_the_full_recipe():
@@ -32,6 +33,11 @@ def test_all_off_is_the_original_and_all_on_is_the_full_recipe():
     assert "distill(minutes=3.0)" in c.recipe
     c = space.suggest(optuna.trial.FixedTrial({**on, "distill": 0.25}), 6, ("torch",), None)
     assert "distill(minutes=2.5)" in c.recipe  # no --minutes: shares of 10 minutes
+    # Fourier mixing and low-rank come only with training (untrained they lose 5-50 points): without it, neither
+    c = space.suggest(optuna.trial.FixedTrial({**on, "distill": 0.0}), 6, ("torch",), 30)
+    assert c.recipe == "vocab+layers(keep=4)+prune(flops=0.5)+int8(fp32=2, embedding_bits=4)"
+    c = space.suggest(optuna.trial.FixedTrial({**on, "distill": 0.25}), 6, ("torch",), 30, max_distill=1.0)
+    assert "fnet" not in c.recipe and "lowrank" not in c.recipe and "distill" not in c.recipe  # no time left
 
 
 def test_sampled_candidates_parse_and_stay_in_range():
@@ -45,6 +51,8 @@ def test_sampled_candidates_parse_and_stay_in_range():
         steps = parse(c.recipe) if c.recipe else []
         assert all(getattr(st, "keep", 6) >= 3 for st in steps if st.step == "layers")
         assert all(st.layers <= 3 for st in steps if st.step == "fnet")
+        if any(st.step in ("fnet", "lowrank") for st in steps):
+            assert any(st.step == "distill" for st in steps), c.recipe
         seen |= {st.step for st in steps} | {c.runtime}
         s.tell(t, [0.0, 0.0])
     assert seen >= {"vocab", "layers", "prune", "fnet", "lowrank", "int8", "torch", "onnx"}

@@ -81,10 +81,16 @@ def parse_try(text: str, runtimes: tuple[str, ...]) -> list[Candidate]:
 def suggest(trial, n_layers: int, runtimes: tuple[str, ...], minutes: float | None,
             max_distill: float | None = None) -> Candidate:
     """Sample one candidate. Steps in the order the passes compose: vocabulary, layers, joint heads+FFN pruning,
-    Fourier mixing of the first layers, low-rank factorization, then distillation (only after a structural change:
-    it repairs what structure broke) and int8. minutes: the search's budget (None: none). max_distill: minutes
+    Fourier mixing of the first layers and low-rank factorization (only when the candidate trains), then
+    distillation (only after a structural change: it repairs what structure broke) and int8. minutes: the search's budget (None: none). max_distill: minutes
     left for training; a larger sampled share runs as the largest that fits, and the recipe records what ran."""
     steps = []
+    # training first: Fourier mixing and low-rank factorization are sampled only for a candidate that trains (both
+    # lose 5-50 STS-B points untrained, README: a trial spent on them untrained is a trial lost)
+    fits = [distill_minutes(s, minutes) for s in DISTILL_SHARES]
+    train = distill_minutes(trial.suggest_categorical("distill", list(DISTILL_SHARES)), minutes)
+    if max_distill is not None and train > max_distill:
+        train = max([m for m in fits if m <= max_distill], default=0.0)
     if trial.suggest_categorical("vocab", [False, True]):
         steps.append("vocab")
     keep = trial.suggest_int("layers", max(1, n_layers // 2), n_layers)
@@ -94,19 +100,14 @@ def suggest(trial, n_layers: int, runtimes: tuple[str, ...], minutes: float | No
     flops = round(trial.suggest_float("prune_flops", low, high, step=step), 2)
     if flops < 1.0:
         steps.append(f"prune(flops={flops})")
-    fnet = trial.suggest_int("fnet", 0, max(0, keep // 2))
+    fnet = trial.suggest_int("fnet", 0, max(0, keep // 2)) if train > 0 else 0
     if fnet:
         steps.append(f"fnet(layers={fnet})")
-    ratio = trial.suggest_categorical("lowrank", list(LOWRANK_RATIOS))
+    ratio = trial.suggest_categorical("lowrank", list(LOWRANK_RATIOS)) if train > 0 else 1.0
     if ratio < 1.0:
         steps.append(f"lowrank(ratio={ratio})")
-    if steps:
-        fits = [distill_minutes(s, minutes) for s in DISTILL_SHARES]
-        train = distill_minutes(trial.suggest_categorical("distill", list(DISTILL_SHARES)), minutes)
-        if max_distill is not None and train > max_distill:
-            train = max([m for m in fits if m <= max_distill], default=0.0)
-        if train > 0:
-            steps.append(f"distill(minutes={train})")
+    if steps and train > 0:  # distillation repairs what structure broke: nothing to repair, nothing to train
+        steps.append(f"distill(minutes={train})")
     if trial.suggest_categorical("int8", [False, True]):
         fp32 = trial.suggest_int("int8_fp32", 0, MAX_FP32)
         bits = trial.suggest_categorical("embedding_bits", [8, 4])
