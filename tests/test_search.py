@@ -101,6 +101,32 @@ def test_choice_pareto_rows_and_markdown(tmp_path):
     assert (tmp_path / "pareto.png").stat().st_size > 1000
 
 
+def test_peers_are_listed_and_plotted_beside_the_trials(tmp_path):
+    s = optuna.create_study(directions=["minimize", "minimize"])
+    _add(s, [(0.2, 0.9, "full")])
+    peer = {"name": "ORT optimized + int8 per-channel", "quality": 79.6, "drop": 0.4, "drop_95": [0.1, 0.7],
+            "cost": 0.65, "latency_ms": {"8x128": 65.0}, "size_mb": 22.8}
+    summary = report.summary(s, {**META, "peers": [peer]}, studies.choose(s, 1.0))
+    md = report.markdown(summary)
+    assert "| ORT optimized + int8 per-channel | 79.60 | 0.40 (0.10, 0.70) | 0.650 |" in md
+    report.write(tmp_path, summary)
+    assert (tmp_path / "pareto.png").stat().st_size > 1000
+    assert "Peers" not in report.markdown(report.summary(s, META, None))  # none measured: no table
+
+
+@pytest.mark.slow
+def test_peers_mode_measures_every_peer_on_the_search_task(tiny_dir, sts_slice, tmp_path):
+    spec = {"model": str(tiny_dir), "task": f"sts:{sts_slice}", "objective": "latency@1x16", "runs": 2,
+            "reference": str(tmp_path / "reference" / "result.json")}
+    assert "error" not in trials.run({**spec, "mode": "reference"}, tmp_path / "reference", 600)
+    got = trials.run({**spec, "mode": "peers"}, tmp_path / "peers", 600)
+    names = [r["name"] for r in got["peers"]]
+    assert names[:3] == ["torch.ao dynamic int8", "ORT fp32", "ORT optimized + int8 per-channel"]
+    by = {r["name"]: r for r in got["peers"]}
+    assert abs(by["ORT fp32"]["drop"]) < 0.5  # the same float model under another runtime
+    assert all(r["cost"] > 0 and set(r["latency_ms"]) == {"1x16", "8x128", "32x32"} for r in got["peers"])
+
+
 def test_nothing_within_budget_names_the_closest_and_writes_search_json(tmp_path):
     s = optuna.create_study(directions=["minimize", "minimize"])
     _add(s, [(1.5, 0.4, "full"), (0.7, 0.3, "proxy")])

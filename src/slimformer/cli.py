@@ -189,6 +189,8 @@ def search(model: Optional[str] = MODEL_ARG,
            tries: Optional[List[str]] = typer.Option(None, "--try", help="RECIPE[@RUNTIME] to run first (repeat; "
                                                      "default: the original and prune(flops=0.8)+int8)"),
            runs: int = typer.Option(20, "--runs", help="timed runs per shape of a full measurement"),
+           peers: bool = typer.Option(False, "--peers", help="also measure bench --peers' rows once on this machine "
+                                      "(minutes, out of --minutes): reference points in search.md and pareto.png"),
            force: bool = typer.Option(False, "--force", help="overwrite an existing OUT")):
     """The fastest (or smallest) model within a quality budget: an Optuna study over structure, int8,
     distillation and runtime; each trial compresses, exports and measures in a subprocess. Rerun the same command
@@ -203,7 +205,7 @@ def search(model: Optional[str] = MODEL_ARG,
         task = "stsb-dev" if own == "stsb" else own  # never the test split the README reports
     s = run_search(model, max_drop, out, task=task, objective=objective, runtime=runtime, minutes=minutes,
                    n_trials=trials, storage=storage, study_name=study, force=force, tries=tries, runs=runs,
-                   show_progress=True)
+                   show_progress=True, peers=peers)
     chosen = next(r for r in s["trials"] if r["number"] == s["chosen"])
     typer.echo(f"chosen: trial {chosen['number']}, {chosen['recipe'] or 'original'} @ {chosen['runtime']}: "
                f"{s['task']} {chosen['quality']:.2f} (drop {chosen['drop']:.2f}), {chosen['cost']:.3f}x the "

@@ -1,5 +1,6 @@
 """What a search leaves behind: search.json (every trial of the study), search.md (the Pareto table) and
-pareto.png (quality vs the objective, the chosen point marked, the original as reference); the progress bar."""
+pareto.png (quality vs the objective, the chosen point marked, the original and, with --peers, the peers as
+reference points); the progress bar."""
 
 from __future__ import annotations
 
@@ -93,6 +94,14 @@ def markdown(s: dict) -> str:
                      f"{r['drop']:.2f} ({lo:.2f}, {hi:.2f}) | {r['cost']:.3f} | "
                      + " | ".join(_ms(r, k) for k in shapes) + f" | {r['size_mb']:.1f} | "
                      + ("**yes**" if r["number"] == s["chosen"] else "") + " |")
+    if s.get("peers"):
+        lines += ["", "Peers (`bench --peers`' rows: the original under each peer's runtime), measured the same way on "
+                  "this machine:", "", "| peer | quality | drop (95%) | cost | " + " | ".join(f"ms {k}" for k in shapes)
+                  + " | MB |", "|" + "---|" * (5 + len(shapes))]
+        for r in s["peers"]:
+            lo, hi = r["drop_95"]
+            lines.append(f"| {r['name']} | {r['quality']:.2f} | {r['drop']:.2f} ({lo:.2f}, {hi:.2f}) | "
+                         f"{r['cost']:.3f} | " + " | ".join(_ms(r, k) for k in shapes) + f" | {r['size_mb']:.1f} |")
     states = {}
     for r in s["trials"]:
         key = r["state"] if r["state"] != "COMPLETE" else f"complete ({r['stage']})"
@@ -115,6 +124,10 @@ def plot(s: dict, path: Path) -> None:
     ax.scatter([r["cost"] for r in full], [r["quality"] for r in full], s=18, color="tab:blue", label="trials")
     ax.plot([r["cost"] for r in front], [r["quality"] for r in front], color="tab:blue", lw=1)
     ax.scatter([1.0], [s["original"]["value"]], marker="D", color="black", label="original")
+    for i, r in enumerate(s.get("peers", [])):
+        ax.scatter([r["cost"]], [r["quality"]], marker="x", color="gray", label="peers" if i == 0 else None)
+        ax.annotate(r["name"], (r["cost"], r["quality"]), fontsize=6, color="gray", xytext=(3, 3),
+                    textcoords="offset points")
     ax.axhline(s["original"]["value"] - s["max_drop"], ls="--", color="gray", lw=1, label="budget")
     for r in full:
         if r["number"] == s["chosen"]:

@@ -156,10 +156,12 @@ def run_one(study, spec: dict, work: Path, n_layers: int, runtimes, minutes, dea
 def search(model: str | None, max_drop: float, out: str | os.PathLike, task: str | None = None,
            objective: str = "latency@8x128", runtime: str = "auto", minutes: float | None = None,
            n_trials: int | None = None, storage: str | None = None, study_name: str | None = None,
-           force: bool = False, tries: list[str] | None = None, runs: int = 20, show_progress: bool = False) -> dict:
+           force: bool = False, tries: list[str] | None = None, runs: int = 20, show_progress: bool = False,
+           peers: bool = False) -> dict:
     """Search for the lowest-cost model whose quality drop on `task` is at most `max_drop`; write it to OUT with
     search.json / search.md / pareto.png and return search.json's content. Nothing found: search.json goes beside
-    OUT (OUT.search.json) and a BudgetError names the closest trial."""
+    OUT (OUT.search.json) and a BudgetError names the closest trial. peers: also measure `bench --peers`' rows once
+    on this machine (kept beside OUT like the original's figures), as reference points in search.md and pareto.png."""
     from .. import io
     from ..arch import blocks
     from ..measure.tasks import check_task
@@ -191,11 +193,19 @@ def search(model: str | None, max_drop: float, out: str | os.PathLike, task: str
         ref = trials.run({**spec, "mode": "reference"}, work / "reference", None)
         if "error" in ref:
             raise SlimformerError(f"search: measuring the original failed: {ref['error']}")
+    peer_rows = []
+    if peers:  # measured once per machine, task and objective, like the reference
+        got = report.read_reference(work / "peers" / "result.json")
+        if got is None or (got.get("model"), got["task"], got["objective"]) != (model, task, objective):
+            got = trials.run({**spec, "mode": "peers"}, work / "peers", None)
+            if "error" in got:
+                raise SlimformerError(f"search: measuring the peers failed: {got['error']}")
+        peer_rows = got["peers"]
     settings = {"model": str(model or "all-MiniLM-L6-v2"), "task": task, "objective": objective,
                 "max_drop": max_drop, "runtimes": list(runtimes)}
     name = study_name or report.study_name(settings)
     meta = {**settings, "metric": ref["metric"], "study": name, "storage": storage or "sqlite (beside OUT)",
-            "original": {k: ref[k] for k in ("value", "noise", "size_mb", "n")}}
+            "original": {k: ref[k] for k in ("value", "noise", "size_mb", "n")}, "peers": peer_rows}
     if max_drop < ref["noise"]:
         return report.fail(None, meta, out, f"--max-drop {max_drop} is below the original's re-measurement noise "
                            f"({ref['noise']:.4f} points: a slice of {task} scored again with another batch size)")

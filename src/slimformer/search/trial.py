@@ -4,7 +4,8 @@ or a hung export in one trial ends that trial only: the search records it as fai
 
     python -m slimformer.search.trial SPEC.json     # SPEC: what run() writes; the result goes to spec["result"]
 
-The spec's "mode" is "reference" (measure the original: its full and slice scores and their noise) or "trial".
+The spec's "mode" is "reference" (measure the original: its full and slice scores and their noise), "peers" (the
+peers of `bench --peers`, measured like a full trial) or "trial".
 """
 
 from __future__ import annotations
@@ -105,6 +106,27 @@ def measure_trial(spec: dict) -> dict:
     return out
 
 
+def measure_peers(spec: dict) -> dict:
+    """`bench --peers`' rows (the original under torch.ao int8, ORT fp32 and int8, OpenVINO int8 weights) measured as
+    a fully measured trial is, on the search's task, objective and machine: reference points for search.md and
+    pareto.png."""
+    import tempfile
+
+    from .. import io
+    from ..measure.peers import peer_models
+    from . import probe
+
+    ref = json.loads(Path(spec["reference"]).read_text())
+    base = io.load(spec["model"])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:  # the peers' exports live until they are measured
+        for name, m in peer_models(base, tmp).items():
+            if m is not base:
+                rows.append({"name": name, **probe.full_quality(m, spec["task"], ref),
+                             **probe.cost(base, m, spec["objective"], spec["runs"], spec["task"], all_shapes=True)})
+    return {"model": spec["model"], "task": spec["task"], "objective": spec["objective"], "peers": rows}
+
+
 def main(path: str) -> None:
     from ..errors import SlimformerError
 
@@ -116,6 +138,8 @@ def main(path: str) -> None:
             from .probe import reference
 
             result = {**reference(io.load(spec["model"]), spec["task"]), "model": spec["model"]}
+        elif spec["mode"] == "peers":
+            result = measure_peers(spec)
         else:
             result = measure_trial(spec)
     except SlimformerError as e:
