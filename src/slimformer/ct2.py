@@ -28,8 +28,10 @@ SPEC = "WhisperSpec"
 
 
 def read_model_bin(path: str | Path) -> tuple[str, int, dict[str, np.ndarray], dict[str, str]]:
-    """(spec name, spec revision, {name: array}, {alias: name}) of a CTranslate2 model.bin. bfloat16 arrays come
-    back as float32 (numpy has no bfloat16)."""
+    """(spec name, spec revision, {name: array}, {alias: name}) of a CTranslate2 model.bin. The converter stores
+    equal variables once and names the others as aliases of it (tied embeddings; at random init every zero bias
+    and unit gamma): aliases are resolved into the dict too. bfloat16 arrays come back as float32 (numpy has no
+    bfloat16)."""
     data = Path(path).read_bytes()
     pos = 0
 
@@ -68,6 +70,9 @@ def read_model_bin(path: str | Path) -> tuple[str, int, dict[str, np.ndarray], d
     for _ in range(take("I")):
         alias = string()
         aliases[alias] = string()
+    for alias, target in aliases.items():
+        if target in variables:
+            variables.setdefault(alias, variables[target])
     return spec, revision, variables, aliases
 
 
@@ -75,9 +80,16 @@ def _weight(variables: dict[str, np.ndarray], name: str) -> torch.Tensor:
     """A variable as float32; an int8 weight dequantized with its per-row scale."""
     arr = variables[name]
     scale = variables.get(name + "_scale")
-    if arr.dtype == np.int8 and scale is not None:  # (N, K) int8, (N,) scale: w = q / scale
-        return torch.from_numpy(arr.astype(np.float32) / np.asarray(scale, np.float32).reshape(-1, 1))
+    if arr.dtype == np.int8 and scale is not None:  # (N, ...) int8, (N,) scale: w = q / scale
+        scale = np.asarray(scale, np.float32).reshape(-1, *[1] * (arr.ndim - 1))
+        return torch.from_numpy(arr.astype(np.float32) / scale)
     return torch.from_numpy(arr.astype(np.float32))
+
+
+def tied(variables: dict[str, np.ndarray]) -> bool:
+    """Whether the output projection is the token table (absent, or an alias of it: the same array)."""
+    proj = variables.get("decoder/projection/weight")
+    return proj is None or proj is variables["decoder/embeddings/weight"]
 
 
 def _count(variables: dict, prefix: str) -> int:
@@ -102,7 +114,7 @@ def whisper_config_kwargs(variables: dict[str, np.ndarray], ct2_config: dict, sp
         pad_token_id=eot, bos_token_id=eot, eos_token_id=eot, decoder_start_token_id=sot,
         suppress_tokens=list(ct2_config.get("suppress_ids", [])),
         begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin", [])),
-        tie_word_embeddings="decoder/projection/weight" not in variables, architectures=[
+        tie_word_embeddings=tied(variables), architectures=[
             "WhisperForConditionalGeneration"])
 
 
@@ -148,7 +160,7 @@ def whisper_state_dict(variables: dict[str, np.ndarray]) -> dict[str, torch.Tens
     for j in (1, 2):
         _linear(out, f"model.encoder.conv{j}", v(f"encoder/conv{j}/weight"), v(f"encoder/conv{j}/bias"))
     out["model.decoder.embed_tokens.weight"] = v("decoder/embeddings/weight")
-    if "decoder/projection/weight" in variables:  # untied output projection
+    if not tied(variables):  # an output projection of its own
         out["proj_out.weight"] = v("decoder/projection/weight")
     return out
 

@@ -9,6 +9,7 @@ beam_size=1 does it: the config's suppress_tokens at every step, begin_suppress_
 
 from __future__ import annotations
 
+import os
 from math import gcd
 from pathlib import Path
 
@@ -59,9 +60,12 @@ class SpeechProcessor:
         self.feature_extractor, self.tokenizer = feature_extractor, tokenizer
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> "SpeechProcessor":
+    def from_pretrained(cls, folder: str | Path) -> "SpeechProcessor | None":
+        """None for a folder without preprocessor_config.json (a model built in code, fed input_features)."""
         from transformers import AutoTokenizer, WhisperFeatureExtractor
 
+        if not (Path(folder) / "preprocessor_config.json").is_file():
+            return None
         return cls(WhisperFeatureExtractor.from_pretrained(folder), AutoTokenizer.from_pretrained(folder))
 
     def __call__(self, audio: list[np.ndarray]) -> dict[str, torch.Tensor]:
@@ -77,10 +81,11 @@ class SpeechProcessor:
 
 
 @torch.inference_mode()
-def greedy_ids(net, features: torch.Tensor, prompt: list[int], max_new_tokens: int = MAX_NEW_TOKENS
-               ) -> list[list[int]]:
+def greedy_ids(net, features: torch.Tensor, prompt: list[int], max_new_tokens: int = MAX_NEW_TOKENS,
+               min_new_tokens: int = 0) -> list[list[int]]:
     """Greedy decoding with the KV cache: the new token ids of each clip (prompt and <|endoftext|> left out).
-    features (B, 80, 3000); `net` a WhisperForConditionalGeneration (possibly narrowed)."""
+    features (B, 80, 3000); `net` a WhisperForConditionalGeneration (possibly narrowed). min_new_tokens: no
+    <|endoftext|> before that many (for timing a fixed amount of decoding)."""
     cfg = net.config
     eot = cfg.eos_token_id
     enc = net.get_encoder()(input_features=features).last_hidden_state  # (B, 1500, D)
@@ -96,6 +101,8 @@ def greedy_ids(net, features: torch.Tensor, prompt: list[int], max_new_tokens: i
         logits[:, suppress] = float("-inf")
         if i == 0:
             logits[:, begin] = float("-inf")
+        if i < min_new_tokens:
+            logits[:, eot] = float("-inf")
         nxt = logits.argmax(-1)  # (B,)
         nxt[done] = eot
         for b in range(len(features)):
@@ -124,6 +131,24 @@ def transcribe(model, audio: list[np.ndarray], batch_size: int = 8) -> list[str]
     return texts
 
 
+def read_speech_tsv(path: str | Path) -> tuple[list[np.ndarray], list[str]]:
+    """(clips, texts) of a TSV with header `audio<TAB>text`, audio paths relative to the TSV (WAV, resampled to
+    16 kHz mono where they are not)."""
+    from .data import _read_tsv
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(f"speech set not found: {path}")
+    header, rows = _read_tsv(path)
+    if header[:2] != ["audio", "text"]:
+        raise DataFormatError(f"{path}: header must be audio<TAB>text, got {chr(9).join(header)!r}")
+    bad = [n for n, cells in rows if len(cells) < 2]
+    if bad or not rows:
+        raise DataFormatError(f"{path}: line {bad[0]} has no text column" if bad else f"{path}: no utterances")
+    clips = [read_wav(path.parent / cells[0]) for _, cells in rows]
+    return clips, [cells[1] for _, cells in rows]
+
+
 def calibration_batches(model, clips: list[np.ndarray], texts: list[str] | None = None) -> list[dict]:
     """One batch per clip: {"input_features": (1, 80, 3000), "decoder_input_ids": (1, T)}, the decoder's input
     the prompt plus the clip's own transcript (given, or the model's greedy one): what the passes measure the
@@ -137,3 +162,23 @@ def calibration_batches(model, clips: list[np.ndarray], texts: list[str] | None 
         ids = prompt + proc.tokenizer(" " + text.strip(), add_special_tokens=False)["input_ids"]
         batches.append({**proc([clip]), "decoder_input_ids": torch.tensor([ids])})
     return batches
+
+
+def speech_calibration(calib, model) -> list[dict]:
+    """`compress`'s calib argument for a speech model -> calibration batches (calibration_batches): a TSV path
+    (audio<TAB>text, read_speech_tsv), a list of (16 kHz clip, transcript) pairs, or ready batches (dicts with
+    input_features and decoder_input_ids). Keep it disjoint from the WER set. There is no default: no speech is
+    shipped with the package."""
+    if calib is None:
+        raise SlimformerError("a speech model calibrates on speech: give calib, a TSV with header audio<TAB>text "
+                              "(benchmarks/speech_set.py makes one from the data folder's train sentences)")
+    if isinstance(calib, (str, os.PathLike)):
+        clips, texts = read_speech_tsv(calib)
+    else:
+        pairs = list(calib)
+        if pairs and all(isinstance(p, dict) and "input_features" in p for p in pairs):
+            return pairs
+        if not pairs or not all(isinstance(p, (tuple, list)) and len(p) == 2 for p in pairs):
+            raise SlimformerError("calibration for a speech model: a TSV path, or a list of (clip, text) pairs")
+        clips, texts = [np.asarray(c, dtype=np.float32) for c, _ in pairs], [t for _, t in pairs]
+    return calibration_batches(model, clips, texts)
