@@ -149,6 +149,12 @@ def test_speech_model_needs_speech_calibration():
         slimformer.compress(build(), "int8")
 
 
+@pytest.mark.parametrize("recipe", ["fnet(layers=1)", "vocab", "distill(steps=1)", "int8+freeze"])
+def test_steps_not_yet_for_speech_are_refused_with_one_line(recipe):
+    with pytest.raises(SlimformerError, match="does not apply to a speech model"):
+        slimformer.compress(build(), recipe, calib=CALIB)
+
+
 # ------------------------------------------------------------------------------------------------- WER
 
 def test_wer_on_hand_made_cases():
