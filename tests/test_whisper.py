@@ -202,6 +202,7 @@ def test_ct2_reader_inverts_ctranslate2s_converter(tmp_path):
         spec.register_vocabulary([f"t{i}" for i in range(64)])
         spec.validate()
         spec.optimize(quantization=quantization)  # equal tensors become aliases: the reader resolves them
+        (tmp_path / quantization).mkdir()
         spec.save(str(tmp_path / quantization))
         name, _, variables, _ = read_model_bin(tmp_path / quantization / "model.bin")
         state = whisper_state_dict(variables)
