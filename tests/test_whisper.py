@@ -219,7 +219,7 @@ def test_ct2_reader_inverts_ctranslate2s_converter(tmp_path):
 
 
 @pytest.mark.slow
-def test_whisper_base_transcribes_as_ctranslate2():
+def test_whisper_base_transcribes_as_ctranslate2(tmp_path):
     """The converted folder and ctranslate2 on the PyPI parts give the same greedy transcript of a sentence spoken
     by espeak-ng (what benchmarks/fetch_whisper.py checks once at conversion, here on another sentence)."""
     folder = ROOT / "models" / "whisper-base"
@@ -237,9 +237,9 @@ def test_whisper_base_transcribes_as_ctranslate2():
 
     model = slimformer.load(folder)
     text = "Two dogs are running through a field of tall grass."
-    clip = speak(text, tmp := Path(__import__("tempfile").mkdtemp()) / "a.wav")
+    clip = speak(text, tmp_path / "a.wav")
     feats = model.tokenizer([clip])["input_features"]
     ours = slimformer.speech.transcribe(model, [clip])
-    assert ours == ct2_transcripts(ct2_folder(tmp), feats.numpy(), model.tokenizer.tokenizer)
+    assert ours == ct2_transcripts(ct2_folder(tmp_path), feats.numpy(), model.tokenizer.tokenizer)
     assert word_errors(normalize(text), normalize(ours[0])) <= 2
     json.dumps(ours)
