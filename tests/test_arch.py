@@ -22,6 +22,11 @@ TINY = {**{t: HF for t in BERT_LAYOUT}, "mpnet": HF,
 VISION = dict(hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=FFN, image_size=16,
               patch_size=4)
 TINY.update({t: VISION for t in ("vit", "deit", "clip_vision_model")})  # pixel_values in: tests/test_vision.py
+# speech (encoder-decoder): the row is the encoder's stack; tests/test_whisper.py covers the decoder's two
+TINY["whisper"] = dict(vocab_size=VOCAB, d_model=H, encoder_layers=LAYERS, decoder_layers=LAYERS,
+                       encoder_attention_heads=HEADS, decoder_attention_heads=HEADS, encoder_ffn_dim=FFN,
+                       decoder_ffn_dim=FFN, pad_token_id=0, bos_token_id=0, eos_token_id=0,
+                       decoder_start_token_id=1)
 
 
 def tiny(model_type: str) -> nn.Module:

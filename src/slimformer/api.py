@@ -9,6 +9,7 @@ from .model import SlimModel
 from .passes import Context, run_passes
 from .passes.calib import Calibration
 from .recipe import steps_of, to_text
+from .speech import is_speech, speech_calibration
 from .vision import calibration_pixels, is_image
 
 CALIB_SENTENCES = 512  # default calibration size: enough for activation ranges and importance, seconds to run
@@ -26,7 +27,9 @@ def compress(model: SlimModel, recipe: str | list, calib: list | str | None = No
     checkpoint_dir: where training steps keep resumable state (the same call after a crash resumes from it). The
     manifest records the recipe as canonical text (recipe.to_text)."""
     steps = steps_of(recipe)  # parsed (text) or checked (configs) once, before anything is copied or read
-    if is_image(model):  # images (a folder, tensors, or random-normal pixels): no text, no vocabulary
+    if is_speech(model):  # clips with their transcripts (speech.speech_calibration): no text corpus
+        corpus, calibration = None, Calibration(speech_calibration(calib, model))
+    elif is_image(model):  # images (a folder, tensors, or random-normal pixels): no text, no vocabulary
         corpus, calibration = None, Calibration.from_pixels(calibration_pixels(calib, model))
     else:  # the whole calibration text for vocabulary pruning; a sample of it for everything else
         corpus = calib if isinstance(calib, list) else calibration_texts(None, path=calib)

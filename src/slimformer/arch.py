@@ -39,6 +39,9 @@ class Adapter:
     kv_heads_key: str | None = None  # grouped-query attention: config key of the number of key/value heads
     head_dim_key: str | None = None  # config key of the head width, where it is not hidden / heads
     kv_groups_attr: str | None = None  # attribute of `attn`: query heads per key/value head (repeat_kv reads it)
+    record: str = "slimformer"  # prefix of the config keys the structure record writes (one per stack of a model)
+    float_modules: tuple[str, ...] = ()  # name suffixes int8 leaves alone (read as raw tensors by their owner)
+    min_heads: int = 0  # heads every attending layer keeps (a decoder's KV cache, which positions are read off)
 
     def roles(self) -> dict[str, str]:
         return {"q": self.q, "k": self.k, "v": self.v, "o": self.o, "ffn_in": self.ffn_in, "ffn_out": self.ffn_out,
@@ -91,9 +94,35 @@ VISION_ADAPTERS = {
         "o": "self_attn.out_proj", "attn": "self_attn", "heads_attrs": ("num_heads",)}),
 }
 
+# Whisper (speech, encoder-decoder): paths relative to WhisperModel (the base model). Three stacks of blocks: the
+# encoder's self-attention + FFN (the adapter of model_type "whisper", what single-stack code sees), the decoder's
+# self-attention + FFN, and the decoder's cross-attention over the encoder's states. Each records its own widths
+# (`record`): they share one config. WhisperAttention reshapes k/v with its `num_heads`, so that is kept in step. The
+# encoder reads its sinusoidal positions' `.weight` directly: never quantized.
+_WHISPER = dict(q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj", o="self_attn.out_proj",
+                ffn_in="fc1", ffn_out="fc2", attn="self_attn", heads_attrs=("num_heads",), width_attrs=(),
+                hidden_key="d_model", o_in_attn=True, modality="speech", float_modules=("embed_positions",))
+WHISPER_ENCODER = Adapter(name="whisper", layers="encoder.layers", word_embeddings=None,
+                          heads_key="encoder_attention_heads", ffn_key="encoder_ffn_dim", layers_key="encoder_layers",
+                          **_WHISPER)
+WHISPER_DECODER = Adapter(name="whisper_decoder", layers="decoder.layers", word_embeddings="decoder.embed_tokens",
+                          heads_key="decoder_attention_heads", ffn_key="decoder_ffn_dim", layers_key="decoder_layers",
+                          record="slimformer_decoder", min_heads=1, **_WHISPER)
+_CROSS = {**_WHISPER, "q": "encoder_attn.q_proj", "k": "encoder_attn.k_proj", "v": "encoder_attn.v_proj",
+          "o": "encoder_attn.out_proj", "attn": "encoder_attn"}
+WHISPER_CROSS = Adapter(name="whisper_cross", layers="decoder.layers", word_embeddings="decoder.embed_tokens",
+                        heads_key="decoder_attention_heads", ffn_key="decoder_ffn_dim", layers_key="decoder_layers",
+                        record="slimformer_cross", **_CROSS)
+# model_type -> every stack of blocks, encoder first; models not listed have one (their ADAPTERS row)
+STACKS: dict[str, tuple[Adapter, ...]] = {"whisper": (WHISPER_ENCODER, WHISPER_DECODER, WHISPER_CROSS)}
+# the stack `layers` drops from, where it is not the model's own adapter: Whisper's decoder layers run once per
+# generated token (Distil-Whisper keeps the encoder and drops decoder layers)
+LAYER_STACK: dict[str, Adapter] = {"whisper": WHISPER_DECODER}
+
 # model_type -> adapter
 ADAPTERS: dict[str, Adapter] = {
     **VISION_ADAPTERS,
+    "whisper": WHISPER_ENCODER,
     **{model_type: _BERT for model_type in BERT_LAYOUT},
     "mpnet": Adapter(
         name="mpnet",
@@ -193,6 +222,8 @@ CAUSAL_LM = "causal-lm"
 # decoder language models, by full class name: only those whose decoder an adapter above describes (an encoder run
 # as a decoder, BertForCausalLM / BertLMHeadModel, is not one of them)
 CAUSAL_LMS = ("Gemma3ForCausalLM",)
+SPEECH_SEQ2SEQ = "speech-seq2seq"  # an encoder-decoder transcriber: input_features in, token logits out
+SPEECH_MODELS = ("WhisperForConditionalGeneration",)
 # not task heads: the bare encoder or a pre-training objective, so the base model is what is kept (BertLMHeadModel
 # ends in "Model" but is a causal language model: not a base model)
 NOT_HEADS = ("Model", "ForMaskedLM", "ForPreTraining")
@@ -204,7 +235,8 @@ def head_of(architectures: list[str] | None) -> str | None:
     fallback to the base model."""
     heads = set()
     for name in architectures or []:
-        head = CAUSAL_LM if name in CAUSAL_LMS else next((h for s, h in HEADS.items() if name.endswith(s)), None)
+        head = (CAUSAL_LM if name in CAUSAL_LMS else SPEECH_SEQ2SEQ if name in SPEECH_MODELS
+                else next((h for s, h in HEADS.items() if name.endswith(s)), None))
         if head is None and (not name.endswith(NOT_HEADS) or name.endswith("LMHeadModel")):
             raise UnsupportedArchitectureError(
                 f"unsupported architecture '{name}' (heads: {', '.join(f'*{s}' for s in HEADS)}; "
@@ -236,6 +268,11 @@ def adapter_for(model_type: str) -> Adapter:
         raise UnsupportedArchitectureError(
             f"unsupported architecture '{model_type}' (supported model_types: {', '.join(model_types())})"
         ) from None
+
+
+def stacks(model_type: str) -> tuple[Adapter, ...]:
+    """Every stack of blocks the structure passes narrow, each with its adapter (paths relative to the base model)."""
+    return STACKS.get(model_type, (adapter_for(model_type),))
 
 
 def blocks(encoder: nn.Module, adapter: Adapter) -> list[nn.Module]:

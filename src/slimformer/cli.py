@@ -56,11 +56,12 @@ def compress(model: Optional[str] = MODEL_ARG,
         read_lines(calib)  # a text model's --calib is a file: the one-line error naming the folder
     # a training step keeps resumable state beside OUT: the same command after a crash (even kill -9) resumes
     ckpt = Path(out).resolve().parent / f".{Path(out).name}.checkpoint"
-    if getattr(base, "modality", "text") == "image":  # bench and eval time and score text: no report for images
+    if getattr(base, "modality", "text") in ("image", "speech"):  # no report: the report compares text models
         from .api import compress as compress_model
 
         small = compress_model(base, steps, calib=str(calib) if calib else None, checkpoint_dir=ckpt)
-        typer.echo(f"wrote {io.save(small, out, force=force)} (no report: bench and eval measure text models)")
+        typer.echo(f"wrote {io.save(small, out, force=force)} (no report: the report compares text models; "
+                   "measure it with bench and eval)")
         return
     # compare() checks that the task fits the model (auto: picks the model's own) before compressing
     result, models = compare({"original": base}, {"compressed": steps}, None if task == "none" else task, runs,
@@ -120,8 +121,9 @@ def bench(models: Optional[List[str]] = typer.Argument(None, help="model folder(
 @app.command("eval")
 def eval_(model: Optional[str] = MODEL_ARG,
           task: Optional[str] = typer.Option(None, "--task", help="stsb | stsb-dev | sts:PATH | sst2 | cls:PATH "
-                                             "| ppl | ppl:PATH (default: the model's own: stsb for an embedder, sst2 "
-                                             "for a 2-label classifier, ppl (SST-2 dev) for a causal LM)"),
+                                             "| ppl | ppl:PATH | wer:PATH (default: the model's own: stsb for an "
+                                             "embedder, sst2 for a 2-label classifier, ppl (SST-2 dev) for a causal "
+                                             "LM; a speech model: wer:PATH, a TSV audio<TAB>text)"),
           as_json: bool = typer.Option(False, "--json")):
     """Quality on a real benchmark (STS-B test: Spearman of cosine x100; classification: accuracy x100)."""
     from . import io

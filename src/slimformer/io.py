@@ -14,7 +14,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .arch import adapter_for, head_of
+from .arch import adapter_for, head_of, stacks
 from .errors import ModelNotFoundError, SlimformerError, WeightsError
 from .folder import FORMAT, MANIFEST, atomic_folder, manifest_fields
 from .mha import QuantizableMHA
@@ -27,7 +27,15 @@ from .passes.quantize import Int8Linear, QuantizedEmbedding
 from .passes.structure import NoAttention, restore_structure
 from .passes.vocab import VocabEmbedding
 from .surgery import set_module
+from .speech import SPEECH, SpeechProcessor
 from .vision import IMAGE, preprocessor
+
+
+def _preprocessor(folder: Path, model_type: str):
+    """vision.preprocessor, and a speech model's feature extractor + tokenizer (speech.SpeechProcessor)."""
+    if adapter_for(model_type).modality == SPEECH:
+        return SpeechProcessor.from_pretrained(folder)
+    return preprocessor(folder, model_type)
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"  # a sharded checkpoint: {"weight_map": {tensor name: shard file}}
@@ -39,6 +47,7 @@ AUTO_CLASSES: dict[str | None, str] = {
     "token-classification": "AutoModelForTokenClassification",
     "image-classification": "AutoModelForImageClassification",
     "causal-lm": "AutoModelForCausalLM",
+    "speech-seq2seq": "AutoModelForSpeechSeq2Seq",
 }
 
 
@@ -121,10 +130,12 @@ def load(path: str | os.PathLike | None = None) -> SlimModel:
     # fp32 whatever the checkpoint holds: transformers 5 keeps a bf16/fp16 checkpoint's dtype, which the int8 passes
     # and encode() on CPU do not take
     net = auto_class(head).from_pretrained(hf_dir, use_safetensors=True, dtype=torch.float32)
-    tokenizer = preprocessor(hf_dir, config.model_type)
+    tokenizer = _preprocessor(hf_dir, config.model_type)
     if adapter_for(config.model_type).modality == IMAGE:  # no sequence to cut; the CLS token is the image's summary
         pooling = pooling if (path / "modules.json").is_file() else "cls"
         max_len = max_len or 0
+    if max_len is None and adapter_for(config.model_type).modality == SPEECH:
+        max_len = config.max_target_positions  # the decoder's tokens; audio comes in 30 s chunks
     if max_len is None:
         max_len = min(getattr(tokenizer, "model_max_length", 512), getattr(config, "max_position_embeddings", 512))
     manifest = {"source": str(path.resolve()), "recipe": "", "steps": []}
@@ -217,7 +228,8 @@ def _load_slim(path: Path) -> SlimModel:
         set_module(net, fqn, build_module(spec))
     encoder = net.base_model  # what the structure passes changed, and what their records rebuild
     adapter = adapter_for(encoder.config.model_type)
-    restore_structure(encoder, adapter)
+    for stack in stacks(encoder.config.model_type):  # a speech model's encoder, decoder and cross-attention
+        restore_structure(encoder, stack)
     restore_fnet(encoder, adapter)
     check_weights(path)
     try:
@@ -226,7 +238,7 @@ def _load_slim(path: Path) -> SlimModel:
         detail = [line.strip() for line in str(e).splitlines() if line.strip()][-1][:200]
         raise WeightsError(f"{path / WEIGHTS} does not fit {path / MANIFEST}: {detail}") from None
     int8_kernels.choose(net)  # this CPU's int8 kernels (measured, or $SLIMFORMER_INT8_KERNEL), before any trace
-    tokenizer = preprocessor(path, encoder.config.model_type)
+    tokenizer = _preprocessor(path, encoder.config.model_type)
     p = manifest["pooling"]
     kept = {k: manifest[k] for k in ("source", "recipe", "steps")}
     model = SlimModel(net, tokenizer, p["mode"], p["normalize"], p["max_seq_length"], kept)

@@ -11,12 +11,15 @@ from scipy.stats import spearmanr
 
 from ..data import read_cls_tsv, read_lines, read_sst2, read_sts_tsv, read_stsb
 from .lm import document_nll, perplexity, ppl_interval
+from .asr import utterance_errors, wer, wer_interval
+from ..speech import read_speech_tsv
 from ..errors import DataFormatError, SlimformerError
 
 AUTO = "auto"  # the model's own task: default_task(model)
 SEQ_CLS = "sequence-classification"  # SlimModel.head of a sequence classifier
 SST2_LABELS = ("negative", "positive")  # SST-2's label ids 0 and 1
-TASKS = "stsb, stsb-dev, sts:PATH, sst2, cls:PATH, ppl, ppl:PATH"
+TASKS = "stsb, stsb-dev, sts:PATH, sst2, cls:PATH, ppl, ppl:PATH, wer:PATH"
+SPEECH_SEQ2SEQ = "speech-seq2seq"  # SlimModel.head of Whisper
 CAUSAL_LM = "causal-lm"  # SlimModel.head of a decoder LM
 
 
@@ -37,6 +40,8 @@ def task_kind(task: str) -> str:
     perplexity)."""
     if task == "ppl" or task.startswith("ppl:"):
         return "ppl"
+    if task.startswith("wer:"):
+        return "wer"
     if task in ("stsb", "stsb-dev") or task.startswith("sts:"):
         return "sts"
     if task == "sst2" or task.startswith("cls:"):
@@ -77,6 +82,8 @@ def task_inputs(task: str) -> list:
         return list(dict.fromkeys(s for a, b, _ in sts_pairs(task) for s in (a, b)))
     if task_kind(task) == "ppl":
         return ppl_documents(task)
+    if task_kind(task) == "wer":
+        return read_speech_tsv(task[4:])[0]
     return list(dict.fromkeys(x for x, _ in cls_examples(task)))
 
 
@@ -119,12 +126,18 @@ def default_task(model) -> str:
             return "sst2"
         raise SlimformerError(f"no built-in task has this classifier's labels ({_show(labels)}): give --task "
                               "cls:PATH, a TSV with a sentence (or sentence1, sentence2) and a label column")
+    if head == SPEECH_SEQ2SEQ:
+        raise SlimformerError("a speech recognizer is scored on a speech set: give --task wer:PATH (a TSV with "
+                              "header audio<TAB>text; benchmarks/speech_set.py makes one)")
     raise SlimformerError(f"no quality task for a {head} model yet (compress: --task none)")
 
 
 def _check_fits(task: str, model) -> str:
     """The task's kind, or a one-line error when the model cannot be scored on it."""
     kind, head = task_kind(task), getattr(model, "head", None)
+    if (kind == "wer") != (head == SPEECH_SEQ2SEQ):
+        raise SlimformerError(f"task '{task}': word error rate (wer:PATH) scores a speech recognizer and a speech "
+                              f"recognizer takes only wer:PATH; this model is a {head or 'embedder'} model")
     if (kind == "ppl") != (head == CAUSAL_LM):
         what = "a causal LM" if head == CAUSAL_LM else f"a {head or 'embedder'} model"
         raise SlimformerError(f"task '{task}': perplexity scores a causal LM and a causal LM takes only perplexity "
@@ -180,6 +193,8 @@ def check_task(task: str | None, model) -> str:
         gold_ids(task, [y for _, y in examples], model)
     elif kind == "ppl":
         ppl_documents(task)
+    elif kind == "wer":
+        read_speech_tsv(task[4:])
     else:
         sts_pairs(task)
     return task
@@ -217,6 +232,9 @@ def evaluate(model, task: str | None = AUTO, batch_size: int = 64) -> TaskResult
         nll, tokens = document_nll(model, ppl_documents(task))
         return TaskResult(task, "perplexity", perplexity(nll, tokens), len(nll), nll, tokens,
                           {"tokens": int(tokens.sum())})
+    if kind == "wer":  # per_example: each utterance's word errors; gold: its reference words (wer_interval)
+        edits, words, _ = utterance_errors(model, *read_speech_tsv(task[4:]))
+        return TaskResult(task, "wer", wer(edits, words), len(edits), edits, words, {"words": int(words.sum())})
     if kind == "sts":
         pairs = sts_pairs(task)
         cos = pair_cosines(model.encode, pairs, batch_size)
@@ -269,4 +287,6 @@ def result_interval(base: TaskResult, other: TaskResult, **kw) -> tuple[float, f
         raise ValueError(f"results of different tasks: {base.task} (n={base.n}) and {other.task} (n={other.n})")
     if base.metric == "perplexity":
         return ppl_interval(base.gold, base.per_example, other.per_example, **kw)
+    if base.metric == "wer":
+        return wer_interval(base.gold, base.per_example, other.per_example, **kw)
     return delta_interval(base.gold, base.per_example, other.per_example, **kw)

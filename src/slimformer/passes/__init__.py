@@ -10,6 +10,7 @@ from typing import Callable
 
 from ..configs import Distill, Ffn, FNet, Freeze, Heads, Int8, Layers, LowRank, Prune, Static, Vocab
 from ..errors import StepNotApplicableError
+from ..speech import is_speech
 from ..static_model import StaticModel
 from . import distill, fnet, freeze, lowrank, prune, quantize, static, vocab
 from .calib import Calibration
@@ -41,6 +42,9 @@ HANDLERS: dict[type, Callable] = {
     Static: static.static,  # returns (a new StaticModel, decisions): the model changes type
 }
 
+# what runs on a speech model (Whisper) so far; the rest are refused with one line
+SPEECH_STEPS: tuple[type, ...] = (Heads, Ffn, Layers, Prune, LowRank, Int8)
+
 # what may run on a StaticModel (a model compressed with `static` earlier, or loaded from a static folder)
 STATIC_HANDLERS: dict[type, Callable] = {Int8: static.int8}
 
@@ -55,6 +59,9 @@ def run_passes(model, steps: list, ctx: Context, progress: Callable[[str], None]
         if type(cfg) not in table:
             raise StepNotApplicableError(f"{cfg.step}: the model is a static embedding table (no transformer left); "
                                          f"only {', '.join(c.step for c in table)} applies")
+        if is_speech(model) and type(cfg) not in SPEECH_STEPS:
+            raise StepNotApplicableError(f"{cfg.step} does not apply to a speech model ({model.model_type}) yet; "
+                                         f"its steps: {', '.join(c.step for c in SPEECH_STEPS)}")
         decisions = table[type(cfg)](model, cfg, ctx)
         if isinstance(decisions, tuple):  # a step that returns a new model (static)
             model, decisions = decisions

@@ -93,6 +93,21 @@ def is_causal_lm(model) -> bool:
     return getattr(model, "head", None) == CAUSAL_LM
 
 
+def token_logits(model) -> bool:
+    """A model whose output is next-token logits (B, T, V): a causal LM, or a speech recognizer's decoder (its
+    tokens after the audio); both are compared by the top-K next-token KL (lm_kl)."""
+    from ..arch import SPEECH_SEQ2SEQ
+
+    return is_causal_lm(model) or getattr(model, "head", None) == SPEECH_SEQ2SEQ
+
+
+def token_mask(batch: dict[str, torch.Tensor], shape) -> torch.Tensor:
+    """Which of the (B, T) next-token positions are real: the attention mask where the batch has one (a speech
+    calibration batch holds one unpadded clip: every decoder position)."""
+    mask = batch.get("attention_mask")
+    return mask.bool() if mask is not None else torch.ones(shape, dtype=torch.bool)
+
+
 def lm_reference(logits: torch.Tensor) -> torch.Tensor:
     """(B, T, V) logits -> (B, T, K, 2): the K largest next-token log-probabilities and their token ids (as float:
     exact below 2^24), what lm_kl compares a changed model against."""
@@ -113,7 +128,7 @@ def sentence_output(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """What a model's decisions are measured on: its pooled sentence embeddings (B, H) for an embedder, its head's
     logits (B, C), or (B, T, C) for a token classifier; a causal LM's top-K next-token log-probabilities
     (lm_reference: (B, T, K, 2))."""
-    if is_causal_lm(model):
+    if token_logits(model):
         return lm_reference(model.net(**batch).logits)
     return model.net(**batch).logits if has_head(model) else pooled(model, batch)
 
@@ -126,9 +141,9 @@ def output_distance(model, calib: Calibration, reference: list[torch.Tensor]) ->
     `reference`: [sentence_output(original, b) for b in calib.batches]."""
     total = 0.0
     for b, r in zip(calib.batches, reference):
-        if is_causal_lm(model):
+        if token_logits(model):
             kl = lm_kl(model.net(**b).logits, r)  # (B, T)
-            total += float(kl[b["attention_mask"].bool()].sum())
+            total += float(kl[token_mask(b, kl.shape)].sum())
             continue
         out = sentence_output(model, b)
         if not has_head(model):

@@ -14,7 +14,7 @@ import heapq
 import torch
 from torch import nn
 
-from ..arch import Adapter, blocks
+from ..arch import Adapter, blocks, stacks
 from ..configs import LowRank
 from ..errors import BudgetError
 from ..surgery import set_module
@@ -176,8 +176,9 @@ def target_linears(encoder: nn.Module, adapter: Adapter) -> dict[str, nn.Linear]
 
 @torch.no_grad()
 def lowrank(model, cfg: LowRank, ctx) -> dict:
-    enc, adapter = model.encoder, model.adapter
-    linears = target_linears(enc, adapter)
+    enc = model.encoder
+    # every stack's projections (Whisper: encoder, decoder, cross-attention; a shared FFN is listed once)
+    linears = {k: v for a in stacks(model.model_type) for k, v in target_linears(enc, a).items()}
     row_weight = row_fisher(model, ctx.calib.split()[0], list(linears)) if cfg.fisher else {}
     spectra, shapes, caps = {}, {}, {}
     for name, lin in linears.items():

@@ -18,14 +18,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..arch import blocks, head_size
+from ..arch import LAYER_STACK, blocks, head_size, stacks
 from ..configs import Ffn, Heads, Layers, Prune
 from ..errors import BudgetError
 from ..surgery import set_module
-from .calib import Calibration, has_head, output_distance, pooled, rows, sentence_output, squared_gradients
+from .calib import Calibration, has_head, output_distance, pooled, rows, sentence_output
 from .masktune import fold_masks, tune_masks
+from .stacks import at_least, joined, owns_ffn, record_all, split, stack_importance
 from .structure import (drop_layers, encoder_flops, ffn_per_layer, has_attention, heads_per_layer, hidden_size,
-                        layer_flops, slice_ffn, slice_heads, unit_masks)
+                        layer_flops, slice_ffn, slice_heads)
 
 
 # ------------------------------------------------------------------------------------------------- importance
@@ -35,16 +36,7 @@ def importance(model, calib: Calibration, seed: int = 0, progress=None, fisher: 
     """Diagonal Fisher of head and neuron masks w.r.t. the model's output (an embedder's every block's token states
     or its pooled embedding, as `fisher` says; a classifier's class distribution): (L, max heads) and
     (L, max neurons). Units a layer does not have score -inf."""
-    encoder, adapter = model.encoder, model.adapter
-    n_heads, n_neurons = heads_per_layer(encoder, adapter), ffn_per_layer(encoder, adapter)  # per layer
-    head_mask = torch.ones(len(n_heads), max(n_heads), requires_grad=True)
-    neuron_mask = torch.ones(len(n_neurons), max(n_neurons), requires_grad=True)
-    with unit_masks(encoder, adapter, head_mask, neuron_mask):
-        fisher_h, fisher_n = squared_gradients(model, calib, [head_mask, neuron_mask], seed, progress, fisher)
-    for l, (h, f) in enumerate(zip(n_heads, n_neurons)):
-        fisher_h[l, h:] = float("-inf")
-        fisher_n[l, f:] = float("-inf")
-    return fisher_h, fisher_n
+    return stack_importance(model, calib, seed, progress, fisher, (model.adapter,))[0]
 
 
 # ------------------------------------------------------------------------------------------------- choosing
@@ -89,10 +81,11 @@ def choose_by_flops(fisher_h, fisher_n, flops: float, hidden: int, hs: int, ffn_
 # ------------------------------------------------------------------------------------------------- layers
 
 @torch.no_grad()
-def choose_layers(model, calib: Calibration, n_keep: int) -> list[int]:
-    """Greedy: repeatedly drop the layer whose removal moves the model's output least (calib.output_distance:
-    cosine of pooled embeddings, or KL of a classifier's class distributions)."""
-    enc, adapter = model.encoder, model.adapter
+def choose_layers(model, calib: Calibration, n_keep: int, adapter=None) -> list[int]:
+    """Greedy: repeatedly drop the layer (of `adapter`'s stack; default the model's) whose removal moves the
+    model's output least (calib.output_distance: cosine of pooled embeddings, or KL of a classifier's class
+    distributions, or of next-token distributions)."""
+    enc, adapter = model.encoder, adapter or model.adapter
     stack = enc.get_submodule(adapter.layers)  # the full ModuleList, put back after each trial
     ref = [sentence_output(model, b) for b in calib.batches]
     kept = list(range(len(stack)))
@@ -138,9 +131,10 @@ def even_groups(encoder: nn.Module, adapter, fisher_h: torch.Tensor, keep_heads:
     return out
 
 
-def narrow(model, teacher, calib: Calibration, keep_heads, keep_neurons, tune: bool) -> dict:
-    """Mask-tune (if `tune`: every config's default is off), then slice. Returns the decisions for the manifest."""
-    enc, adapter = model.encoder, model.adapter
+def narrow(model, teacher, calib: Calibration, keep_heads, keep_neurons, tune: bool, adapter=None) -> dict:
+    """Mask-tune (if `tune`: every config's default is off), then slice `adapter`'s stack (default: the model's
+    one). Returns the decisions for the manifest."""
+    enc, adapter = model.encoder, adapter or model.adapter
     before = encoder_flops(enc, adapter)
     if tune:
         head_mask, neuron_mask = tune_masks(model, teacher, calib, keep_heads, keep_neurons)
@@ -176,9 +170,9 @@ def fidelity_of(teacher, held: Calibration):
         return lambda candidate: similarity_fidelity(candidate, held, reference)
     with torch.no_grad():
         ref = [sentence_output(teacher, b) for b in held.batches]
-    per_token = teacher.head in ("token-classification", "causal-lm")
-    n = sum(int(b["attention_mask"].sum() if per_token else rows(b))
-            for b in held.batches)  # sentences, or real tokens
+    per_token = teacher.head in ("token-classification", "causal-lm", "speech-seq2seq")
+    n = sum(int((b["attention_mask"] if "attention_mask" in b else b["decoder_input_ids"]).bool().sum())
+            if per_token else rows(b) for b in held.batches)  # sentences, or real tokens
     return lambda candidate: -output_distance(candidate, held, ref) / n
 
 
@@ -193,19 +187,36 @@ def _keep_lists(scores: torch.Tensor, keep_: float | int, what: str) -> list[lis
     return [sorted(row.argsort(descending=True)[:keep_].tolist()) for row in scores]
 
 
-def heads(model, cfg: Heads, ctx) -> dict:
+def _per_stack(model, ctx, tune: bool, decide) -> dict:
+    """Run `decide(adapter, keep) -> (keep_heads, keep_neurons)` for every stack (arch.STACKS) and narrow each.
+    One stack: its decisions; several: {stack name: decisions}."""
     fit, _ = ctx.calib.split()
-    fisher_h, _ = importance(model, fit, fisher=cfg.fisher)
-    keep_neurons = [list(range(f)) for f in ffn_per_layer(model.encoder, model.adapter)]
-    keep_heads = even_groups(model.encoder, model.adapter, fisher_h, _keep_lists(fisher_h, cfg.keep, "heads"))
-    return narrow(model, ctx.teacher, fit, keep_heads, keep_neurons, cfg.tune)
+    adapters = stacks(model.model_type)
+    # decided stack by stack, after the ones before were sliced: stacks on the same blocks see the widths as they are
+    out = {a.name: narrow(model, ctx.teacher, fit, *decide(a, i), tune, a) for i, a in enumerate(adapters)}
+    return next(iter(out.values())) if len(out) == 1 else out
+
+
+def heads(model, cfg: Heads, ctx) -> dict:
+    """Heads kept by importance; across every stack of the model (a fraction: ranked over all of them at once)."""
+    fisher_h = [t[0] for t in stack_importance(model, ctx.calib.split()[0], fisher=cfg.fisher)]
+    kept = split(_keep_lists(joined(fisher_h), cfg.keep, "heads"), fisher_h)
+    enc = model.encoder
+    return _per_stack(model, ctx, cfg.tune, lambda a, i: (
+        at_least(model, a, fisher_h[i], even_groups(enc, a, fisher_h[i], kept[i])),
+        [list(range(f)) for f in ffn_per_layer(enc, a)]))
 
 
 def ffn(model, cfg: Ffn, ctx) -> dict:
-    fit, _ = ctx.calib.split()
-    _, fisher_n = importance(model, fit, fisher=cfg.fisher)
-    keep_heads = [list(range(h)) for h in heads_per_layer(model.encoder, model.adapter)]
-    return narrow(model, ctx.teacher, fit, keep_heads, _keep_lists(fisher_n, cfg.keep, "FFN neurons"), cfg.tune)
+    """FFN neurons kept by importance, in every stack that owns its FFN (stacks.owns_ffn)."""
+    enc, adapters = model.encoder, stacks(model.model_type)
+    own = owns_ffn(adapters)
+    tables = stack_importance(model, ctx.calib.split()[0], fisher=cfg.fisher)
+    fisher_n = [t[1] for t, o in zip(tables, own) if o]
+    kept = iter(split(_keep_lists(joined(fisher_n), cfg.keep, "FFN neurons"), fisher_n))
+    return _per_stack(model, ctx, cfg.tune, lambda a, i: (
+        [list(range(h)) for h in heads_per_layer(enc, a)],
+        next(kept) if own[i] else [list(range(f)) for f in ffn_per_layer(enc, a)]))
 
 
 def prune(model, cfg: Prune, ctx) -> dict:
@@ -235,8 +246,10 @@ def prune(model, cfg: Prune, ctx) -> dict:
 
 
 def layers(model, cfg: Layers, ctx) -> dict:
-    enc, adapter = model.encoder, model.adapter
+    """Drop whole layers; of an encoder-decoder, the decoder's (arch.LAYER_STACK: they run once per token)."""
+    enc, adapter = model.encoder, LAYER_STACK.get(model.model_type, model.adapter)
     n = _count(cfg.keep, len(blocks(enc, adapter)), "layers")
-    kept = choose_layers(model, ctx.calib.split()[1], n)
+    kept = choose_layers(model, ctx.calib.split()[1], n, adapter)
     drop_layers(enc, adapter, kept)
+    record_all(model, adapter)
     return {"kept_layers": kept}

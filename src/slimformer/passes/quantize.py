@@ -18,8 +18,8 @@ from ..configs import Int8
 from ..errors import RecipeError
 from ..mha import make_quantizable
 from ..surgery import replace_modules, set_module
-from .calib import (Calibration, activation_absmax, is_causal_lm, output_distance, output_error, outputs,
-                    sentence_output)
+from .calib import (Calibration, activation_absmax, output_distance, output_error, outputs, sentence_output,
+                    token_logits)
 from . import int8_kernels
 from .int8_kernels import Int8Linear, quantize_rows
 
@@ -100,9 +100,11 @@ def rank_by_sensitivity(model: nn.Module, calib: Calibration, names: list[str], 
     return sorted(names, key=errors.__getitem__, reverse=True)
 
 
-def int8(model: nn.Module, cfg: Int8, calib: Calibration | None = None, damage=None) -> tuple[nn.Module, dict]:
+def int8(model: nn.Module, cfg: Int8, calib: Calibration | None = None, damage=None, skip: tuple[str, ...] = ()
+         ) -> tuple[nn.Module, dict]:
     """Quantize `model` in place; returns it and the decisions made (recorded in the manifest). `damage`: what
-    fp32=N ranks the Linears by (rank_by_sensitivity)."""
+    fp32=N ranks the Linears by (rank_by_sensitivity). `skip`: name suffixes of embeddings left in float (their
+    owner reads `.weight` itself: arch.Adapter.float_modules)."""
     make_quantizable(model)  # stock nn.MultiheadAttention hides its projections from a Linear swap
     linears = {fqn for fqn, m in model.named_modules() if isinstance(m, nn.Linear)}
     needs_calib = cfg.smooth > 0 or cfg.fp32 > 0
@@ -124,7 +126,8 @@ def int8(model: nn.Module, cfg: Int8, calib: Calibration | None = None, damage=N
         token = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
         token = getattr(token, "embedding", token)  # a vocabulary-pruned table sits inside its id remap
         embedded = replace_modules(
-            model, lambda m, _: type(m) is nn.Embedding or type(m).__name__ in SCALED_EMBEDDINGS,
+            model, lambda m, fqn: (type(m) is nn.Embedding or type(m).__name__ in SCALED_EMBEDDINGS)
+            and not fqn.endswith(skip),
             lambda m, _: QuantizedEmbedding.from_embedding(m, cfg.embedding_bits if m is token else 8))
     int8_kernels.choose(model)  # measured on this CPU (or forced); not stored: each machine chooses at load
     return model, {"quantized": len(quantized), "fp32_kept": keep_fp32, "embeddings": embedded,
@@ -136,9 +139,9 @@ def quantize(model, cfg: Int8, ctx) -> dict:
     much they move the logits; a causal LM's by the next-token KL on a few calibration batches, RANK_BATCHES_LM,
     since each trial is a forward through the whole vocabulary); returns the decisions for the manifest."""
     damage = None
-    if is_causal_lm(model) and cfg.fp32 > 0 and ctx.calib is not None:
+    if token_logits(model) and cfg.fp32 > 0 and ctx.calib is not None:
         mid = len(ctx.calib.batches) // 2  # batches are sorted by length: the middle ones hold typical sentences
         few = Calibration(ctx.calib.batches[mid : mid + RANK_BATCHES_LM])
         ref = [sentence_output(model, b) for b in few.batches]
         damage = lambda: output_distance(model, few, ref)  # noqa: E731
-    return int8(model.net, cfg, ctx.calib, damage)[1]
+    return int8(model.net, cfg, ctx.calib, damage, skip=model.adapter.float_modules)[1]

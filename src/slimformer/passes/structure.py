@@ -226,8 +226,8 @@ def _record(encoder: nn.Module, adapter: Adapter) -> None:
     if cfg is None:
         return
     setattr(cfg, adapter.layers_key, len(blocks(encoder, adapter)))
-    cfg.slimformer_heads = heads_per_layer(encoder, adapter)
-    cfg.slimformer_ffn = ffn_per_layer(encoder, adapter)
+    setattr(cfg, f"{adapter.record}_heads", heads_per_layer(encoder, adapter))  # slimformer_heads unless a stack of
+    setattr(cfg, f"{adapter.record}_ffn", ffn_per_layer(encoder, adapter))  # several (arch.STACKS) names its own
     if adapter.shared_head_bias:
         cfg.slimformer_head_index = [
             b.get_submodule(adapter.attn).head_index.tolist() if hasattr(b.get_submodule(adapter.attn), "head_index")
@@ -237,7 +237,7 @@ def _record(encoder: nn.Module, adapter: Adapter) -> None:
 def restore_structure(encoder: nn.Module, adapter: Adapter) -> None:
     """At load, after the manifest's modules are in place: per-layer head counts and position-bias selections."""
     cfg = config_of(encoder)
-    heads = getattr(cfg, "slimformer_heads", None)
+    heads = getattr(cfg, f"{adapter.record}_heads", None)
     if not heads:
         return
     hs = head_size(encoder, adapter)

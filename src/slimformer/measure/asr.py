@@ -1,0 +1,77 @@
+"""A speech recognizer's quality and speed: word error rate (WER, percent) of greedy transcripts against reference
+texts, how far two models' WERs differ beyond what resampling the utterances moves (paired bootstrap over
+utterances), and Whisper's own speed keys for `bench`."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+
+from ..speech import RATE, greedy_ids, prompt_ids, transcribe
+
+
+def normalize(text: str) -> list[str]:
+    """Words for WER: lowercase, punctuation dropped (an apostrophe inside a word stays: "don't"), split on space."""
+    text = re.sub(r"[^\w\s']|_", " ", text.lower())
+    return [w.strip("'") for w in text.split() if w.strip("'")]
+
+
+def word_errors(ref: list[str], hyp: list[str]) -> int:
+    """Word-level Levenshtein distance: substitutions + deletions + insertions turning ref into hyp."""
+    row = list(range(len(hyp) + 1))  # distance of ref[:0] to hyp[:j]
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1]
+
+
+def wer(edits: np.ndarray, words: np.ndarray) -> float:
+    """Percent: all edits over all reference words (long utterances weigh by their length)."""
+    return float(100 * np.sum(edits) / max(int(np.sum(words)), 1))
+
+
+def utterance_errors(model, audio: list[np.ndarray], texts: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(edits, words, transcripts): each utterance's word errors (n,), its reference word count (n,), and the
+    model's greedy transcripts."""
+    hyps = transcribe(model, audio)
+    refs = [normalize(t) for t in texts]
+    edits = np.array([word_errors(r, normalize(h)) for r, h in zip(refs, hyps)], dtype=np.float64)
+    return edits, np.array([len(r) for r in refs], dtype=np.float64), hyps
+
+
+def wer_interval(words: np.ndarray, a: np.ndarray, b: np.ndarray, resamples: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Paired bootstrap interval of WER(b) - WER(a), in points: both models' per-utterance edits (a, b: (n,))
+    resampled together, each resample's rate over its own word total (words: (n,))."""
+    a, b, words = (np.asarray(x, dtype=np.float64) for x in (a, b, words))
+    idx = np.random.default_rng(seed).integers(0, len(a), (resamples, len(a)))  # (R, n)
+    d = 100 * (b[idx].sum(1) - a[idx].sum(1)) / words[idx].sum(1).clip(1)
+    lo, hi = np.quantile(d, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+# ------------------------------------------------------------------------------------------------- speed
+
+AUDIO_S = 30  # Whisper's chunk: the encoder always sees 30 s (shorter audio is padded)
+DECODE_TOKENS = 64  # greedy steps timed for the real-time factor: about what 30 s of English speech takes
+
+
+@torch.inference_mode()
+def speech_speed(model, runs: int = 20) -> dict:
+    """Whisper's own speed keys for `bench`: {"encoder_ms": {"1x30s"}: median ms of the encoder forward on 30 s of
+    audio at batch 1, "rtf": (encoder + DECODE_TOKENS greedy decoder steps with the KV cache) / 30 s, the
+    transcription real-time factor (lower is faster; the step count is fixed so that every model does the same
+    work)}."""
+    from ..timing import median_ms
+
+    net, proc = model.net, model.tokenizer
+    feats = proc([np.zeros(AUDIO_S * RATE, dtype=np.float32)])["input_features"]  # (1, 80, 3000)
+    encoder = net.get_encoder()
+    enc_ms = median_ms(lambda: encoder(input_features=feats), runs)
+    prompt = prompt_ids(proc.tokenizer)
+    full = median_ms(lambda: greedy_ids(net, feats, prompt, DECODE_TOKENS, min_new_tokens=DECODE_TOKENS),
+                     max(3, runs // 5))
+    return {"encoder_ms": {"1x30s": round(enc_ms, 2)}, "rtf": round(full / 1e3 / AUDIO_S, 4)}
