@@ -25,7 +25,7 @@ from .passes.fnet import FourierMixer, restore_fnet
 from .passes.lowrank import FactorizedLinear
 from .passes.quantize import Int8Linear, QuantizedEmbedding
 from .passes.structure import NoAttention, restore_structure
-from .passes.vocab import VocabEmbedding
+from .passes.vocab import VocabEmbedding, VocabHead, tie_vocab
 from .surgery import set_module
 from .vision import IMAGE, preprocessor
 
@@ -56,6 +56,7 @@ MODULE_TYPES: dict[str, type[nn.Module]] = {
     "QuantizableMHA": QuantizableMHA,
     "NoAttention": NoAttention,
     "VocabEmbedding": VocabEmbedding,
+    "VocabHead": VocabHead,
     "FactorizedLinear": FactorizedLinear,
     "FourierMixer": FourierMixer,
 }
@@ -225,6 +226,7 @@ def _load_slim(path: Path) -> SlimModel:
     except RuntimeError as e:  # tensors missing, unexpected or of another shape than the manifest says
         detail = [line.strip() for line in str(e).splitlines() if line.strip()][-1][:200]
         raise WeightsError(f"{path / WEIGHTS} does not fit {path / MANIFEST}: {detail}") from None
+    tie_vocab(net)  # a vocabulary-pruned causal LM's one table, saved twice
     int8_kernels.choose(net)  # this CPU's int8 kernels (measured, or $SLIMFORMER_INT8_KERNEL), before any trace
     tokenizer = preprocessor(path, encoder.config.model_type)
     p = manifest["pooling"]
