@@ -6,18 +6,21 @@ pruned model's <unk>). Quality only: no timing (the lead measures speed on a qui
 
     python benchmarks/gemma_quality.py [--out DIR] [MODEL [TASK [RECIPE ...]]]   (TASK: ppl, the default, or ppl:PATH)
 
---out DIR: each compressed model is saved to DIR/<recipe as a folder name> (what gemma_speed.py times).
+--out DIR: each compressed model is saved to DIR/<recipe as a folder name> (what gemma_speed.py times), and fp32's
+per-document nll to DIR/reference.json, which later runs with the same model and task reuse.
 """
 
 import json
 import re
 import sys
 import time
+
+import numpy as np
 from pathlib import Path
 
 import slimformer
 from slimformer.measure.bench import n_params, size_mb
-from slimformer.measure.tasks import evaluate, result_interval
+from slimformer.measure.tasks import TaskResult, evaluate, result_interval
 
 args = sys.argv[1:]
 out_dir = None
@@ -27,7 +30,18 @@ model_dir = args[0] if len(args) > 0 else "models/gemma-3-270m"
 task = args[1] if len(args) > 1 else "ppl"
 recipes = args[2:] or ["int8(smooth=0)", "int8", "int8(fp32=18)", "ffn(keep=0.8)", "layers(keep=16)"]
 base = slimformer.load(model_dir)
-ref = evaluate(base, task)
+cache = out_dir / "reference.json" if out_dir is not None else None  # fp32's per-document nll, reused by later runs
+key = [str(Path(model_dir).resolve()), task]
+if cache is not None and cache.is_file() and json.loads(cache.read_text())["key"] == key:
+    c = json.loads(cache.read_text())
+    ref = TaskResult(task, "perplexity", c["value"], c["n"], np.array(c["nll"]), np.array(c["tokens"]),
+                     {"tokens": int(sum(c["tokens"]))})
+else:
+    ref = evaluate(base, task)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"key": key, "value": ref.value, "n": ref.n, "nll": ref.per_example.tolist(),
+                                     "tokens": ref.gold.tolist()}))
 print(json.dumps({"recipe": "fp32", "task": task, "ppl": round(ref.value, 2), "n": ref.n, "tokens": ref.extra["tokens"],
                   "size_mb": round(size_mb(base.net), 1), "params": n_params(base.net)}), flush=True)
 for recipe in recipes:

@@ -410,3 +410,24 @@ def test_measure_and_peers_run_on_a_causal_lm(gemma, pruned, sentences, tmp_path
     assert rows["torch.ao dynamic int8"][f"ppl:{path}"] < 2 * rows["torch fp32 eager (original)"][f"ppl:{path}"]
     table = markdown(result)
     assert "prefill speedup 8x128" in table and "| ORT fp32 | not run: export: a causal LM" in table
+
+
+def test_structure_after_vocab(gemma, pruned, batch, sentences):
+    """Narrowing a vocabulary-pruned decoder: its dropped tokens' -inf logits leave importance and the KL that
+    chooses finite (same choice as narrowing first: identity when everything is kept)."""
+    from slimformer.passes.calib import Calibration, output_distance, sentence_output
+    from slimformer.passes.prune import importance
+
+    cal = Calibration.from_texts(pruned.tokenizer, sentences[60:68], batch_size=8)  # tokens outside the kept ones
+    with torch.no_grad():
+        ref = [sentence_output(gemma, b) for b in cal.batches]  # the original's top-K: dropped tokens among them
+    assert np.isfinite(output_distance(pruned, cal, ref))
+    for scores in importance(pruned.clone(), cal):
+        assert not torch.isnan(scores).any()
+    same = slimformer.compress(pruned, "ffn(keep=1.0)", calib=sentences[:8])
+    assert torch.equal(logits(same, batch), logits(pruned, batch))
+    small = slimformer.compress(pruned, "prune(flops=0.6)", calib=sentences[:16])
+    step = small.manifest["steps"][-1]
+    assert sum(step["ffn_per_layer"]) < 4 * 96 and small.manifest["recipe"] == "vocab+prune(flops=0.6)"
+    kept = small.net.get_output_embeddings().remap
+    assert torch.isfinite(logits(small, batch)[..., kept]).all()
