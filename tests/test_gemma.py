@@ -2,6 +2,7 @@
 identity exact, slicing equal to masking, save -> load equal, int8 close), grouped-query heads, perplexity."""
 
 import copy
+import functools
 
 import numpy as np
 import pytest
@@ -386,14 +387,17 @@ def test_prefill_is_time_to_first_token(gemma, monkeypatch):
     assert (2, 1, gemma.config.vocab_size) in seen and (2, 8, gemma.config.vocab_size) not in seen
 
 
+@pytest.mark.slow
 def test_measure_and_peers_run_on_a_causal_lm(gemma, pruned, sentences, tmp_path, monkeypatch):
-    from slimformer.measure import lm
+    from slimformer.measure import bench, lm, report
     from slimformer.measure.peers import peer_models
     from slimformer.measure.report import markdown, measure
     from slimformer.measure.tasks import inference_fn
 
-    monkeypatch.setattr(lm, "PREFILL_SHAPES", ((1, 8), (8, 128)))
+    monkeypatch.setattr(lm, "PREFILL_SHAPES", ((1, 8), (8, 128)))  # the table's column is 8x128
     monkeypatch.setattr(lm, "DECODE_TOKENS", 2)
+    monkeypatch.setattr(report, "SHAPE_KEYS", ["1x16"])  # one standard shape: the LM columns are under test
+    monkeypatch.setattr(report, "bench", functools.partial(bench.bench, shapes=((1, 16),)))
     skipped = {}
     peers = peer_models(gemma, tmp_path, skipped)
     assert set(peers) == {"torch fp32 eager (original)", "torch.ao dynamic int8"}
