@@ -2,6 +2,7 @@
 identity exact, slicing equal to masking, save -> load equal, int8 close), grouped-query heads, perplexity."""
 
 import copy
+import functools
 
 import numpy as np
 import pytest
@@ -243,3 +244,194 @@ def test_lowrank_factorizes_gate_up_and_down(gemma, batch, sentences, tmp_path, 
     assert any(n.endswith("mlp.gate_proj") for n in ranks) and any(n.endswith("mlp.up_proj") for n in ranks)
     assert sum(p.numel() for p in small.net.parameters()) < sum(p.numel() for p in gemma.net.parameters())
     assert torch.equal(logits(reload(small, tmp_path), batch), logits(small, batch))
+
+
+# ------------------------------------------------------------------------------------- vocabulary of a decoder LM
+
+def _ids(model, texts):
+    return {t for row in model.tokenizer(texts)["input_ids"] for t in row}
+
+
+@pytest.fixture(scope="module")
+def pruned(gemma_dir, sentences):
+    """The tiny Gemma with its tied table cut to the tokens of 60 sentences (plus the special and generate ids)."""
+    from slimformer.errors import CoverageWarning
+
+    with pytest.warns(CoverageWarning, match="uses"):  # a few hundred of MiniLM's 30,522 tokens
+        return slimformer.compress(slimformer.load(gemma_dir), "vocab", calib=sentences[:60])
+
+
+def test_vocab_cuts_the_tied_table_and_lm_head_together(gemma, pruned, batch):
+    from slimformer.passes.vocab import VocabEmbedding, VocabHead
+
+    emb, head = pruned.net.get_input_embeddings(), pruned.net.get_output_embeddings()
+    assert isinstance(emb, VocabEmbedding) and isinstance(head, VocabHead)
+    assert head.proj.weight is emb.embedding.weight  # still one table, as the original ties them
+    n, V = pruned.manifest["steps"][0]["kept_tokens"], gemma.config.vocab_size
+    assert 80 < n < V / 100 and emb.embed_scale == pytest.approx(64**0.5)
+    assert sum(p.numel() for p in pruned.net.parameters()) == \
+        sum(p.numel() for p in gemma.net.parameters()) - (V - n) * 64
+    kept = head.remap
+    assert {0, 1, 2, gemma.tokenizer.unk_token_id} <= set(kept.tolist())  # pad, eos, bos (generate's ids), unk
+    assert _ids(gemma, [gemma.tokenizer.decode(r) for r in batch["input_ids"][:1]]) <= set(kept.tolist())
+    # the batch's sentences are calibration text: every token kept, so the kept logits are the original's
+    a, b = logits(gemma, batch), logits(pruned, batch)
+    assert b.shape == a.shape  # (B, T, V): ids stay the tokenizer's
+    assert torch.allclose(b[..., kept], a[..., kept], atol=1e-5)
+    dropped = torch.ones(V, dtype=torch.bool)
+    dropped[kept] = False
+    assert torch.isinf(b[..., dropped]).all() and (b[..., dropped] < 0).all()
+
+
+def test_vocab_generate_equals_the_original_restricted_to_kept_tokens(gemma, pruned, batch):
+    """Greedy tokens of the pruned model = the original's with every dropped token masked out of its choice."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    kept = pruned.net.get_output_embeddings().remap
+
+    class KeepOnly(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            out = torch.full_like(scores, float("-inf"))
+            out[:, kept] = scores[:, kept]
+            return out
+
+    ids = batch["input_ids"][:1, :8]
+    with torch.inference_mode():
+        ref = gemma.net.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
+                                 min_new_tokens=8, do_sample=False, logits_processor=LogitsProcessorList([KeepOnly()]))
+    out = _greedy(pruned.net, ids, n=8)
+    assert torch.equal(out, ref)
+    assert set(out[0, 8:].tolist()) <= set(kept.tolist())
+    assert torch.equal(out, _greedy(pruned.net, ids, n=8, cache=False))
+
+
+def test_vocab_save_load_keeps_one_table(pruned, batch, tmp_path):
+    from slimformer.measure.bench import n_params, size_mb
+
+    back = reload(pruned, tmp_path)
+    assert back.net.get_output_embeddings().proj.weight is back.net.get_input_embeddings().embedding.weight
+    assert torch.equal(logits(back, batch), logits(pruned, batch))
+    assert n_params(back.net) == n_params(pruned.net) == sum(p.numel() for p in pruned.net.parameters())
+    assert size_mb(back.net) == pytest.approx(size_mb(pruned.net))
+    ids = batch["input_ids"][:1, :8]
+    assert torch.equal(_greedy(back.net, ids), _greedy(pruned.net, ids))
+
+
+def test_vocab_then_int8_and_keep_k(gemma, batch, sentences, tmp_path):
+    q = slimformer.compress(gemma, "vocab(keep=60)+int8", calib=sentences[:60])
+    head = q.net.get_output_embeddings()
+    assert head.num_kept == 60 and type(head.proj).__name__ == "Int8Linear"
+    assert type(q.net.get_input_embeddings().embedding).__name__ == "QuantizedEmbedding"
+    out, kept = logits(q, batch), head.remap
+    ref = logits(slimformer.compress(gemma, "vocab(keep=60)", calib=sentences[:60]), batch)[..., kept]
+    assert float((out[..., kept] - ref).norm() / ref.norm()) < 0.05  # int8's error, as without vocab
+    assert torch.equal(logits(reload(q, tmp_path), batch), out)
+
+
+def test_vocab_perplexity_scores_dropped_tokens_as_unk(pruned, sentences, tmp_path):
+    """Held-out text with tokens outside the kept vocabulary: perplexity over the original tokenization, each dropped
+    token scored at the pruned model's <unk> probability; coverage is the kept share of the predicted tokens."""
+    docs = sentences[60:80]
+    path = tmp_path / "docs.txt"
+    path.write_text("\n".join(docs) + "\n")
+    r = evaluate(pruned, f"ppl:{path}")
+    kept = set(pruned.net.get_output_embeddings().remap.tolist())
+    unk = pruned.tokenizer.unk_token_id
+    nll, n, hit = 0.0, 0, 0
+    with torch.inference_mode():
+        for s in docs:
+            ids = pruned.tokenizer(s, return_tensors="pt")["input_ids"]
+            logp = torch.log_softmax(pruned(input_ids=ids).logits[0, :-1], -1)  # (T-1, V)
+            for t, tok in enumerate(ids[0, 1:].tolist()):
+                nll -= float(logp[t, tok if tok in kept else unk])
+                hit += tok in kept
+                n += 1
+    assert 0.5 < hit / n < 1  # the held-out text has dropped tokens, and most are kept
+    assert r.extra["coverage"] == pytest.approx(hit / n, abs=1e-4) and r.extra["tokens"] == n
+    assert np.isfinite(r.value) and r.value == pytest.approx(np.exp(nll / n), rel=1e-4)
+
+
+def test_distill_runs_on_a_decoder(gemma, batch, sentences):
+    """distill (hidden states + next-token KL) trains a narrowed decoder and a vocabulary-pruned one (its KL over the
+    kept tokens: finite though the dropped ones are -inf)."""
+    small = slimformer.compress(gemma, "layers(keep=3)", calib=sentences[:16])
+    before = float(torch.nn.functional.mse_loss(logits(small, batch), logits(gemma, batch)))
+    trained = slimformer.compress(gemma, "layers(keep=3)+distill(steps=12, batch_size=8, lr=1e-3)",
+                                  calib=sentences[:16])
+    step = trained.manifest["steps"][-1]
+    assert step["steps"] == 12 and np.isfinite(step["loss_last"]) and step["loss_last"] < step["loss_first"]
+    assert float(torch.nn.functional.mse_loss(logits(trained, batch), logits(gemma, batch))) < before
+    v = slimformer.compress(gemma, "vocab+distill(steps=3, batch_size=4)", calib=sentences[:16])
+    assert all(np.isfinite(v.manifest["steps"][-1][k]) for k in ("loss_first", "loss_last"))
+    assert v.net.get_output_embeddings().proj.weight is v.net.get_input_embeddings().embedding.weight
+
+
+# ------------------------------------------------------------------------------------------------- bench of an LM
+
+def test_prefill_is_time_to_first_token(gemma, monkeypatch):
+    """prefill_ms times the forward generate runs first: the last position's logits only (logits_to_keep=1)."""
+    from slimformer.measure import lm
+
+    seen = []
+    forward = type(gemma.net).forward
+
+    def spy(self, *a, **kw):
+        out = forward(self, *a, **kw)
+        seen.append(tuple(out.logits.shape))
+        return out
+
+    monkeypatch.setattr(type(gemma.net), "forward", spy)
+    monkeypatch.setattr(lm, "PREFILL_SHAPES", ((2, 8),))
+    monkeypatch.setattr(lm, "DECODE_TOKENS", 2)
+    lm_speed(gemma, runs=1)
+    assert (2, 1, gemma.config.vocab_size) in seen and (2, 8, gemma.config.vocab_size) not in seen
+
+
+@pytest.mark.slow
+def test_measure_and_peers_run_on_a_causal_lm(gemma, pruned, sentences, tmp_path, monkeypatch):
+    from slimformer.measure import bench, lm, report
+    from slimformer.measure.peers import peer_models
+    from slimformer.measure.report import markdown, measure
+    from slimformer.measure.tasks import inference_fn
+
+    monkeypatch.setattr(lm, "PREFILL_SHAPES", ((1, 8), (8, 128)))  # the table's column is 8x128
+    monkeypatch.setattr(lm, "DECODE_TOKENS", 2)
+    monkeypatch.setattr(report, "SHAPE_KEYS", ["1x16"])  # one standard shape: the LM columns are under test
+    monkeypatch.setattr(report, "bench", functools.partial(bench.bench, shapes=((1, 16),)))
+    skipped = {}
+    peers = peer_models(gemma, tmp_path, skipped)
+    assert set(peers) == {"torch fp32 eager (original)", "torch.ao dynamic int8"}
+    assert any(k.startswith("ORT") for k in skipped) and all("causal LM" in v for v in skipped.values())
+    path = tmp_path / "docs.txt"
+    path.write_text("\n".join(sentences[40:46]) + "\n")
+    nll, n = inference_fn(gemma)(sentences[40:46], batch_size=32)  # document scoring, PPL_BATCH a forward
+    assert nll.shape == (6,) and (n > 0).all()
+    result = measure({**peers, "vocab": pruned}, f"ppl:{path}", runs=1, throughput_texts=sentences[40:46])
+    result["skipped"] = skipped
+    rows = {r["name"]: r for r in result["rows"]}
+    assert rows["vocab"]["prefill_ms"]["8x128"] > 0 and rows["vocab"]["decode_tokens_per_s"] > 0
+    assert rows["torch.ao dynamic int8"]["sentences_per_s"] > 0 and "prefill_speedup" in rows["vocab"]
+    assert rows["torch.ao dynamic int8"][f"ppl:{path}"] < 2 * rows["torch fp32 eager (original)"][f"ppl:{path}"]
+    table = markdown(result)
+    assert "prefill speedup 8x128" in table and "| ORT fp32 | not run: export: a causal LM" in table
+
+
+def test_structure_after_vocab(gemma, pruned, batch, sentences):
+    """Narrowing a vocabulary-pruned decoder: its dropped tokens' -inf logits leave importance and the KL that
+    chooses finite (same choice as narrowing first: identity when everything is kept)."""
+    from slimformer.passes.calib import Calibration, output_distance, sentence_output
+    from slimformer.passes.prune import importance
+
+    cal = Calibration.from_texts(pruned.tokenizer, sentences[60:68], batch_size=8)  # tokens outside the kept ones
+    with torch.no_grad():
+        ref = [sentence_output(gemma, b) for b in cal.batches]  # the original's top-K: dropped tokens among them
+    assert np.isfinite(output_distance(pruned, cal, ref))
+    for scores in importance(pruned.clone(), cal):
+        assert not torch.isnan(scores).any()
+    same = slimformer.compress(pruned, "ffn(keep=1.0)", calib=sentences[:8])
+    assert torch.equal(logits(same, batch), logits(pruned, batch))
+    small = slimformer.compress(pruned, "prune(flops=0.6)", calib=sentences[:16])
+    step = small.manifest["steps"][-1]
+    assert sum(step["ffn_per_layer"]) < 4 * 96 and small.manifest["recipe"] == "vocab+prune(flops=0.6)"
+    kept = small.net.get_output_embeddings().remap
+    assert torch.isfinite(logits(small, batch)[..., kept]).all()

@@ -25,7 +25,7 @@ from .passes.fnet import FourierMixer, restore_fnet
 from .passes.lowrank import FactorizedLinear
 from .passes.quantize import Int8Linear, QuantizedEmbedding
 from .passes.structure import NoAttention, restore_structure
-from .passes.vocab import VocabEmbedding
+from .passes.vocab import VocabEmbedding, VocabHead, tie_vocab
 from .surgery import set_module
 from .speech import SPEECH, SpeechProcessor
 from .vision import IMAGE, preprocessor
@@ -65,6 +65,7 @@ MODULE_TYPES: dict[str, type[nn.Module]] = {
     "QuantizableMHA": QuantizableMHA,
     "NoAttention": NoAttention,
     "VocabEmbedding": VocabEmbedding,
+    "VocabHead": VocabHead,
     "FactorizedLinear": FactorizedLinear,
     "FourierMixer": FourierMixer,
 }
@@ -127,17 +128,15 @@ def load(path: str | os.PathLike | None = None) -> SlimModel:
     if not any((hf_dir / f).is_file() for f in (WEIGHTS, INDEX)):
         raise ModelNotFoundError(f"no safetensors weights in {hf_dir} (pickled .bin weights are never loaded)")
     check_weights(hf_dir)
-    # fp32 whatever the checkpoint holds: transformers 5 keeps a bf16/fp16 checkpoint's dtype, which the int8 passes
-    # and encode() on CPU do not take
+    # fp32 whatever the checkpoint holds: transformers 5 keeps bf16/fp16, which int8 passes and CPU encode() refuse
     net = auto_class(head).from_pretrained(hf_dir, use_safetensors=True, dtype=torch.float32)
     tokenizer = _preprocessor(hf_dir, config.model_type)
     if adapter_for(config.model_type).modality == IMAGE:  # no sequence to cut; the CLS token is the image's summary
         pooling = pooling if (path / "modules.json").is_file() else "cls"
         max_len = max_len or 0
-    if max_len is None and adapter_for(config.model_type).modality == SPEECH:
-        max_len = config.max_target_positions  # the decoder's tokens; audio comes in 30 s chunks
-    if max_len is None:
-        max_len = min(getattr(tokenizer, "model_max_length", 512), getattr(config, "max_position_embeddings", 512))
+    if max_len is None:  # a speech model: its decoder's tokens (audio comes in 30 s chunks); else the tokenizer's
+        max_len = (config.max_target_positions if adapter_for(config.model_type).modality == SPEECH else
+                   min(getattr(tokenizer, "model_max_length", 512), getattr(config, "max_position_embeddings", 512)))
     manifest = {"source": str(path.resolve()), "recipe": "", "steps": []}
     return SlimModel(net, tokenizer, pooling, normalize, max_len, manifest)
 
@@ -237,6 +236,7 @@ def _load_slim(path: Path) -> SlimModel:
     except RuntimeError as e:  # tensors missing, unexpected or of another shape than the manifest says
         detail = [line.strip() for line in str(e).splitlines() if line.strip()][-1][:200]
         raise WeightsError(f"{path / WEIGHTS} does not fit {path / MANIFEST}: {detail}") from None
+    tie_vocab(net)  # a vocabulary-pruned causal LM's one table, saved twice
     int8_kernels.choose(net)  # this CPU's int8 kernels (measured, or $SLIMFORMER_INT8_KERNEL), before any trace
     tokenizer = _preprocessor(path, encoder.config.model_type)
     p = manifest["pooling"]

@@ -78,18 +78,26 @@ class SentenceTransformersPeer:
         return self.st(inputs, batch_size=batch_size, function_to_apply="none", top_k=None)
 
 
-def peer_models(base: SlimModel, workdir) -> dict:
-    """name -> model with encode() and .encoder/.tokenizer, in the order the table shows them."""
+def peer_models(base: SlimModel, workdir, skipped: dict[str, str] | None = None) -> dict:
+    """name -> model with encode() and .encoder/.tokenizer, in the order the table shows them. A peer that cannot
+    run this model (its export refuses it: SlimformerError) is left out and its one-line reason put in `skipped`."""
     work = Path(workdir)
-    peers = {
-        "torch fp32 eager (original)": base,
-        "torch.ao dynamic int8": torch_ao_dynamic(base),
-        "ORT fp32": ort_peer(base, work / "ort-fp32", int8=False),
-        "ORT optimized + int8 per-channel": ort_peer(base, work / "ort-int8", int8=True),
+    builders = {
+        "torch.ao dynamic int8": lambda: torch_ao_dynamic(base),
+        "ORT fp32": lambda: ort_peer(base, work / "ort-fp32", int8=False),
+        "ORT optimized + int8 per-channel": lambda: ort_peer(base, work / "ort-int8", int8=True),
+        "OpenVINO int8 weights (nncf)": lambda: openvino_peer(base, work / "openvino"),
     }
-    ov = openvino_peer(base, work / "openvino")
-    if ov is not None:  # an optional extra: pip install 'slimformer[openvino]'
-        peers["OpenVINO int8 weights (nncf)"] = ov
+    peers = {"torch fp32 eager (original)": base}
+    for name, build in builders.items():
+        try:
+            model = build()
+        except SlimformerError as e:
+            if skipped is not None:
+                skipped[name] = str(e)
+            continue
+        if model is not None:  # OpenVINO is an optional extra: pip install 'slimformer[openvino]'
+            peers[name] = model
     return peers
 
 
@@ -123,8 +131,9 @@ def compare_peers(paths: list[str], runs: int, out_dir, show_progress: bool = Fa
         raise SlimformerError(f"bench --peers: the base {base_dir} is an export; give the torch model it came from")
     task = default_task(base)
     texts = task_inputs(task)
+    skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:  # the peers' exports live until they are measured
-        models = peer_models(base, tmp)
+        models = peer_models(base, tmp, skipped)
         for p in paths:
             m = io.load(p)
             runtime = {"onnxruntime": "ORT", "openvino": "OpenVINO"}.get(m.manifest.get("runtime"), "torch")
@@ -133,9 +142,13 @@ def compare_peers(paths: list[str], runs: int, out_dir, show_progress: bool = Fa
                 name += f" ({Path(p).name})"
             models[name] = m
         result, _ = compare(models, {}, task, runs, throughput_texts=texts, show_progress=show_progress)
+    if skipped:
+        result["skipped"] = skipped
     st_dir = Path(base_dir) if base_dir is not None else io.default_model_dir()
     table = markdown(result)
-    if not (st_dir / MANIFEST).is_file():  # sentence-transformers reads HF and its own folders, not slimformer's
+    # sentence-transformers reads HF and its own folders, not slimformer's; it neither embeds nor classifies with a
+    # causal LM (whose inputs/s, document scoring, the rows above hold)
+    if not (st_dir / MANIFEST).is_file() and getattr(base, "head", None) != "causal-lm":
         st = SentenceTransformersPeer(str(st_dir), getattr(base, "head", None))
         result["sentence_transformers_sentences_per_s"] = round(throughput(st.encode, texts), 1)
         table += ("\n\nCorpus throughput (%s, %d inputs, tokenization included): %s on the original: %.0f inputs/s."

@@ -7,7 +7,7 @@ import json
 
 from ..timing import SHAPES
 from .bench import bench, cpu_info, throughput
-from .lm import lm_speed
+from .lm import lm_speed, lm_speeds
 from .tasks import AUTO, default_task, evaluate, inference_fn, result_interval
 from ..model import SlimModel
 from ..passes import int8_kernels
@@ -58,9 +58,12 @@ def measure(models: dict[str, SlimModel], task: str | None = AUTO, runs: int = 2
         task = default_task(next(iter(models.values())))
     stats = bench({n: runnable(m) for n, m in models.items()}, {n: m.tokenizer.vocab_size for n, m in models.items()},
                   runs=runs, progress=progress)
+    # a causal LM's own keys (prefill to the first token, decode tokens/s), every model in one alternating loop
+    lm = lm_speeds(models, runs) if getattr(next(iter(models.values())), "head", None) == "causal-lm" else {}
     rows, results = [], []
     for name, m in models.items():
-        row = {"name": name, "recipe": m.manifest.get("recipe", ""), **stats[name], **served_by(m)}
+        row = {"name": name, "recipe": m.manifest.get("recipe", ""), **stats[name], **lm.get(name, {}),
+               **served_by(m)}
         if task:
             result = evaluate(m, task)
             row[task] = round(result.value, 2)
@@ -77,6 +80,9 @@ def measure(models: dict[str, SlimModel], task: str | None = AUTO, runs: int = 2
     for i, row in enumerate(rows):
         row["size_ratio"] = round(base["size_mb"] / row["size_mb"], 2)
         row["speedup"] = {k: round(base["latency_ms"][k] / row["latency_ms"][k], 2) for k in SHAPE_KEYS}
+        if lm:
+            row["prefill_speedup"] = {k: round(base["prefill_ms"][k] / v, 2) for k, v in row["prefill_ms"].items()}
+            row["decode_speedup"] = round(row["decode_tokens_per_s"] / base["decode_tokens_per_s"], 2)
         if task:
             row[f"{task}_delta"] = round(row[task] - base[task], 2)
             row[f"{task}_delta_95"] = [round(v, 2) for v in result_interval(results[0], results[i])]
@@ -100,6 +106,9 @@ def markdown(result: dict) -> str:
     if task:
         extra = result.get("extra", [])
         head += [task_label(task, result.get("metric")), "delta [95%]", *[EXTRA_LABELS.get(k, k) for k in extra]]
+    lm = all("prefill_ms" in r for r in result["rows"])  # a causal LM: time to first token and decoding
+    if lm:
+        head += ["prefill speedup 8x128", "prefill ms 8x128", "decode speedup", "decode tokens/s"]
     tput = all("sentences_per_s" in r for r in result["rows"])
     if tput:
         head += ["sentences/s"]
@@ -111,9 +120,14 @@ def markdown(result: dict) -> str:
             lo, hi = r[f"{task}_delta_95"]
             cells += [f"{r[task]:.2f}", f"{r[f'{task}_delta']:+.2f} [{lo:+.2f}, {hi:+.2f}]",
                       *[f"{r[f'{task}_{k}']:.2f}" for k in extra]]
+        if lm:
+            cells += [f"{r['prefill_speedup']['8x128']:.2f}x", f"{r['prefill_ms']['8x128']:.1f}",
+                      f"{r['decode_speedup']:.2f}x", f"{r['decode_tokens_per_s']:.1f}"]
         if tput:
             cells += [f"{r['sentences_per_s']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    for name, why in result.get("skipped", {}).items():  # peers that cannot run this model, each with its reason
+        lines.append(f"| {name} | not run: {why} |" + " |" * (len(head) - 2))
     m = result["machine"]
     kernels = [f"{r['name']}: " + ", ".join(f"{k} x{n}" for k, n in r["int8_kernel"].items())
                for r in result["rows"] if r.get("int8_kernel")]
@@ -125,7 +139,11 @@ def markdown(result: dict) -> str:
                  "alternates between them (blocks of back-to-back runs, shuffled each round); speedup and size are "
                  "ratios to the first row."
                  + (" The quality delta's 95% interval is a paired bootstrap over the benchmark's examples (1000 "
-                    "resamples): where it holds 0, the benchmark cannot tell that row from the first." if task else ""))
+                    "resamples): where it holds 0, the benchmark cannot tell that row from the first." if task else "")
+                 + (" A causal LM's latency columns time the forward with logits at every position (scoring, "
+                    "perplexity); prefill is the time to the first token (the prompt's forward with the last "
+                    "position's logits, as generate runs it); decode is greedy tokens/s with the KV cache at batch 1; "
+                    "inputs/s score documents (perplexity)." if lm else ""))
     return "\n".join(lines)
 
 

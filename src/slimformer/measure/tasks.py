@@ -10,7 +10,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from ..data import read_cls_tsv, read_lines, read_sst2, read_sts_tsv, read_stsb
-from .lm import document_nll, perplexity, ppl_interval
+from .lm import PPL_BATCH, coverage, document_nll, perplexity, ppl_interval
 from .asr import utterance_errors, wer, wer_interval
 from ..speech import read_speech_tsv
 from ..errors import DataFormatError, SlimformerError
@@ -88,7 +88,11 @@ def task_inputs(task: str) -> list:
 
 
 def inference_fn(model):
-    """What a user calls on the model: encode() for an embedder, predict() for a classifier; fn(inputs, batch_size)."""
+    """What a user calls on the model: encode() for an embedder, predict() for a classifier, for a causal LM the
+    scoring of documents (each one's next-token log-likelihood, as perplexity runs it; at most PPL_BATCH documents a
+    forward: its logits are vocabulary-wide); fn(inputs, batch_size)."""
+    if getattr(model, "head", None) == CAUSAL_LM:
+        return lambda docs, batch_size=PPL_BATCH: document_nll(model, list(docs), min(batch_size, PPL_BATCH))
     return model.predict if getattr(model, "head", None) else model.encode
 
 
@@ -229,9 +233,11 @@ def evaluate(model, task: str | None = AUTO, batch_size: int = 64) -> TaskResult
     task = default_task(model) if task in (None, AUTO) else task
     kind = _check_fits(task, model)
     if kind == "ppl":  # per_example: each document's nll; gold: its token count (what ppl_interval resamples)
-        nll, tokens = document_nll(model, ppl_documents(task))
+        docs = ppl_documents(task)
+        nll, tokens = document_nll(model, docs)
+        kept = coverage(model, docs)  # a vocabulary-pruned model: the share of the tokens it can predict
         return TaskResult(task, "perplexity", perplexity(nll, tokens), len(nll), nll, tokens,
-                          {"tokens": int(tokens.sum())})
+                          {"tokens": int(tokens.sum()), **({"coverage": round(kept, 4)} if kept is not None else {})})
     if kind == "wer":  # per_example: each utterance's word errors; gold: its reference words (wer_interval)
         edits, words, _ = utterance_errors(model, *read_speech_tsv(task[4:]))
         return TaskResult(task, "wer", wer(edits, words), len(edits), edits, words, {"words": int(words.sum())})

@@ -87,6 +87,9 @@ LM_TOP_K = 64  # a causal LM's reference: its K likeliest next tokens per positi
 # 512 calibration sentences would take ~10 GB with Gemma's 262k-token vocabulary)
 
 
+LOG_FLOOR = -100.0  # lm_kl's floor of a log-probability (a vocabulary-pruned LM's dropped tokens: -inf)
+
+
 def is_causal_lm(model) -> bool:
     from ..arch import CAUSAL_LM
 
@@ -120,7 +123,8 @@ def lm_kl(logits: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Next-token KL(p_reference || p_model) per position, (B, T), restricted to the reference's top K tokens (the
     tail it leaves out holds little of its mass): sum_k p_r(k) (log p_r(k) - log p_m(k))."""
     log_r, ids = reference[..., 0], reference[..., 1].long()  # (B, T, K) each
-    log_m = F.log_softmax(logits.float(), -1).gather(-1, ids)  # (B, T, K)
+    # a vocabulary-pruned model gives a dropped token -inf: floored, so it costs much but stays finite (comparable)
+    log_m = F.log_softmax(logits.float(), -1).gather(-1, ids).clamp_min(LOG_FLOOR)  # (B, T, K)
     return (log_r.exp() * (log_r - log_m)).sum(-1)
 
 
@@ -196,7 +200,8 @@ def _projected_output(model, one: dict[str, torch.Tensor], g: torch.Generator, t
     p = F.softmax(z.detach().float(), -1)
     r = torch.randn(z.shape, generator=g)
     v = p.sqrt() * r - p * (p.sqrt() * r).sum(-1, keepdim=True)  # (..., C), covariance diag(p) - p p^T
-    return (v * z).sum()
+    # a vocabulary-pruned LM's dropped tokens: z = -inf and v = 0 there (p = 0); 0 * inf would be nan
+    return (v * z.masked_fill(z == float("-inf"), 0.0)).sum()
 
 
 def squared_gradients(model, calib: Calibration, tensors: list[torch.Tensor], seed: int = 0,

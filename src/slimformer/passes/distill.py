@@ -4,7 +4,9 @@ Loss per batch (real tokens only): 1 - cos(pooled student, pooled teacher) plus,
 its hidden states to the teacher layer it stands for, divided by the teacher's mean square so layers weigh alike
 (layer map: identity, or the kept layers when layers were dropped); for a classifier plus the KL divergence of the
 student's class distribution from the teacher's at temperature T, times T^2 (Hinton et al. 2015, "Distilling the
-Knowledge in a Neural Network"), so the head is trained with the encoder. Unlabeled text only: the teacher's
+Knowledge in a Neural Network"), so the head is trained with the encoder; for a causal LM the same KL on every real
+token's next-token distribution (over the kept tokens after `vocab`; use a small batch_size: its logits are
+vocabulary-wide). Unlabeled text only: the teacher's
 outputs are the targets. AdamW, linear warm-up then linear decay over
 the budget (steps, or minutes of wall clock), dynamic padding, no dropout, deterministic for a seed. With a
 checkpoint folder, the run saves its state every CHECKPOINT_SECONDS and a restarted run resumes from it.
@@ -25,6 +27,7 @@ from ..configs import Distill
 from ..errors import RecipeError
 from ..folder import atomic_folder
 from ..vision import is_image
+from .vocab import kept_tokens
 
 CHECKPOINT_SECONDS = 30.0
 WARMUP_STEPS = 50
@@ -54,9 +57,11 @@ def _forward(model, batch, grad: bool):
 def logit_kl(student: torch.Tensor, teacher: torch.Tensor, real: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(softmax(teacher / T) || softmax(student / T)) * T^2, the mean over sentences ((B, C) logits), or over the
     real tokens (real: (B, T) bool) of a token classifier's (B, T, C). T^2 keeps its gradients' scale as T varies."""
+    if student.dim() == 3:  # per token: the real tokens' rows only, (N, C) (a causal LM's C is its vocabulary)
+        student, teacher = student[real], teacher[real]
     log_t = F.log_softmax(teacher / temperature, -1)
-    kl = (log_t.exp() * (log_t - F.log_softmax(student / temperature, -1))).sum(-1)  # (B,) or (B, T)
-    return (kl[real] if kl.dim() == 2 else kl).mean() * temperature ** 2
+    kl = (log_t.exp() * (log_t - F.log_softmax(student / temperature, -1))).sum(-1)  # (B,) or (N,)
+    return kl.mean() * temperature ** 2
 
 
 def loss_fn(student, teacher, batch, lmap, temperature: float = 2.0) -> torch.Tensor:
@@ -70,6 +75,9 @@ def loss_fn(student, teacher, batch, lmap, temperature: float = 2.0) -> torch.Te
         t = t_states[ti][real]  # (N, H)
         loss = loss + (s[real] - t).pow(2).mean() / t.pow(2).mean().clamp_min(1e-6) / len(lmap)
     if t_logits is not None:  # the teacher has a head (and so has the student: compress keeps it)
+        kept = kept_tokens(student.net)
+        if kept is not None:  # a vocabulary-pruned causal LM: -inf at the dropped tokens; KL over the kept ones
+            s_logits, t_logits = s_logits[..., kept], t_logits[..., kept]
         loss = loss + logit_kl(s_logits, t_logits, real, temperature)
     return loss
 

@@ -179,6 +179,9 @@ def export(model: SlimModel, out_dir: str | os.PathLike, int8: bool = True, opti
     and slimformer.json; atomically. int8: ORT's per-channel dynamic quantization, or OpenVINO's int8 weights."""
     if runtime not in RUNTIMES:
         raise SlimformerError(f"export: runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if getattr(model, "head", None) == "causal-lm":  # generate needs the KV cache as graph inputs and outputs
+        raise UnsupportedArchitectureError("export: a causal LM's graph (with its KV cache, for generate) is not "
+                                           "built yet; serve it with torch")
     if runtime == "openvino":
         from . import openvino
 
