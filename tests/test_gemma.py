@@ -88,6 +88,14 @@ def test_ffn_slices_gate_and_up_together(gemma, batch, tmp_path):
     assert torch.equal(logits(reload(small, tmp_path), batch), logits(small, batch))
 
 
+def test_a_narrowed_model_loads_with_its_token_table_tied_once(gemma, batch, tmp_path):
+    small = gemma.clone()
+    slice_ffn(small.encoder, small.adapter, [list(range(48))] * 4)
+    back = reload(small, tmp_path)
+    assert back.net.lm_head.weight is back.net.get_input_embeddings().weight  # one table, as transformers ties it
+    assert torch.equal(logits(back, batch), logits(small, batch))
+
+
 def test_ffn_pass_and_identity(gemma, batch, sentences):
     same = slimformer.compress(gemma, "ffn(keep=1.0)", calib=sentences[:8])
     assert torch.allclose(logits(same, batch), logits(gemma, batch), atol=1e-6)

@@ -184,12 +184,17 @@ def kept_tokens(net: nn.Module) -> torch.Tensor | None:
 
 
 def tie_vocab(net: nn.Module) -> None:
-    """After loading: a vocabulary-pruned causal LM whose config ties its embeddings shares one (N, D) table
-    between its VocabEmbedding and its VocabHead again (the saved file holds two copies; int8 unties them)."""
+    """After loading: a causal LM whose config ties its embeddings shares one table between input and output again
+    (the saved file holds two copies; int8 unties them): a vocabulary-pruned one's (N, D) between its VocabEmbedding
+    and VocabHead, any other's (V, D) between its embedding and lm_head (262k x 640 for Gemma 3: 671 MB once)."""
     head, emb = getattr(net, "get_output_embeddings", lambda: None)(), net.get_input_embeddings()
+    tied = getattr(net.config, "tie_word_embeddings", False)
     if (isinstance(head, VocabHead) and isinstance(emb, VocabEmbedding) and type(head.proj) is nn.Linear
-            and type(emb.embedding) is nn.Embedding and getattr(net.config, "tie_word_embeddings", False)):
+            and type(emb.embedding) is nn.Embedding and tied):
         head.proj.weight = emb.embedding.weight
+    elif (tied and type(head) is nn.Linear and isinstance(emb, nn.Embedding) and head.weight.shape == emb.weight.shape
+          and torch.equal(head.weight, emb.weight)):  # a narrowed decoder's full table: loaded as two (V, D) copies
+        head.weight = emb.weight
 
 
 def _nearest_kept(weight: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
