@@ -193,22 +193,21 @@ def search(model: str | None, max_drop: float, out: str | os.PathLike, task: str
         ref = trials.run({**spec, "mode": "reference"}, work / "reference", None)
         if "error" in ref:
             raise SlimformerError(f"search: measuring the original failed: {ref['error']}")
-    peer_rows = []
-    if peers:  # measured once per machine, task and objective, like the reference
+    settings = {"model": str(model or "all-MiniLM-L6-v2"), "task": task, "objective": objective,
+                "max_drop": max_drop, "runtimes": list(runtimes)}
+    name = study_name or report.study_name(settings)
+    meta = {**settings, "metric": ref["metric"], "study": name, "storage": storage or "sqlite (beside OUT)",
+            "original": {k: ref[k] for k in ("value", "noise", "size_mb", "n")}, "peers": []}
+    if max_drop < ref["noise"]:
+        return report.fail(None, meta, out, f"--max-drop {max_drop} is below the original's re-measurement noise "
+                           f"({ref['noise']:.4f} points: a slice of {task} scored again with another batch size)")
+    if peers:  # measured once per machine, task and objective, like the reference (after the budget check: minutes)
         got = report.read_reference(work / "peers" / "result.json")
         if got is None or (got.get("model"), got["task"], got["objective"]) != (model, task, objective):
             got = trials.run({**spec, "mode": "peers"}, work / "peers", None)
             if "error" in got:
                 raise SlimformerError(f"search: measuring the peers failed: {got['error']}")
-        peer_rows = got["peers"]
-    settings = {"model": str(model or "all-MiniLM-L6-v2"), "task": task, "objective": objective,
-                "max_drop": max_drop, "runtimes": list(runtimes)}
-    name = study_name or report.study_name(settings)
-    meta = {**settings, "metric": ref["metric"], "study": name, "storage": storage or "sqlite (beside OUT)",
-            "original": {k: ref[k] for k in ("value", "noise", "size_mb", "n")}, "peers": peer_rows}
-    if max_drop < ref["noise"]:
-        return report.fail(None, meta, out, f"--max-drop {max_drop} is below the original's re-measurement noise "
-                           f"({ref['noise']:.4f} points: a slice of {task} scored again with another batch size)")
+        meta["peers"] = got["peers"]
     study = open_study(open_storage(storage, out), name, settings)
     fail_dead_workers(study)
     if not study.trials:
