@@ -76,6 +76,13 @@ def _ms(r: dict, shape: str) -> str:
     return "" if v is None else f"{v:.1f}"
 
 
+def _measured(r: dict, shapes: list[str]) -> str:
+    """A fully measured row's cells: quality | drop (95%) | cost | ms per shape | MB (a trial's or a peer's)."""
+    lo, hi = r["drop_95"]
+    return (f"{r['quality']:.2f} | {r['drop']:.2f} ({lo:.2f}, {hi:.2f}) | {r['cost']:.3f} | "
+            + " | ".join(_ms(r, k) for k in shapes) + f" | {r['size_mb']:.1f}")
+
+
 def markdown(s: dict) -> str:
     from ..timing import SHAPES
 
@@ -89,19 +96,13 @@ def markdown(s: dict) -> str:
              + " | MB | chosen |", "|" + "---|" * (9 + len(shapes) - 1)]
     front = sorted((r for r in s["trials"] if r.get("pareto")), key=lambda r: r["cost"])
     for r in front:
-        lo, hi = r["drop_95"]
-        lines.append(f"| {r['number']} | {r['recipe'] or 'original'} | {r['runtime']} | {r['quality']:.2f} | "
-                     f"{r['drop']:.2f} ({lo:.2f}, {hi:.2f}) | {r['cost']:.3f} | "
-                     + " | ".join(_ms(r, k) for k in shapes) + f" | {r['size_mb']:.1f} | "
+        lines.append(f"| {r['number']} | {r['recipe'] or 'original'} | {r['runtime']} | {_measured(r, shapes)} | "
                      + ("**yes**" if r["number"] == s["chosen"] else "") + " |")
     if s.get("peers"):
         lines += ["", "Peers (`bench --peers`' rows: the original under each peer's runtime), measured the same way on "
                   "this machine:", "", "| peer | quality | drop (95%) | cost | " + " | ".join(f"ms {k}" for k in shapes)
                   + " | MB |", "|" + "---|" * (5 + len(shapes))]
-        for r in s["peers"]:
-            lo, hi = r["drop_95"]
-            lines.append(f"| {r['name']} | {r['quality']:.2f} | {r['drop']:.2f} ({lo:.2f}, {hi:.2f}) | "
-                         f"{r['cost']:.3f} | " + " | ".join(_ms(r, k) for k in shapes) + f" | {r['size_mb']:.1f} |")
+        lines += [f"| {r['name']} | {_measured(r, shapes)} |" for r in s["peers"]]
     states = {}
     for r in s["trials"]:
         key = r["state"] if r["state"] != "COMPLETE" else f"complete ({r['stage']})"
