@@ -18,6 +18,8 @@ from slimformer.arch import stacks
 from slimformer.errors import SlimformerError
 from slimformer.measure.asr import normalize, wer, wer_interval, word_errors
 from slimformer.model import SlimModel
+from slimformer.passes import lowrank
+from slimformer.passes.lowrank import FactorizedLinear
 from slimformer.passes.quantize import Int8Linear
 from slimformer.passes.structure import ffn_per_layer, heads_per_layer
 from slimformer.speech import greedy_ids
@@ -131,16 +133,26 @@ def test_prune_flops_narrows_the_encoder(tmp_path):
     roundtrip(small, tmp_path)
 
 
-def test_lowrank_sees_every_stack_then_int8_round_trips(tmp_path):
+@pytest.mark.parametrize("fast", [True, False])
+def test_lowrank_sees_every_stack_then_int8_round_trips(tmp_path, monkeypatch, fast):
+    # whether rank 4 beats dense is timed on the CPU that runs it; both outcomes are fixed here so that neither
+    # depends on the machine (CI once saw it factor where this machine kept it dense)
+    monkeypatch.setattr(lowrank, "fastest_rank", lambda m, n: 10**6 if fast else 0)
     base = build()
+    factored = slimformer.compress(base, "lowrank(rank=4)", calib=CALIB)
     small = slimformer.compress(base, "lowrank(rank=4)+int8", calib=CALIB)
     step = small.manifest["steps"][0]
-    seen = set(step["ranks"]) | set(step["dense"])  # at d_model 32 factoring is slower than dense: kept dense
+    seen = set(step["ranks"]) | set(step["dense"])
     # encoder layers: q, k, v, o, fc1, fc2; decoder layers: those and the cross-attention's q, k, v, o
     assert len(seen) == 2 * 6 + 2 * 10
     assert any(".encoder_attn." in k for k in seen) and any(k.startswith("encoder.") for k in seen)
-    # whether rank 4 is faster than dense is timed on this CPU: factored or not, the output stays near the original
-    assert rel(logits(base), logits(small)) < 0.5
+    n_factored = sum(isinstance(m, FactorizedLinear) for m in small.net.modules())
+    assert (len(step["ranks"]), n_factored) == ((32, 32) if fast else (0, 0))
+    # int8 on top of the factors stays near the fp32 factored model (rank 4 of 32 on random weights is far
+    # from the original, so the original is the reference only when nothing was factored)
+    assert rel(logits(factored), logits(small)) < 0.1
+    if not fast:
+        assert rel(logits(base), logits(small)) < 0.1
     roundtrip(small, tmp_path)
 
 
