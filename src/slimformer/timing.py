@@ -18,9 +18,11 @@ import torch
 SHAPES = ((1, 16), (8, 128), (32, 32))  # (batch, seq): one short query, a long-document batch, a short-text batch
 
 
-def interleaved_ms(fns: dict[str, Callable[[], object]], reps: int = 9, give_up_ms: float = 50.0) -> dict[str, float]:
-    """Median ms of each fn, timed in turns (a, b, c, a, b, c, ...) so that a slow spell or the allocator's state
-    hits all alike; a fn slower than give_up_ms per call stops after two timed calls."""
+def interleaved_times(fns: dict[str, Callable[[], object]], reps: int = 9,
+                      give_up_ms: float = 50.0) -> dict[str, list[float]]:
+    """ms of each call of each fn, timed in turns (a, b, c, a, b, c, ...) so that a slow spell or the allocator's
+    state hits all alike: the i-th times of two fns are a pair; a fn slower than give_up_ms per call stops after two
+    timed calls."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():
         fn()  # warm-up
@@ -31,7 +33,12 @@ def interleaved_ms(fns: dict[str, Callable[[], object]], reps: int = 9, give_up_
             t0 = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def interleaved_ms(fns: dict[str, Callable[[], object]], reps: int = 9, give_up_ms: float = 50.0) -> dict[str, float]:
+    """Median ms of each fn, timed in turns (interleaved_times)."""
+    return {name: statistics.median(t) for name, t in interleaved_times(fns, reps, give_up_ms).items()}
 
 
 def median_ms(fn: Callable[[], object], reps: int = 15, give_up_ms: float = float("inf")) -> float:
