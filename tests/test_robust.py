@@ -14,7 +14,7 @@ import torch
 import slimformer
 from slimformer import api
 from slimformer.arch import BERT_LAYOUT, adapter_for, blocks
-from slimformer.data import SHIPPED_CORPUS, calibration_texts, default_calibration, read_lines
+from slimformer.data import SHIPPED_CORPUS, calibration_texts, default_calibration, read_lines, shipped_corpus
 from slimformer.errors import (CoverageWarning, DataFormatError, ModelNotFoundError, SlimformerError,
                                StepNotApplicableError, UnsupportedArchitectureError, WeightsError)
 from slimformer.passes import int8_kernels
@@ -231,6 +231,19 @@ def test_default_calibration_without_a_data_folder_is_the_shipped_corpus(monkeyp
     assert default_calibration() == read_lines(SHIPPED_CORPUS)
     monkeypatch.setenv("SLIMFORMER_DATA", str(tmp_path / "missing"))
     assert sorted(calibration_texts(None)) == sorted(read_lines(SHIPPED_CORPUS))  # shuffled, all of it
+
+
+def test_default_text_adds_the_shipped_corpus_but_not_its_held_out_part():
+    import random
+
+    old = default_calibration()  # STS-B + SST-2 train: the data folder is there
+    random.Random(0).shuffle(old)
+    texts = calibration_texts(None)
+    assert texts[: len(old)] == old and calibration_texts(512) == old[:512]  # the calibration sample is unchanged
+    added, held = texts[len(old):], set(shipped_corpus(held_out=True))
+    assert len(held) == 998 and not held & set(texts)  # the risk report's other text stays unseen
+    assert set(added) == set(shipped_corpus()) - set(old) and len(added) > 3000
+    assert len(shipped_corpus()) + len(held) == len(read_lines(SHIPPED_CORPUS))
 
 
 def test_compress_works_with_an_empty_data_folder(tiny_dir, tmp_path, cli, monkeypatch):

@@ -22,7 +22,8 @@ def compress(model: SlimModel, recipe: str | list, calib: list | str | None = No
     """Apply `recipe` (text like "int8" or a list of configs like [Int8()]) to a copy of `model`.
 
     calib: calibration sentences, a path to a text file (one sentence a line), or None for the default: STS-B train
-    and SST-2 train sentences from the data folder, else the corpus shipped in the package. An image model's calib
+    and SST-2 train sentences from the data folder, then most of the corpus shipped in the package (data.
+    calibration_texts), else that whole corpus. An image model's calib
     is a folder of images, a list of pixel tensors, or None for random-normal pixels (vision.calibration_pixels).
     checkpoint_dir: where training steps keep resumable state (the same call after a crash resumes from it). The
     manifest records the recipe as canonical text (recipe.to_text)."""

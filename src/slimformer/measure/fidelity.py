@@ -44,14 +44,14 @@ def risk_texts(corpus: list[str], other: list[str], used: int, n: int = N_TEXTS)
 
 def transfer_risk(base, model, calib: str | None = None) -> dict:
     """{"metric", kind: fidelity x100} of `model` against `base` on each risk_texts kind, for the compress report:
-    the calibration text is `calib` (a file) or the default one, the other text the package's corpus (shuffled,
-    seeded), minus anything in the calibration text."""
+    the calibration text is `calib` (a file) or the default one, the other text the package's corpus's held-out news
+    and Wikipedia (data.HELD_OUT_LINES; shuffled, seeded), minus anything in the calibration text."""
     import random
 
     from ..api import CALIB_SENTENCES
-    from ..data import SHIPPED_CORPUS, calibration_texts, read_lines
+    from ..data import calibration_texts, shipped_corpus
 
-    other = read_lines(SHIPPED_CORPUS)
+    other = shipped_corpus(held_out=True)
     random.Random(0).shuffle(other)
     kinds = risk_texts(calibration_texts(None, path=calib), other, CALIB_SENTENCES)
     metric = "agreement_pct" if getattr(base, "head", None) == "sequence-classification" else "similarity_spearman_x100"
