@@ -105,10 +105,10 @@ def test_peers_are_listed_and_plotted_beside_the_trials(tmp_path):
     s = optuna.create_study(directions=["minimize", "minimize"])
     _add(s, [(0.2, 0.9, "full")])
     peer = {"name": "ORT optimized + int8 per-channel", "quality": 79.6, "drop": 0.4, "drop_95": [0.1, 0.7],
-            "cost": 0.65, "latency_ms": {"8x128": 65.0}, "size_mb": 22.8}
+            "cost": 0.65, "latency_ms": {"8x128": 65.0}, "size_mb": 22.8, "other_fidelity": 91.5}
     summary = report.summary(s, {**META, "peers": [peer]}, studies.choose(s, 1.0))
     md = report.markdown(summary)
-    assert "| ORT optimized + int8 per-channel | 79.60 | 0.40 (0.10, 0.70) | 0.650 |" in md
+    assert "| ORT optimized + int8 per-channel | 79.60 | 0.40 (0.10, 0.70) | 91.50 | 0.650 |" in md
     report.write(tmp_path, summary)
     assert (tmp_path / "pareto.png").stat().st_size > 1000
     assert "Peers" not in report.markdown(report.summary(s, META, None))  # none measured: no table
@@ -207,6 +207,8 @@ def test_search_writes_the_chosen_model_within_budget_and_survives_a_failing_tri
     chosen = by[s["chosen"]]
     assert chosen["stage"] == "full" and chosen["drop"] <= 5
     assert by[0]["drop"] == 0  # the original, reloaded, scores as the reference
+    assert by[0]["other_fidelity"] == pytest.approx(100.0)  # ... and behaves as it on the held-out text
+    assert -100.0 <= by[2]["other_fidelity"] <= 100.0 and "other-text fidelity" in (out / "search.md").read_text()
     assert (out / "search.md").read_text().count("**yes**") == 1 and (out / "pareto.png").is_file()
     m = slimformer.load(out)
     assert m.encode(["a sentence"]).shape == (1, 64)

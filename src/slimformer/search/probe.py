@@ -51,6 +51,16 @@ def reference(model, task: str) -> dict:
             "size_mb": size_mb(runnable(model))}
 
 
+def other_fidelity(base, model, calib: str | None = None) -> float | None:
+    """The compress report's transfer check (measure/fidelity.py): Spearman x100 of the candidate's pairwise
+    similarities against the original's (a classifier: % equal classes) on text no pass fitted on, the shipped
+    corpus's held-out news and Wikipedia. The task's drop says what the search budgeted; this, what may not transfer.
+    None where there is no such text (a custom --calib that holds it all)."""
+    from ..measure.fidelity import transfer_risk
+
+    return transfer_risk(base, model, calib).get("other")
+
+
 def full_quality(model, task: str, ref: dict) -> dict:
     """The score on the whole split and the 95% paired-bootstrap interval of its drop from the original's."""
     r = evaluate(model, task)

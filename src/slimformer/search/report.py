@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ..errors import BudgetError
 
-ROW_KEYS = ("recipe", "runtime", "stage", "quality", "drop", "drop_95", "slice_quality", "slice_drop", "cost",
-            "latency_ms", "original_ms", "size_mb", "sentences_per_s", "worker", "wall_s", "error")
+ROW_KEYS = ("recipe", "runtime", "stage", "quality", "drop", "drop_95", "other_fidelity", "slice_quality",
+            "slice_drop", "cost", "latency_ms", "original_ms", "size_mb", "sentences_per_s", "worker", "wall_s", "error")
 
 
 def read_reference(path: Path) -> dict | None:
@@ -77,9 +77,12 @@ def _ms(r: dict, shape: str) -> str:
 
 
 def _measured(r: dict, shapes: list[str]) -> str:
-    """A fully measured row's cells: quality | drop (95%) | cost | ms per shape | MB (a trial's or a peer's)."""
+    """A fully measured row's cells: quality | drop (95%) | other-text fidelity | cost | ms per shape | MB (a
+    trial's or a peer's)."""
     lo, hi = r["drop_95"]
-    return (f"{r['quality']:.2f} | {r['drop']:.2f} ({lo:.2f}, {hi:.2f}) | {r['cost']:.3f} | "
+    fid = r.get("other_fidelity")
+    return (f"{r['quality']:.2f} | {r['drop']:.2f} ({lo:.2f}, {hi:.2f}) | {'' if fid is None else f'{fid:.2f}'} | "
+            f"{r['cost']:.3f} | "
             + " | ".join(_ms(r, k) for k in shapes) + f" | {r['size_mb']:.1f}")
 
 
@@ -91,17 +94,19 @@ def markdown(s: dict) -> str:
     lines = [f"# search: {s['model']} on {s['task']}, objective {s['objective']}, max drop {s['max_drop']}", "",
              f"Original: {s['metric']} {o['value']:.2f} (re-measurement noise {o['noise']:.4f}), {o['size_mb']:.1f} "
              f"MB. Cost: the candidate's {s['objective']} relative to the original's, timed in the same alternating "
-             "loop (lower is better). Drop: on the whole split, with its 95% paired-bootstrap interval.", "",
-             "| trial | recipe | runtime | quality | drop (95%) | cost | " + " | ".join(f"ms {k}" for k in shapes)
-             + " | MB | chosen |", "|" + "---|" * (9 + len(shapes) - 1)]
+             "loop (lower is better). Drop: on the whole split, with its 95% paired-bootstrap interval. Other-text "
+             "fidelity: label-free, on text no pass fitted on (the compress report's transfer check; 100: behaves as "
+             "the original); well below 100 where the drop is small, the budget may not hold on other data.", "",
+             "| trial | recipe | runtime | quality | drop (95%) | other-text fidelity | cost | "
+             + " | ".join(f"ms {k}" for k in shapes) + " | MB | chosen |", "|" + "---|" * (10 + len(shapes) - 1)]
     front = sorted((r for r in s["trials"] if r.get("pareto")), key=lambda r: r["cost"])
     for r in front:
         lines.append(f"| {r['number']} | {r['recipe'] or 'original'} | {r['runtime']} | {_measured(r, shapes)} | "
                      + ("**yes**" if r["number"] == s["chosen"] else "") + " |")
     if s.get("peers"):
         lines += ["", "Peers (`bench --peers`' rows: the original under each peer's runtime), measured the same way on "
-                  "this machine:", "", "| peer | quality | drop (95%) | cost | " + " | ".join(f"ms {k}" for k in shapes)
-                  + " | MB |", "|" + "---|" * (5 + len(shapes))]
+                  "this machine:", "", "| peer | quality | drop (95%) | other-text fidelity | cost | "
+                  + " | ".join(f"ms {k}" for k in shapes) + " | MB |", "|" + "---|" * (6 + len(shapes))]
         lines += [f"| {r['name']} | {_measured(r, shapes)} |" for r in s["peers"]]
     states = {}
     for r in s["trials"]:

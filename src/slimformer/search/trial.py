@@ -100,6 +100,7 @@ def measure_trial(spec: dict) -> dict:
     if out["slice_drop"] <= full_if["drop"] and proxy["cost"] <= full_if["cost"]:
         t2 = time.perf_counter()
         out.update(stage="full", **probe.full_quality(cand, spec["task"], ref),
+                   other_fidelity=probe.other_fidelity(base, cand, spec.get("calib")),
                    **probe.cost(base, cand, spec["objective"], spec["runs"], spec["task"], all_shapes=True))
         out["full_s"] = round(time.perf_counter() - t2, 1)
     out["seconds"] = round(time.perf_counter() - t0, 1)
@@ -123,6 +124,7 @@ def measure_peers(spec: dict) -> dict:
         for name, m in peer_models(base, tmp).items():
             if m is not base:
                 rows.append({"name": name, **probe.full_quality(m, spec["task"], ref),
+                             "other_fidelity": probe.other_fidelity(base, m, spec.get("calib")),
                              **probe.cost(base, m, spec["objective"], spec["runs"], spec["task"], all_shapes=True)})
     return {"model": spec["model"], "task": spec["task"], "objective": spec["objective"], "peers": rows}
 
