@@ -11,10 +11,12 @@ import json
 import sys
 from pathlib import Path
 
-import slimformer
 from slimformer.measure.bench import cpu_info, size_mb
 from slimformer.measure.lm import lm_speeds
 from slimformer.timing import latency_ms
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from folders import load_models  # noqa: E402
 
 args, runs, score = sys.argv[1:], 20, False
 while args and args[0].startswith("--"):
@@ -24,13 +26,7 @@ while args and args[0].startswith("--"):
         score, args = True, args[1:]
     else:
         raise SystemExit(f"unknown option {args[0]}")
-base = "models/gemma-3-270m"
-if args and not (Path(args[0]) / "slimformer.json").is_file():
-    base, args = args[0], args[1:]
-models = {"fp32": slimformer.load(base)}
-for folder in args:
-    m = slimformer.load(folder)
-    models[m.manifest.get("recipe") or folder] = m
+models = load_models(args, "models/gemma-3-270m")
 speed = lm_speeds(models, runs)
 if score:
     full = latency_ms({n: (lambda net: lambda x: net(**x, use_cache=False))(m.net) for n, m in models.items()},

@@ -15,22 +15,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import slimformer
 from slimformer.measure.asr import AUDIO_S, DECODE_TOKENS
 from slimformer.measure.bench import cpu_info, size_mb
 from slimformer.speech import RATE, greedy_ids, prompt_ids
 from slimformer.timing import interleaved_times
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from folders import load_models  # noqa: E402
+
 args, runs = sys.argv[1:], 6
 if args[:1] == ["--runs"]:
     runs, args = int(args[1]), args[2:]
-base = "models/whisper-base"
-if args and not (Path(args[0]) / "slimformer.json").is_file():
-    base, args = args[0], args[1:]
-models = {"fp32": slimformer.load(base)}
-for folder in args:
-    m = slimformer.load(folder)
-    models[m.manifest.get("recipe") or folder] = m
+models = load_models(args, "models/whisper-base")
 proc = models["fp32"].tokenizer
 feats = proc([np.zeros(AUDIO_S * RATE, dtype=np.float32)])["input_features"]  # (1, 80, 3000): 30 s of silence
 prompt = prompt_ids(proc.tokenizer)
