@@ -21,7 +21,7 @@ from slimformer.model import SlimModel
 from slimformer.passes import lowrank
 from slimformer.passes.lowrank import FactorizedLinear
 from slimformer.passes.quantize import Int8Linear
-from slimformer.passes.structure import ffn_per_layer, heads_per_layer
+from slimformer.passes.structure import REF_TOKENS, ffn_per_layer, flops_tokens, heads_per_layer
 from slimformer.speech import greedy_ids
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,6 +130,8 @@ def test_prune_flops_narrows_the_encoder(tmp_path):
     (enc_h, enc_f), *_ = widths(small)
     assert sum(enc_h) < 8 or sum(enc_f) < 128
     assert small.manifest["steps"][-1]["flops_fraction"] <= 0.6 + 1e-6
+    # counted at the length the encoder always runs at (its positions: 1,500 frames for the real model), not at 128
+    assert flops_tokens(small.encoder, stacks("whisper")[0]) == SIZES["max_source_positions"] != REF_TOKENS
     roundtrip(small, tmp_path)
 
 

@@ -42,6 +42,7 @@ class Adapter:
     record: str = "slimformer"  # prefix of the config keys the structure record writes (one per stack of a model)
     float_modules: tuple[str, ...] = ()  # name suffixes int8 leaves alone (read as raw tensors by their owner)
     min_heads: int = 0  # heads every attending layer keeps (a decoder's KV cache, which positions are read off)
+    tokens_key: str | None = None  # config key of the fixed length the stack runs at (FLOPs are counted there)
 
     def roles(self) -> dict[str, str]:
         return {"q": self.q, "k": self.k, "v": self.v, "o": self.o, "ffn_in": self.ffn_in, "ffn_out": self.ffn_out,
@@ -104,7 +105,7 @@ _WHISPER = dict(q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj"
                 hidden_key="d_model", o_in_attn=True, modality="speech", float_modules=("embed_positions",))
 WHISPER_ENCODER = Adapter(name="whisper", layers="encoder.layers", word_embeddings=None,
                           heads_key="encoder_attention_heads", ffn_key="encoder_ffn_dim", layers_key="encoder_layers",
-                          **_WHISPER)
+                          tokens_key="max_source_positions", **_WHISPER)
 WHISPER_DECODER = Adapter(name="whisper_decoder", layers="decoder.layers", word_embeddings="decoder.embed_tokens",
                           heads_key="decoder_attention_heads", ffn_key="decoder_ffn_dim", layers_key="decoder_layers",
                           record="slimformer_decoder", min_heads=1, **_WHISPER)

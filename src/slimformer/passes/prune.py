@@ -25,8 +25,8 @@ from ..surgery import set_module
 from .calib import Calibration, has_head, output_distance, pooled, rows, sentence_output
 from .masktune import fold_masks, tune_masks
 from .stacks import at_least, joined, owns_ffn, record_all, split, stack_importance
-from .structure import (drop_layers, encoder_flops, ffn_per_layer, has_attention, heads_per_layer, hidden_size,
-                        layer_flops, slice_ffn, slice_heads)
+from .structure import (REF_TOKENS, drop_layers, encoder_flops, ffn_per_layer, flops_tokens, has_attention,
+                        heads_per_layer, hidden_size, layer_flops, slice_ffn, slice_heads)
 
 
 # ------------------------------------------------------------------------------------------------- importance
@@ -58,13 +58,13 @@ def top_units(scores: torch.Tensor, n_keep: int) -> list[list[int]]:
     return [sorted(p) for p in per]
 
 
-def choose_by_flops(fisher_h, fisher_n, flops: float, hidden: int, hs: int, ffn_mats: int = 2,
+def choose_by_flops(fisher_h, fisher_n, flops: float, hidden: int, hs: int, ffn_mats: int = 2, t: int = REF_TOKENS,
                     ) -> tuple[list[list[int]], list[list[int]]]:
     """Greedy knapsack: drop the units of least importance per FLOP until the encoder's FLOPs <= flops x original.
     Head and neuron Fisher values are both ~2x the loss increase of removing the unit, so they compare directly."""
     L, H = fisher_h.shape
     F = fisher_n.shape[1]
-    cost_h, cost_n = layer_flops(1, 1, hidden, hs, ffn_mats=ffn_mats)
+    cost_h, cost_n = layer_flops(1, 1, hidden, hs, t, ffn_mats=ffn_mats)  # per head, per neuron at t tokens
     score = torch.cat([(fisher_h / cost_h).flatten(), (fisher_n / cost_n).flatten()])
     cost = torch.cat([torch.full((L * H,), cost_h), torch.full((L * F,), cost_n)])
     cost[score == float("-inf")] = 0.0  # units a narrowed layer no longer has: dropped first, at no gain
@@ -228,7 +228,8 @@ def prune(model, cfg: Prune, ctx) -> dict:
     score = fidelity_of(ctx.teacher, held)
 
     def choose(weight: float) -> tuple[list[list[int]], list[list[int]]]:
-        kh, kn = choose_by_flops(fisher_h * weight, fisher_n, cfg.flops, hidden, hs, 3 if adapter.ffn_gate else 2)
+        kh, kn = choose_by_flops(fisher_h * weight, fisher_n, cfg.flops, hidden, hs, 3 if adapter.ffn_gate else 2,
+                                 flops_tokens(enc, adapter))
         return even_groups(enc, adapter, fisher_h, kh), kn
 
     def trial(weight: float) -> float:

@@ -50,11 +50,18 @@ def layer_flops(heads: int, neurons: int, hidden: int, hs: int, t: int = REF_TOK
     return heads * (4 * hidden * hs * t + 2 * t * t * hs), neurons * ffn_mats * hidden * t
 
 
+def flops_tokens(encoder: nn.Module, adapter: Adapter) -> int:
+    """The sequence length FLOPs are counted at: the stack's fixed length where it has one (adapter.tokens_key:
+    Whisper's encoder always sees 1,500 frames, where the attention core is most of a head's cost), else REF_TOKENS."""
+    value = getattr(getattr(encoder, "config", None), adapter.tokens_key or "", None)
+    return int(value) if value else REF_TOKENS
+
+
 def encoder_flops(encoder: nn.Module, adapter: Adapter) -> float:
     hs, hidden = head_size(encoder, adapter), hidden_size(encoder, adapter)
-    mats = 3 if adapter.ffn_gate else 2
-    return sum(sum(layer_flops(h, f, hidden, hs, ffn_mats=mats)) for h, f in zip(heads_per_layer(encoder, adapter),
-                                                                 ffn_per_layer(encoder, adapter)))
+    mats, t = 3 if adapter.ffn_gate else 2, flops_tokens(encoder, adapter)
+    return sum(sum(layer_flops(h, f, hidden, hs, t, ffn_mats=mats)) for h, f in zip(heads_per_layer(encoder, adapter),
+                                                                    ffn_per_layer(encoder, adapter)))
 
 
 # ------------------------------------------------------------------------------------------------- masks
