@@ -213,6 +213,11 @@ def test_search_writes_the_chosen_model_within_budget_and_survives_a_failing_tri
     chosen = by[s["chosen"]]
     assert chosen["stage"] == "full" and chosen["drop"] <= 5
     assert by[0]["drop"] == 0  # the original, reloaded, scores as the reference
+    # the latency table was measured with the reference, kept beside it, and predicted every trial's cost
+    table = s["latency_table"]
+    assert table["key"] == "8x128" and table["head"] > 0 and table["neuron"] > 0
+    assert (tmp_path / ".out.search" / "reference" / "latency.json").is_file()
+    assert by[0]["predicted_cost"] == pytest.approx(1.0) and by[2]["predicted_cost"] < 1.0  # 1 of 2 layers
     assert (out / "search.md").read_text().count("**yes**") == 1 and (out / "pareto.png").is_file()
     m = slimformer.load(out)
     assert m.encode(["a sentence"]).shape == (1, 64)
