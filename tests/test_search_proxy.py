@@ -138,3 +138,14 @@ def test_nothing_is_pruned_before_a_trial_is_feasible_or_without_a_table(tmp_pat
     assert [t.state.name for t in s.trials] == ["FAIL", "COMPLETE", "FAIL"]  # both built (and failed)
     assert s.trials[0].user_attrs["predicted_cost"] == pytest.approx(1.0)
     assert "predicted_cost" not in s.trials[2].user_attrs
+
+
+def test_a_long_run_of_pruned_trials_lets_the_next_one_be_built(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(trials, "run", lambda spec, folder, timeout: ran.append(1) or {"error": "boom"})
+    s = optuna.create_study(directions=["minimize", "minimize"])
+    _feasible(s, "prune(flops=0.5)", 0.1, 0.1)
+    for _ in range(studies.PRUNED_RUN + 1):
+        s.enqueue_trial(PARAMS)  # predicted 1.0, far above 1.15 x 0.1
+        studies.run_one(s, {}, tmp_path, 2, ("torch",), None, None, 0.5, TABLE)
+    assert [t.state.name for t in s.trials[1:]] == ["PRUNED"] * studies.PRUNED_RUN + ["FAIL"] and ran == [1]

@@ -25,6 +25,8 @@ SLICE_SLACK = 1.0  # points a slice's drop may exceed the budget by and still ge
 NEAR = 1.15  # a proxy cost within this factor of the best full feasible cost so far gets the full measurement;
 # a candidate the latency table predicts above it is not built at all (proxy.py)
 STARTUP = 6  # random trials before TPE models the space
+PRUNED_RUN = 20  # after this many pruned trials in a row the next one is built all the same: a pruned trial costs
+# milliseconds, and a sampler stuck where the table says no must not fill the storage with them until the deadline
 
 
 def open_storage(storage: str | None, out: Path):
@@ -136,7 +138,9 @@ def pruned_by_proxy(study, t, cand: space.Candidate, table: dict | None, best) -
     candidate predicted above NEAR x the best feasible cost is told PRUNED, unbuilt. Hand picks (--try) always run."""
     from optuna.trial import TrialState
 
-    if table is None or "error" in table:
+    recent = study.get_trials(deepcopy=False)[-PRUNED_RUN - 1 : -1]  # the ones before this trial
+    if table is None or "error" in table or (len(recent) == PRUNED_RUN and
+                                             all(r.state == TrialState.PRUNED for r in recent)):
         return False
     done = [(space.Candidate(f.user_attrs.get("recipe"), f.user_attrs["runtime"]), f.user_attrs["proxy_cost"])
             for f in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "proxy_cost" in f.user_attrs]
