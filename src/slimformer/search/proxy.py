@@ -7,7 +7,8 @@ Assumed: the cost is linear in the units a recipe removes,
 (rest: embeddings and what runs outside the layers; layer: a layer's fixed part, its norms and residuals; head: one
 attention head's projections and scores; neuron: one FFN neuron's two or three matrix rows/columns; L layers, H
 heads and F neurons a layer). Four models are measured in one alternating loop (timing.latency_ms): the original,
-the original without its last layer, with half the heads of every layer, with half the FFN of every layer; their
+the original without its last half of layers, with half the heads of every layer, with half the FFN of every layer
+(halves, not single units: a difference of one layer of six drowned in this machine's timing noise); their
 differences give the four costs. For the size objective the same four are weighed in MB instead (exact: size is
 linear in the units). Where the table cannot see a step's effect it errs low (a vocabulary cut is taken to remove
 the embeddings' whole cost, low rank its parameter share of the heads and neurons), so the proxy prunes only what is
@@ -52,7 +53,7 @@ def measure_table(model, objective: str, runs: int = TABLE_RUNS) -> dict:
         raise SlimformerError(f"no latency table for a model of {n} layers, {min(heads, default=0)} heads and "
                               f"{min(ffn, default=0)} FFN neurons a layer (it needs 2 of each)")
     clones = {"original": model}
-    for name, cut in (("layer", lambda e: drop_layers(e, adapter, list(range(n - 1)))),
+    for name, cut in (("layer", lambda e: drop_layers(e, adapter, list(range(n - n // 2)))),
                       ("heads", lambda e: slice_heads(e, adapter, [list(range(h // 2)) for h in heads])),
                       ("neurons", lambda e: slice_ffn(e, adapter, [list(range(f // 2)) for f in ffn]))):
         clones[name] = model.clone()
@@ -67,7 +68,7 @@ def measure_table(model, objective: str, runs: int = TABLE_RUNS) -> dict:
         cost = {k: v[key] for k, v in latency_ms(runners, vocab, ((b, t),), runs=runs, warmup=1).items()}
     full = cost["original"]
     floor = full * 1e-6  # timing noise can make a small difference negative: a unit never costs nothing
-    per_layer = max(full - cost["layer"], floor)  # the last layer's cost, taken as every layer's
+    per_layer = max((full - cost["layer"]) / (n // 2), floor)  # the last layers' cost, taken as every layer's
     head = max((full - cost["heads"]) / sum(h - h // 2 for h in heads), floor)  # one head's
     neuron = max((full - cost["neurons"]) / sum(f - f // 2 for f in ffn), floor)  # one neuron's
     h_mean, f_mean = sum(heads) / n, sum(ffn) / n
