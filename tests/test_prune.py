@@ -189,3 +189,23 @@ def test_fisher_target_is_a_recipe_option(tiny, sentences):
     assert a.manifest["recipe"] == "prune(flops=0.6)" and "fisher=pooled" in b.manifest["recipe"]
     with pytest.raises(RecipeError, match="fisher must be one of states, pooled"):
         slimformer.compress(tiny, "prune(flops=0.6, fisher=logits)")
+
+
+def test_a_given_head_weight_keeps_what_the_measured_one_chose(tiny, sentences):
+    """prune(flops=F, head_weight=W), W the exchange rate the measured run picked: the same heads and neurons, so
+    the same model to the last bit; no fidelity measured. Another W moves the split between heads and neurons."""
+    measured = slimformer.compress(tiny, "prune(flops=0.6)", calib=sentences[:32])
+    m = measured.manifest["steps"][-1]
+    assert set(m["fidelity"]) == {str(w) for w in P.HEAD_WEIGHTS} and m["head_weight"] in P.HEAD_WEIGHTS
+    given = slimformer.compress(tiny, f"prune(flops=0.6, head_weight={m['head_weight']})", calib=sentences[:32])
+    g = given.manifest["steps"][-1]
+    assert "fidelity" not in g and g["head_weight"] == m["head_weight"]
+    for key in ("kept_heads", "heads_per_layer", "ffn_per_layer", "flops_fraction"):
+        assert g[key] == m[key], key
+    batch = tiny.tokenizer(sentences[:8], padding=True, return_tensors="pt")
+    assert torch.equal(states(measured, batch), states(given, batch))  # the same neurons kept, in the same order
+    assert m["flops_fraction"] < 0.65  # it really narrowed
+    other = {w: slimformer.compress(tiny, f"prune(flops=0.6, head_weight={w})", calib=sentences[:32])
+             .manifest["steps"][-1] for w in (0.01, 100.0)}
+    # heads nearly worthless -> heads go first; heads precious -> neurons go first
+    assert sum(other[0.01]["heads_per_layer"]) < sum(other[100.0]["heads_per_layer"])

@@ -13,7 +13,7 @@ from slimformer.errors import RecipeError
 from slimformer.recipe import STEPS, parse, steps_of, to_text, validate
 
 # one config of every class, with every field away from its default where it has one
-EXAMPLES = [Heads(keep=0.5, tune=True), Ffn(keep=2), Layers(keep=1), Prune(flops=0.35, tune=True),
+EXAMPLES = [Heads(keep=0.5, tune=True), Ffn(keep=2), Layers(keep=1), Prune(flops=0.35, tune=True, head_weight=2.0),
             Vocab(corpus="/tmp/c.txt", keep=100, fallback="unk"), LowRank(energy=0.9, fisher=True), FNet(layers=2),
             Static(dims=64, zipf=False, tokens="alone", steps=5), Distill(steps=10, lr=1e-4, batch_size=8, seed=3, device="cuda"),
             Int8(smooth=0, fp32=2, embeddings=False, embedding_bits=4), Freeze()]
@@ -87,6 +87,11 @@ def test_parsing_a_recipe_does_not_import_torch():
     ("heads(keep=1.5)", "heads: keep fraction must be in (0, 1]"),
     ("heads(keep=0)", "heads: keep count must be >= 1"),
     ("prune(flops=0)", "prune: flops must be a fraction in (0, 1]"),
+    ("prune(flops=0.5, head_weight=0)", "prune: head_weight must be a positive number, got 0"),
+    ("prune(flops=0.5, head_weight=-2.0)", "prune: head_weight must be a positive number, got -2.0"),
+    ("prune(flops=0.5, head_weight=1e999)", "prune: head_weight must be a positive number, got inf"),
+    ("prune(flops=0.5, head_weight=auto)", "prune: head_weight must be a positive number, got 'auto'"),
+    ("prune(flops=0.5, head_weight=true)", "prune: head_weight must be a positive number, got True"),
     ("lowrank(ratio=0.5, rank=8)", "lowrank: give exactly one of"),
     ("distill", "distill: give exactly one of minutes= or steps="),
     ("distill(steps=3, device=tpu)", "distill: device must be cpu or cuda"),

@@ -23,11 +23,14 @@ OFF = {"vocab": False, "layers": 6, "prune_flops": 1.0, "fnet": 0, "lowrank": 1.
 def test_all_off_is_the_original_and_all_on_is_the_full_recipe():
     assert space.suggest(optuna.trial.FixedTrial(OFF), 6, ("torch", "onnx"), 30) == \
         space.Candidate(None, "onnx")
-    on = {**OFF, "vocab": True, "layers": 4, "prune_flops": 0.5, "fnet": 1, "lowrank": 0.5, "distill": 0.1,
-          "int8": True, "int8_fp32": 2, "embedding_bits": 4, "runtime": "torch"}
+    on = {**OFF, "vocab": True, "layers": 4, "prune_flops": 0.5, "prune_head_weight": "auto", "fnet": 1,
+          "lowrank": 0.5, "distill": 0.1, "int8": True, "int8_fp32": 2, "embedding_bits": 4, "runtime": "torch"}
     c = space.suggest(optuna.trial.FixedTrial(on), 6, ("torch", "onnx"), 30)
     assert c == space.Candidate("vocab+layers(keep=4)+prune(flops=0.5)+fnet(layers=1)+lowrank(ratio=0.5)+"
                                 "distill(minutes=3.0)+int8(fp32=2, embedding_bits=4)", "torch")
+    # a sampled head/neuron exchange rate is given to the pass ("auto": the pass measures it)
+    c = space.suggest(optuna.trial.FixedTrial({**on, "prune_head_weight": 3.0}), 6, ("torch",), 30)
+    assert "+prune(flops=0.5, head_weight=3.0)+" in c.recipe
     # training that does not fit in the minutes left runs as the largest share that does
     c = space.suggest(optuna.trial.FixedTrial({**on, "distill": 0.25}), 6, ("torch",), 30, max_distill=5.0)
     assert "distill(minutes=3.0)" in c.recipe
@@ -44,11 +47,13 @@ def test_sampled_candidates_parse_and_stay_in_range():
     from slimformer.recipe import parse
 
     s = optuna.create_study(directions=["minimize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
-    seen = set()
+    seen, weights = set(), set()
     for _ in range(40):
         t = s.ask()
         c = space.suggest(t, 6, ("torch", "onnx"), 4)
         steps = parse(c.recipe) if c.recipe else []
+        assert ("prune_head_weight" in t.params) == any(st.step == "prune" for st in steps)  # only with a prune step
+        weights |= {st.head_weight for st in steps if st.step == "prune"}
         assert all(getattr(st, "keep", 6) >= 3 for st in steps if st.step == "layers")
         assert all(st.layers <= 3 for st in steps if st.step == "fnet")
         if any(st.step in ("fnet", "lowrank") for st in steps):
@@ -56,6 +61,7 @@ def test_sampled_candidates_parse_and_stay_in_range():
         seen |= {st.step for st in steps} | {c.runtime}
         s.tell(t, [0.0, 0.0])
     assert seen >= {"vocab", "layers", "prune", "fnet", "lowrank", "int8", "torch", "onnx"}
+    assert None in weights and len(weights) >= 3 and weights <= {None, *space.HEAD_WEIGHTS}
 
 
 def test_tries_and_bad_input():
@@ -209,6 +215,11 @@ def test_search_writes_the_chosen_model_within_budget_and_survives_a_failing_tri
     assert by[0]["drop"] == 0  # the original, reloaded, scores as the reference
     assert by[0]["other_fidelity"] == pytest.approx(100.0)  # ... and behaves as it on the held-out text
     assert -100.0 <= by[2]["other_fidelity"] <= 100.0 and "other-text fidelity" in (out / "search.md").read_text()
+    # the latency table was measured with the reference, kept beside it, and predicted every trial's cost
+    table = s["latency_table"]
+    assert table["key"] == "8x128" and table["head"] > 0 and table["neuron"] > 0
+    assert (tmp_path / ".out.search" / "reference" / "latency.json").is_file()
+    assert by[0]["predicted_cost"] == pytest.approx(1.0) and by[2]["predicted_cost"] < 1.0  # 1 of 2 layers
     assert (out / "search.md").read_text().count("**yes**") == 1 and (out / "pareto.png").is_file()
     m = slimformer.load(out)
     assert m.encode(["a sentence"]).shape == (1, 64)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..arch import LAYER_STACK, blocks, head_size, stacks
-from ..configs import Ffn, Heads, Layers, Prune
+from ..configs import HEAD_WEIGHTS, Ffn, Heads, Layers, Prune
 from ..errors import BudgetError
 from ..surgery import set_module
 from .calib import Calibration, has_head, output_distance, pooled, rows, sentence_output
@@ -103,11 +103,6 @@ def choose_layers(model, calib: Calibration, n_keep: int, adapter=None) -> list[
 
 
 # ------------------------------------------------------------------------------------------------- passes
-
-# weight of head importance relative to neuron importance tried by prune(flops=F): the diagonal Fisher of a head
-# mask misses the interactions inside the head, and the right exchange rate differs by model, so it is measured
-HEAD_WEIGHTS = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0)
-
 
 def even_groups(encoder: nn.Module, adapter, fisher_h: torch.Tensor, keep_heads: list[list[int]]
                 ) -> list[list[int]]:
@@ -220,17 +215,22 @@ def ffn(model, cfg: Ffn, ctx) -> dict:
 
 
 def prune(model, cfg: Prune, ctx) -> dict:
-    """Heads and neurons jointly under a FLOPs budget; the head/neuron exchange rate is chosen on held-out text."""
+    """Heads and neurons jointly under a FLOPs budget; the head/neuron exchange rate is cfg.head_weight, or, when
+    not given, the one of HEAD_WEIGHTS (configs.py) whose narrowed model scores best on held-out text."""
     enc, adapter = model.encoder, model.adapter
     fit, held = ctx.calib.split()
     fisher_h, fisher_n = importance(model, fit, fisher=cfg.fisher)
     hidden, hs = hidden_size(enc, adapter), head_size(enc, adapter)
-    score = fidelity_of(ctx.teacher, held)
 
     def choose(weight: float) -> tuple[list[list[int]], list[list[int]]]:
         kh, kn = choose_by_flops(fisher_h * weight, fisher_n, cfg.flops, hidden, hs, 3 if adapter.ffn_gate else 2,
                                  flops_tokens(enc, adapter))
         return even_groups(enc, adapter, fisher_h, kh), kn
+
+    if cfg.head_weight is not None:  # given (the search samples it): nothing to measure
+        keep_heads, keep_neurons = choose(cfg.head_weight)
+        return {**narrow(model, ctx.teacher, fit, keep_heads, keep_neurons, cfg.tune), "head_weight": cfg.head_weight}
+    score = fidelity_of(ctx.teacher, held)
 
     def trial(weight: float) -> float:
         kh, kn = choose(weight)

@@ -14,7 +14,8 @@ from pathlib import Path
 from ..errors import BudgetError
 
 ROW_KEYS = ("recipe", "runtime", "stage", "quality", "drop", "drop_95", "other_fidelity", "slice_quality",
-            "slice_drop", "cost", "latency_ms", "original_ms", "size_mb", "sentences_per_s", "worker", "wall_s", "error")
+            "slice_drop", "cost", "latency_ms", "original_ms", "size_mb", "sentences_per_s", "worker", "wall_s", "error",
+            "predicted_cost", "pruned")
 
 
 def read_reference(path: Path) -> dict | None:
@@ -114,6 +115,10 @@ def markdown(s: dict) -> str:
         states[key] = states.get(key, 0) + 1
     lines += ["", "Trials: " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(states.items())) +
               ". The Pareto table lists the fully measured trials no other beats on both drop and cost."]
+    if "PRUNED" in states:
+        lines[-1] += (f" Pruned: never built, their cost predicted from the latency table (the original's cost per "
+                      f"layer, head and neuron, measured once here at torch fp32) above {s.get('prune_above')}x the "
+                      "best feasible cost at the time.")
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
+from ..configs import HEAD_WEIGHTS
 from ..errors import SlimformerError
 from ..recipe import parse, to_text
 
@@ -98,8 +99,9 @@ def suggest(trial, n_layers: int, runtimes: tuple[str, ...], minutes: float | No
         steps.append(f"layers(keep={keep})")
     low, high, step = PRUNE_FLOPS
     flops = round(trial.suggest_float("prune_flops", low, high, step=step), 2)
-    if flops < 1.0:
-        steps.append(f"prune(flops={flops})")
+    if flops < 1.0:  # the head/neuron exchange rate: "auto" lets the pass measure it (six narrowed clones scored)
+        weight = trial.suggest_categorical("prune_head_weight", ["auto", *HEAD_WEIGHTS])
+        steps.append(f"prune(flops={flops})" if weight == "auto" else f"prune(flops={flops}, head_weight={weight})")
     fnet = trial.suggest_int("fnet", 0, max(0, keep // 2)) if train > 0 else 0
     if fnet:
         steps.append(f"fnet(layers={fnet})")

@@ -18,12 +18,15 @@ from pathlib import Path
 
 from ..errors import BudgetError, SlimformerError
 from ..folder import atomic_folder, check_output
-from . import report, space, trial as trials
+from . import proxy, report, space, trial as trials
 
 DEFAULT_TRIES = ("original", "prune(flops=0.8)+int8")  # run first on each runtime: the original, the usual hand pick
 SLICE_SLACK = 1.0  # points a slice's drop may exceed the budget by and still get the full measurement
-NEAR = 1.15  # a proxy cost within this factor of the best full feasible cost so far gets the full measurement
+NEAR = 1.15  # a proxy cost within this factor of the best full feasible cost so far gets the full measurement;
+# a candidate the latency table predicts above it is not built at all (proxy.py)
 STARTUP = 6  # random trials before TPE models the space
+PRUNED_RUN = 20  # after this many pruned trials in a row the next one is built all the same: a pruned trial costs
+# milliseconds, and a sampler stuck where the table says no must not fill the storage with them until the deadline
 
 
 def open_storage(storage: str | None, out: Path):
@@ -120,9 +123,43 @@ def _candidate(t, n_layers: int, runtimes, minutes, max_distill) -> space.Candid
     return space.suggest(t, n_layers, runtimes, minutes, max_distill)
 
 
+def latency_table(spec: dict, work: Path) -> dict:
+    """The original's latency table for the spec's model and objective: the file the reference subprocess wrote, or
+    (a reference kept from a search with another objective) measured now, in a subprocess, and kept in that file."""
+    table = proxy.read_table(spec["table"], spec["model"], spec["objective"])
+    if table is None:
+        table = trials.run({**spec, "mode": "table"}, work / "table", None)
+        shutil.rmtree(work / "table", ignore_errors=True)
+    return table
+
+
+def pruned_by_proxy(study, t, cand: space.Candidate, table: dict | None, best) -> bool:
+    """Predict the candidate's cost from the latency table (proxy.py) and record it; once some trial is feasible, a
+    candidate predicted above NEAR x the best feasible cost is told PRUNED, unbuilt. Hand picks (--try) always run."""
+    from optuna.trial import TrialState
+
+    recent = study.get_trials(deepcopy=False)[-PRUNED_RUN - 1 : -1]  # the ones before this trial
+    if table is None or "error" in table or (len(recent) == PRUNED_RUN and
+                                             all(r.state == TrialState.PRUNED for r in recent)):
+        return False
+    done = [(space.Candidate(f.user_attrs.get("recipe"), f.user_attrs["runtime"]), f.user_attrs["proxy_cost"])
+            for f in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "proxy_cost" in f.user_attrs]
+    predicted = proxy.predicted_cost(cand, table, proxy.factors(done, table))
+    if predicted is None:
+        return False
+    t.set_user_attr("predicted_cost", round(predicted, 4))
+    if best is None or "try_runtime" in t.user_attrs or predicted <= NEAR * best.user_attrs["cost"]:
+        return False
+    t.set_user_attr("pruned", f"predicted cost {predicted:.3f} > {NEAR} x {best.user_attrs['cost']:.3f}, the "
+                              f"best feasible cost so far (trial {best.number})")
+    study.tell(t, state=TrialState.PRUNED)
+    return True
+
+
 def run_one(study, spec: dict, work: Path, n_layers: int, runtimes, minutes, deadline: float | None,
-            max_drop: float) -> None:
-    """Ask the study for a trial, run it in a subprocess, tell the study what it measured (or that it failed)."""
+            max_drop: float, table: dict | None = None) -> None:
+    """Ask the study for a trial; unless the latency table prunes it, run it in a subprocess and tell the study
+    what it measured (or that it failed)."""
     from optuna.trial import TrialState
 
     left = None if deadline is None else max(0.0, deadline - time.time())
@@ -132,6 +169,8 @@ def run_one(study, spec: dict, work: Path, n_layers: int, runtimes, minutes, dea
     t.set_user_attr("recipe", cand.recipe)
     t.set_user_attr("runtime", cand.runtime)
     best = choose(study, max_drop)
+    if pruned_by_proxy(study, t, cand, table, best):
+        return
     full_if = {"drop": max_drop + SLICE_SLACK, "cost": best.user_attrs["cost"] * NEAR if best else math.inf}
     folder = work / f"trial-{t.number:04d}"
     t0 = time.time()
@@ -187,17 +226,19 @@ def search(model: str | None, max_drop: float, out: str | os.PathLike, task: str
     work = out.parent / f".{out.name}.search"
     deadline = None if minutes is None else time.time() + minutes * 60
     spec = {"model": model, "task": task, "objective": objective, "runs": runs,
-            "reference": str(work / "reference" / "result.json")}
+            "reference": str(work / "reference" / "result.json"), "table": str(work / "reference" / "latency.json")}
     ref = report.read_reference(work / "reference" / "result.json")  # measured once per machine, kept beside OUT
     if ref is None or (ref.get("model"), ref["task"]) != (model, task):
-        ref = trials.run({**spec, "mode": "reference"}, work / "reference", None)
+        ref = trials.run({**spec, "mode": "reference"}, work / "reference", None)  # the latency table too
         if "error" in ref:
             raise SlimformerError(f"search: measuring the original failed: {ref['error']}")
+    table = latency_table(spec, work)
     settings = {"model": str(model or "all-MiniLM-L6-v2"), "task": task, "objective": objective,
                 "max_drop": max_drop, "runtimes": list(runtimes)}
     name = study_name or report.study_name(settings)
     meta = {**settings, "metric": ref["metric"], "study": name, "storage": storage or "sqlite (beside OUT)",
-            "original": {k: ref[k] for k in ("value", "noise", "size_mb", "n")}, "peers": []}
+            "original": {k: ref[k] for k in ("value", "noise", "size_mb", "n")}, "peers": [],
+            "latency_table": table, "prune_above": NEAR}
     if max_drop < ref["noise"]:
         return report.fail(None, meta, out, f"--max-drop {max_drop} is below the original's re-measurement noise "
                            f"({ref['noise']:.4f} points: a slice of {task} scored again with another batch size)")
@@ -215,7 +256,7 @@ def search(model: str | None, max_drop: float, out: str | os.PathLike, task: str
             study.enqueue_trial({}, user_attrs={"try_recipe": c.recipe, "try_runtime": c.runtime})
     with report.progress(show_progress, n_trials, deadline) as bar:
         while (n_trials is None or counted(study) < n_trials) and time_left_for_one(study, deadline):
-            run_one(study, spec, work, n_layers, runtimes, minutes, deadline, max_drop)
+            run_one(study, spec, work, n_layers, runtimes, minutes, deadline, max_drop, table)
             bar.update(study, choose(study, max_drop))
     chosen = choose(study, max_drop)
     if chosen is None:

@@ -4,7 +4,8 @@ or a hung export in one trial ends that trial only: the search records it as fai
 
     python -m slimformer.search.trial SPEC.json     # SPEC: what run() writes; the result goes to spec["result"]
 
-The spec's "mode" is "reference" (measure the original: its full and slice scores and their noise), "peers" (the
+The spec's "mode" is "reference" (measure the original: its full and slice scores and their noise, and, when the
+spec names a "table" file, the latency table proxy.py predicts from), "table" (that table only), "peers" (the
 peers of `bench --peers`, measured like a full trial) or "trial".
 """
 
@@ -129,6 +130,23 @@ def measure_peers(spec: dict) -> dict:
     return {"model": spec["model"], "task": spec["task"], "objective": spec["objective"], "peers": rows}
 
 
+def latency_table(spec: dict, model) -> dict:
+    """The original's latency table (proxy.measure_table) for the spec's objective, written to spec["table"]; a
+    model it cannot be measured on gets {"error": why} there (the search then builds every candidate)."""
+    from ..errors import SlimformerError
+    from . import proxy
+
+    try:
+        table = proxy.measure_table(model, spec["objective"])
+    except SlimformerError as e:
+        table = {"error": str(e)}
+    except Exception as e:  # an architecture the narrowed clones do not fit: no proxy, the reference still stands
+        table = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+    table = {**table, "model": spec["model"], "key": proxy.table_key(spec["objective"])}
+    proxy.write_table(Path(spec["table"]), table)
+    return table
+
+
 def main(path: str) -> None:
     from ..errors import SlimformerError
 
@@ -139,7 +157,14 @@ def main(path: str) -> None:
             from .. import io
             from .probe import reference
 
-            result = {**reference(io.load(spec["model"]), spec["task"]), "model": spec["model"]}
+            model = io.load(spec["model"])
+            result = {**reference(model, spec["task"]), "model": spec["model"]}
+            if spec.get("table"):
+                latency_table(spec, model)
+        elif spec["mode"] == "table":
+            from .. import io
+
+            result = latency_table(spec, io.load(spec["model"]))
         elif spec["mode"] == "peers":
             result = measure_peers(spec)
         else:
