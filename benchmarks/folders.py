@@ -13,5 +13,6 @@ def load_models(args: list[str], base: str) -> dict:
     models = {"fp32": slimformer.load(base)}
     for folder in args:
         m = slimformer.load(folder)
-        models[m.manifest.get("recipe") or folder] = m
+        name = m.manifest.get("recipe") or folder
+        models[folder if name in models else name] = m  # two folders of one recipe: the second goes by its path
     return models
