@@ -6,8 +6,8 @@ pruned model's <unk>). Quality only: no timing (the lead measures speed on a qui
 
     python benchmarks/gemma_quality.py [--out DIR] [MODEL [TASK [RECIPE ...]]]   (TASK: ppl, the default, or ppl:PATH)
 
---out DIR: each compressed model is saved to DIR/<recipe as a folder name> (what gemma_speed.py times), and fp32's
-per-document nll to DIR/reference.json, which later runs with the same model and task reuse.
+--out DIR (or --save DIR): each compressed model is saved to DIR/<recipe as a folder name> (what gemma_speed.py
+times), and fp32's per-document nll to DIR/reference.json, which later runs with the same model and task reuse.
 """
 
 import json
@@ -24,7 +24,7 @@ from slimformer.measure.tasks import TaskResult, evaluate, result_interval
 
 args = sys.argv[1:]
 out_dir = None
-if args[:1] == ["--out"]:
+if args[:1] in (["--out"], ["--save"]):  # --save as whisper_quality.py spells it
     out_dir, args = Path(args[1]), args[2:]
 model_dir = args[0] if len(args) > 0 else "models/gemma-3-270m"
 task = args[1] if len(args) > 1 else "ppl"

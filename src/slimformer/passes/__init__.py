@@ -43,7 +43,7 @@ HANDLERS: dict[type, Callable] = {
 }
 
 # what runs on a speech model (Whisper) so far; the rest are refused with one line
-SPEECH_STEPS: tuple[type, ...] = (Heads, Ffn, Layers, Prune, LowRank, Int8)
+SPEECH_STEPS: tuple[type, ...] = (Heads, Ffn, Layers, Prune, LowRank, Distill, Int8)
 
 # what may run on a StaticModel (a model compressed with `static` earlier, or loaded from a static folder)
 STATIC_HANDLERS: dict[type, Callable] = {Int8: static.int8}

@@ -6,8 +6,9 @@ its hidden states to the teacher layer it stands for, divided by the teacher's m
 student's class distribution from the teacher's at temperature T, times T^2 (Hinton et al. 2015, "Distilling the
 Knowledge in a Neural Network"), so the head is trained with the encoder; for a causal LM the same KL on every real
 token's next-token distribution (over the kept tokens after `vocab`; use a small batch_size: its logits are
-vocabulary-wide). Unlabeled text only: the teacher's
-outputs are the targets. AdamW, linear warm-up then linear decay over
+vocabulary-wide). A speech model (Whisper) learns on its calibration clips: the MSE terms over the encoder's and the
+decoder's blocks and the KL of every real decoder token's next-token distribution (no pooled term). Unlabeled text
+(or speech) only: the teacher's outputs are the targets. AdamW, linear warm-up then linear decay over
 the budget (steps, or minutes of wall clock), dynamic padding, no dropout, deterministic for a seed. With a
 checkpoint folder, the run saves its state every CHECKPOINT_SECONDS and a restarted run resumes from it.
 """
@@ -23,9 +24,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from ..arch import LAYER_STACK
 from ..configs import Distill
 from ..errors import RecipeError
 from ..folder import atomic_folder
+from ..speech import is_speech
 from ..vision import is_image
 from .vocab import kept_tokens
 
@@ -34,13 +37,15 @@ WARMUP_STEPS = 50
 MAX_LENGTH = 128
 
 
-def layer_map(student, teacher) -> list[int]:
-    """For each student block, the index of the teacher block whose output it should reproduce."""
-    n_s = len(student.encoder.get_submodule(student.adapter.layers))
+def layer_map(student, teacher, path: str | None = None) -> list[int]:
+    """For each student block of the stack at `path` (default: the adapter's), the index of the teacher block whose
+    output it should reproduce. `layers`' kept indices apply to the stack it drops from (Whisper: the decoder's)."""
+    path = path or student.adapter.layers
+    n_s = len(student.encoder.get_submodule(path))
     kept = next((s["kept_layers"] for s in reversed(student.manifest["steps"]) if "kept_layers" in s), None)
-    if kept is not None and len(kept) == n_s:
+    if kept is not None and len(kept) == n_s and path == LAYER_STACK.get(student.model_type, student.adapter).layers:
         return list(kept)
-    n_t = len(teacher.encoder.get_submodule(teacher.adapter.layers))
+    n_t = len(teacher.encoder.get_submodule(path))
     return [round((i + 1) * n_t / n_s) - 1 for i in range(n_s)]  # evenly spread when nothing better is known
 
 
@@ -64,22 +69,62 @@ def logit_kl(student: torch.Tensor, teacher: torch.Tensor, real: torch.Tensor, t
     return kl.mean() * temperature ** 2
 
 
+def states_loss(s_states, t_states, lmap: list[int], real: torch.Tensor | None) -> torch.Tensor:
+    """Per student block: MSE to its teacher block's states at the real positions (real (B, T) bool; None: all),
+    over the teacher's mean square, so blocks weigh alike; the mean over the blocks."""
+    loss = 0.0
+    for s, ti in zip(s_states, lmap):
+        t = t_states[ti] if real is None else t_states[ti][real]  # (B, T, H) or (N, H)
+        s = s if real is None else s[real]
+        loss = loss + (s - t).pow(2).mean() / t.pow(2).mean().clamp_min(1e-6) / len(lmap)
+    return loss
+
+
 def loss_fn(student, teacher, batch, lmap, temperature: float = 2.0) -> torch.Tensor:
     with torch.no_grad():
         t_pool, t_states, t_logits = _forward(teacher, batch, grad=False)
     s_pool, s_states, s_logits = _forward(student, batch, grad=True)
     real = batch["attention_mask"].bool() if "attention_mask" in batch else torch.ones(  # (B, T); an image: all
         t_states[0].shape[:2], dtype=torch.bool, device=t_states[0].device)
-    loss = (1 - torch.cosine_similarity(s_pool, t_pool, dim=-1)).mean()
-    for s, ti in zip(s_states, lmap):
-        t = t_states[ti][real]  # (N, H)
-        loss = loss + (s[real] - t).pow(2).mean() / t.pow(2).mean().clamp_min(1e-6) / len(lmap)
+    loss = (1 - torch.cosine_similarity(s_pool, t_pool, dim=-1)).mean() + states_loss(s_states, t_states, lmap, real)
     if t_logits is not None:  # the teacher has a head (and so has the student: compress keeps it)
         kept = kept_tokens(student.net)
         if kept is not None:  # a vocabulary-pruned causal LM: -inf at the dropped tokens; KL over the kept ones
             s_logits, t_logits = s_logits[..., kept], t_logits[..., kept]
         loss = loss + logit_kl(s_logits, t_logits, real, temperature)
     return loss
+
+
+def speech_items(batches: list[dict]) -> list[dict]:
+    """Speech calibration batches -> one item per clip: {"input_features": (1, 80, 3000), "decoder_input_ids":
+    (1, T)}."""
+    return [{k: v[r : r + 1] for k, v in b.items()} for b in batches for r in range(len(b["input_features"]))]
+
+
+def speech_batch(items: list[dict], pad: int) -> tuple[dict, torch.Tensor]:
+    """Clips -> (forward kwargs: input_features (B, 80, 3000), decoder_input_ids (B, T) right-padded with `pad`;
+    real (B, T) bool). The decoder is causal: padding after a token never changes that token's outputs."""
+    ids = [it["decoder_input_ids"][0] for it in items]
+    dec = torch.full((len(ids), max(len(x) for x in ids)), pad, dtype=torch.long)
+    real = torch.zeros(dec.shape, dtype=torch.bool)
+    for b, x in enumerate(ids):
+        dec[b, : len(x)], real[b, : len(x)] = x, True
+    return {"input_features": torch.cat([it["input_features"] for it in items]), "decoder_input_ids": dec}, real
+
+
+def speech_loss(student, teacher, batch, real, lmap: dict, temperature: float = 2.0) -> torch.Tensor:
+    """Whisper: the encoder's blocks (every frame), the decoder's blocks and the KL of the next-token distributions
+    (the real decoder tokens), each stack of blocks weighing as much as the KL."""
+    def run(model, grad):
+        with torch.set_grad_enabled(grad):
+            out = model.net(**batch, output_hidden_states=True)
+        return out.encoder_hidden_states[1:], out.decoder_hidden_states[1:], out.logits  # blocks; (B, T, V)
+
+    with torch.no_grad():
+        t_enc, t_dec, t_logits = run(teacher, False)
+    s_enc, s_dec, s_logits = run(student, True)
+    return (states_loss(s_enc, t_enc, lmap["encoder.layers"], None)
+            + states_loss(s_dec, t_dec, lmap["decoder.layers"], real) + logit_kl(s_logits, t_logits, real, temperature))
 
 
 class _Checkpoint:
@@ -129,12 +174,14 @@ def distill(model, cfg: Distill, ctx, progress_bar: bool = True) -> dict:
     texts = ctx.corpus_texts
     # an image model learns on the calibration images (N, C, H, W), as a text model on the calibration text
     pixels = torch.cat([b["pixel_values"] for b in ctx.calib.batches]) if is_image(student) else None
-    n_items = len(pixels) if pixels is not None else len(texts)
+    clips = speech_items(ctx.calib.batches) if is_speech(student) else None  # and a speech model on its clips
+    n_items = len(pixels) if pixels is not None else len(clips) if clips is not None else len(texts)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RecipeError("distill: device=cuda, but this machine has no CUDA device")
     student.net.to(cfg.device)
     teacher.net.to(cfg.device)
-    lmap = layer_map(student, teacher)
+    lmap = ({p: layer_map(student, teacher, p) for p in ("encoder.layers", "decoder.layers")} if clips is not None
+            else layer_map(student, teacher))
     params = [p for p in student.net.parameters() if p.is_floating_point()]  # a task head's included
     for p in params:
         p.requires_grad_(True)
@@ -163,12 +210,17 @@ def distill(model, cfg: Distill, ctx, progress_bar: bool = True) -> dict:
         for g in opt.param_groups:
             g["lr"] = lr
         idx = [order[(step * cfg.batch_size + j) % len(order)] for j in range(cfg.batch_size)]
-        if pixels is not None:
-            batch = {"pixel_values": pixels[idx].to(cfg.device)}
+        if clips is not None:
+            batch, real = speech_batch([clips[i] for i in idx], student.net.config.pad_token_id or 0)
+            batch = {k: v.to(cfg.device) for k, v in batch.items()}
+            loss = speech_loss(student, teacher, batch, real.to(cfg.device), lmap, cfg.temperature)
         else:
-            batch = dict(student.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                           max_length=MAX_LENGTH, return_tensors="pt").to(cfg.device))
-        loss = loss_fn(student, teacher, batch, lmap, cfg.temperature)
+            if pixels is not None:
+                batch = {"pixel_values": pixels[idx].to(cfg.device)}
+            else:
+                batch = dict(student.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                               max_length=MAX_LENGTH, return_tensors="pt").to(cfg.device))
+            loss = loss_fn(student, teacher, batch, lmap, cfg.temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
