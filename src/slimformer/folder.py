@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import shutil
 from pathlib import Path
@@ -19,6 +20,13 @@ from .errors import OutputExistsError
 
 MANIFEST = "slimformer.json"
 FORMAT = 1
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """One JSON file, written whole or not at all (a sibling renamed into place): a reader never sees half of it."""
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(obj))
+    tmp.replace(path)
 
 
 def manifest_fields(model) -> dict:

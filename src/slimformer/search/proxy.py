@@ -86,12 +86,6 @@ def read_table(path: Path, model: str | None, objective: str) -> dict | None:
     return table if (table.get("model"), table.get("key")) == (model, table_key(objective)) else None
 
 
-def write_table(path: Path, table: dict) -> None:
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(table))
-    tmp.replace(path)
-
-
 def _count(keep: float | int, total: float) -> float:
     """A keep= argument (a fraction, or a count of `total`) as a fraction."""
     return keep if isinstance(keep, float) else min(1.0, keep / total)

@@ -14,8 +14,8 @@ from pathlib import Path
 from ..errors import BudgetError
 
 ROW_KEYS = ("recipe", "runtime", "stage", "quality", "drop", "drop_95", "other_fidelity", "slice_quality",
-            "slice_drop", "cost", "latency_ms", "original_ms", "size_mb", "sentences_per_s", "worker", "wall_s", "error",
-            "predicted_cost", "pruned")
+            "slice_drop", "cost", "latency_ms", "original_ms", "size_mb", "sentences_per_s", "worker", "wall_s",
+            "error", "predicted_cost", "pruned")
 
 
 def read_reference(path: Path) -> dict | None:

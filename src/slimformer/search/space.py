@@ -83,8 +83,9 @@ def suggest(trial, n_layers: int, runtimes: tuple[str, ...], minutes: float | No
             max_distill: float | None = None) -> Candidate:
     """Sample one candidate. Steps in the order the passes compose: vocabulary, layers, joint heads+FFN pruning,
     Fourier mixing of the first layers and low-rank factorization (only when the candidate trains), then
-    distillation (only after a structural change: it repairs what structure broke) and int8. minutes: the search's budget (None: none). max_distill: minutes
-    left for training; a larger sampled share runs as the largest that fits, and the recipe records what ran."""
+    distillation (only after a structural change: it repairs what structure broke) and int8. minutes: the search's
+    budget (None: none). max_distill: minutes left for training; a larger sampled share runs as the largest that
+    fits, and the recipe records what ran."""
     steps = []
     # training first: Fourier mixing and low-rank factorization are sampled only for a candidate that trains (both
     # lose 5-50 STS-B points untrained, README: a trial spent on them untrained is a trial lost)

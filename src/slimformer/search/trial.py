@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..folder import write_json
 from .space import EXPORT_RUNTIME
 
 GRACE_S = 60  # a trial may overrun the search's time budget by this much before it is killed
@@ -49,6 +50,11 @@ def run(spec: dict, folder: Path, timeout: float | None) -> dict:
         why = f"killed by signal {-proc.returncode}" + (" (out of memory?)" if proc.returncode == -9 else "")
         return {"error": why}
     return {"error": (lines[-1] if lines else f"exit code {proc.returncode}").removeprefix("error: ")}
+
+
+def one_line(e: Exception) -> str:
+    """An unexpected exception as the one line a failed trial records: its type and its message's first line."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 def _die_with_parent() -> None:
@@ -141,9 +147,9 @@ def latency_table(spec: dict, model) -> dict:
     except SlimformerError as e:
         table = {"error": str(e)}
     except Exception as e:  # an architecture the narrowed clones do not fit: no proxy, the reference still stands
-        table = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+        table = {"error": one_line(e)}
     table = {**table, "model": spec["model"], "key": proxy.table_key(spec["objective"])}
-    proxy.write_table(Path(spec["table"]), table)
+    write_json(spec["table"], table)
     return table
 
 
@@ -173,11 +179,9 @@ def main(path: str) -> None:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
     except Exception as e:  # any crash is this trial's failure, in one line; the search goes on
-        print(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
+        print(one_line(e), file=sys.stderr)
         raise SystemExit(1)
-    tmp = Path(spec["result"] + ".tmp")
-    tmp.write_text(json.dumps(result))
-    tmp.replace(spec["result"])
+    write_json(spec["result"], result)
 
 
 if __name__ == "__main__":
