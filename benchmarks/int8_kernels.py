@@ -1,7 +1,7 @@
 """Each int8 kernel on this CPU: `int8` of the embedded all-MiniLM-L6-v2 forced onto every kernel in turn (and the
 automatic choice, eager and traced by `freeze`), beside fp32 and torch.ao's one-liner: median ms at 1x16, 8x128, 32x32 (alternated, one run) and
-STS-B test. `--caps` runs the same again in a child process under ONEDNN_MAX_CPU_ISA=AVX2 and
-ATEN_CPU_CAPABILITY=avx2, to see whether those caps make an AVX-512 machine behave like an AVX2-only one.
+STS-B test. `--caps` runs the same again in a child process under every library's AVX2 cap (oneDNN, fbgemm, MKL,
+ATen: int_mm_caps.AVX2), to see how far those caps make an AVX-512 VNNI machine behave like an AVX2-only one.
 
     .venv/bin/python benchmarks/int8_kernels.py [--runs 20] [--caps] [--no-quality]
 
@@ -27,7 +27,10 @@ from slimformer.measure.peers import torch_ao_dynamic
 from slimformer.measure.tasks import evaluate
 from slimformer.passes import freeze, int8_kernels
 
-CAPS = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from int_mm_caps import AVX2  # noqa: E402
+
+CAPS = AVX2
 SLOW = 4.0
 
 
@@ -91,7 +94,7 @@ def markdown(result: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
-    ap.add_argument("--caps", action="store_true", help="also run under ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2")
+    ap.add_argument("--caps", action="store_true", help="also run under every library's AVX2 cap")
     ap.add_argument("--no-quality", action="store_true")
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # the child's output
     args = ap.parse_args()

@@ -18,7 +18,9 @@ from torch import nn
 
 from .arch import Adapter, adapter_for, head_of, model_type_of
 from .errors import PoolingError, UnsupportedArchitectureError
+from .runtime.heap import keep_freed_memory
 
+keep_freed_memory()  # before any forward: big activations come from a kept heap, not fresh mmaps (runtime/heap.py)
 POOLING_MODES = ("mean", "cls", "max")
 
 

@@ -9,6 +9,7 @@ import time
 import torch
 from torch import nn
 
+from ..runtime import heap
 from ..timing import SHAPES, latency_ms
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
@@ -26,7 +27,8 @@ def cpu_info() -> dict:
                     break
     except OSError:
         pass
-    return {"model": name, "flags": [f for f in CPU_FLAGS if f in flags], "threads": torch.get_num_threads()}
+    return {"model": name, "flags": [f for f in CPU_FLAGS if f in flags], "threads": torch.get_num_threads(),
+            "freed_memory": heap.STATE}  # "kept" in the process, or the allocator's default (runtime/heap.py)
 
 
 def _nbytes(v) -> int:

@@ -38,11 +38,11 @@ def bench_model(model, runs: int = 20) -> dict:
         from .bench import n_params, size_mb
 
         return {"size_mb": round(size_mb(model.net), 2), "params": n_params(model.net), **speech_speed(model, runs),
-                "threads": info["threads"], "cpu": {"model": info["model"], "flags": info["flags"]},
+                "threads": info["threads"], "cpu": {k: info[k] for k in ("model", "flags", "freed_memory")},
                 **served_by(model)}
     stats = bench({"m": runnable(model)}, {"m": model.tokenizer.vocab_size}, runs=runs)["m"]
     own = lm_speed(model, runs) if getattr(model, "head", None) == "causal-lm" else {}  # prefill, decode tokens/s
-    return {**stats, **own, "threads": info["threads"], "cpu": {"model": info["model"], "flags": info["flags"]},
+    return {**stats, **own, "threads": info["threads"], "cpu": {k: info[k] for k in ("model", "flags", "freed_memory")},
             **served_by(model)}
 
 
@@ -134,7 +134,10 @@ def markdown(result: dict) -> str:
     lines.append("")
     if kernels:
         lines.append("int8 kernels chosen on this CPU (Linears each runs): " + "; ".join(kernels) + ".")
-    lines.append(f"Measured on {m['model']} ({', '.join(m['flags']) or 'no AVX2'}), {m['threads']} threads; "
+    heap = {"kept": "freed memory kept in the process", "default": "the allocator's default (SLIMFORMER_MALLOC)",
+            "not glibc": "the allocator's default (not glibc)"}.get(m.get("freed_memory"), "")
+    lines.append(f"Measured on {m['model']} ({', '.join(m['flags']) or 'no AVX2'}), {m['threads']} threads"
+                 + (f", {heap}" if heap else "") + "; "
                  "latency is the median of the encoder forward at batch x seq, all rows timed in one loop that "
                  "alternates between them (blocks of back-to-back runs, shuffled each round); speedup and size are "
                  "ratios to the first row."

@@ -32,8 +32,8 @@ def _intmm(lin, x: torch.Tensor) -> torch.Tensor:
         x = x * lin.inv_smooth
     amax = x.abs().amax(-1, keepdim=True).clamp_min_(1e-8)  # (M, 1)
     q = (x * (127.0 / amax)).round_().to(torch.int8)  # (M, K), |q| <= 127
-    y = torch._int_mm(q, lin.weight.t()).float()  # (M, N) int32 -> float: exact up to 2^24
-    y = y.mul_(amax * (1.0 / 127.0))
+    # (M, N) int32 times the (M, 1) token scales: one pass that also makes it float (exact up to 2^24)
+    y = torch.mul(torch._int_mm(q, lin.weight.t()), amax * (1.0 / 127.0))
     y = torch.addcmul(lin.bias, y, lin.weight_scale) if lin.bias is not None else y.mul_(lin.weight_scale)
     return y.view(*shape[:-1], lin.out_features)
 
@@ -59,16 +59,13 @@ def _fbgemm(lin, x: torch.Tensor) -> torch.Tensor:
     buf = torch.empty(m + 1, lin.in_features)  # (M + 1, K): the rows scaled to max |x| = 127, then the anchor row
     xs = buf[:m]
     if lin.inv_smooth is not None:
-        torch.mul(x, lin.inv_smooth, out=xs)
-    else:
-        xs.copy_(x)
-    scale = torch.maximum(xs.amax(-1, keepdim=True), xs.amin(-1, keepdim=True).neg_())  # (M, 1): max |x| per row
+        x = torch.mul(x, lin.inv_smooth, out=xs)
+    scale = torch.maximum(x.amax(-1, keepdim=True), x.amin(-1, keepdim=True).neg_())  # (M, 1): max |x| per row
     scale = scale.clamp_min_(1e-8).mul_(1.0 / 127.0)
-    xs.div_(scale)
+    torch.div(x, scale, out=xs)  # in place when smoothed (x is xs), else the copy and the scaling in one pass
     buf[m] = lin._kernel_fbgemm_anchor
     y = torch.ops.quantized.linear_dynamic(buf, lin._kernel_fbgemm_packed, True)[:m]  # (M, N), weight scales in
-    y.mul_(scale)
-    y = y.add_(lin.bias) if lin.bias is not None else y
+    y = torch.addcmul(lin.bias, y, scale) if lin.bias is not None else y.mul_(scale)  # one pass over the output
     return y.view(*shape[:-1], lin.out_features)
 
 
