@@ -24,7 +24,8 @@ def test_traced_graph_reproduces_eager_on_padded_and_unpadded_batches(small, sen
     assert isinstance(traced.__dict__["frozen"].graph, torch.jit.ScriptModule)
     np.testing.assert_allclose(traced.encode(sentences, batch_size=7), eager, atol=1e-5, rtol=0)
     np.testing.assert_allclose(traced.encode(sentences[:1]), one, atol=1e-5, rtol=0)
-    assert freeze.max_error(traced.__dict__["frozen"], traced, freeze.check_batches(traced, sentences)) < 1e-5
+    with int8_kernels.large_only(traced.net):  # as freeze.measure checks it: the graph's kernels on both sides
+        assert freeze.max_error(traced.__dict__["frozen"], traced, freeze.check_batches(traced, sentences)) < 1e-5
 
 
 def test_frozen_forward_keeps_the_hugging_face_outputs(small, sentences):
