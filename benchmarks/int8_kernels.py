@@ -28,9 +28,8 @@ from slimformer.measure.tasks import evaluate
 from slimformer.passes import freeze, int8_kernels
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from int_mm_caps import AVX2  # noqa: E402
+from int_mm_caps import AVX2 as CAPS  # noqa: E402
 
-CAPS = AVX2
 SLOW = 4.0
 
 

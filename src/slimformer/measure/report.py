@@ -33,17 +33,16 @@ def bench_model(model, runs: int = 20) -> dict:
     """One model's `slimformer bench` figures: {"size_mb", "params", "latency_ms": {"1x16", ...}, "threads", "cpu",
     "runtime", "int8_kernel"}."""
     info = cpu_info()
+    machine = {"threads": info["threads"], "cpu": {k: info[k] for k in ("model", "flags", "freed_memory")}}
     if getattr(model, "head", None) == "speech-seq2seq":  # Whisper: its own shapes (30 s of audio), no token batches
         from .asr import speech_speed
         from .bench import n_params, size_mb
 
         return {"size_mb": round(size_mb(model.net), 2), "params": n_params(model.net), **speech_speed(model, runs),
-                "threads": info["threads"], "cpu": {k: info[k] for k in ("model", "flags", "freed_memory")},
-                **served_by(model)}
+                **machine, **served_by(model)}
     stats = bench({"m": runnable(model)}, {"m": model.tokenizer.vocab_size}, runs=runs)["m"]
     own = lm_speed(model, runs) if getattr(model, "head", None) == "causal-lm" else {}  # prefill, decode tokens/s
-    return {**stats, **own, "threads": info["threads"], "cpu": {k: info[k] for k in ("model", "flags", "freed_memory")},
-            **served_by(model)}
+    return {**stats, **own, **machine, **served_by(model)}
 
 
 def measure(models: dict[str, SlimModel], task: str | None = AUTO, runs: int = 20, progress=None,

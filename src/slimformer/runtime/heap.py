@@ -4,8 +4,9 @@ glibc serves a request above its mmap threshold (128 KiB at first, raised as big
 with a fresh mmap, and gives heap memory above its trim threshold back on free. A forward at 8x128 allocates and
 frees tens of (1024, 1536) float temporaries (6 MiB each); each fresh mapping is zero-filled page by page on first
 touch, and in a VM a page fault costs more than the arithmetic of a cheap pass. Whether glibc's own adaptation
-catches up depends on the order of calls: in one process it did, in another 45 forwards of int8 MiniLM at 8x128
-took 0.8-1.4 million page faults and ran 2.3x slower (benchmarks/heap.py, the README's "int8 on every CPU").
+catches up depends on the order of calls: after a compress in the same process it had; in a serving flow (load a
+saved int8 MiniLM, run forwards) 45 forwards at 8x128 took 0.19-0.55 million page faults and int8 ran 1.4-1.6x
+slower than with this (benchmarks/heap.py, the README's "int8 on every CPU").
 This is what the jemalloc / tcmalloc LD_PRELOAD that CPU inference guides recommend buys, without a preload; the
 cost is that the process keeps its peak memory instead of returning it.
 
