@@ -28,13 +28,16 @@ def _rows(x: torch.Tensor, k: int) -> torch.Tensor:
 
 def _intmm(lin, x: torch.Tensor) -> torch.Tensor:
     shape, x = x.shape, _rows(x, lin.in_features)
-    if lin.inv_smooth is not None:
-        x = x * lin.inv_smooth
-    amax = x.abs().amax(-1, keepdim=True).clamp_min_(1e-8)  # (M, 1)
-    q = (x * (127.0 / amax)).round_().to(torch.int8)  # (M, K), |q| <= 127
-    # (M, N) int32 times the (M, 1) token scales: one pass that also makes it float (exact up to 2^24)
-    y = torch.mul(torch._int_mm(q, lin.weight.t()), amax * (1.0 / 127.0))
-    y = torch.addcmul(lin.bias, y, lin.weight_scale) if lin.bias is not None else y.mul_(lin.weight_scale)
+    smoothed = lin.inv_smooth is not None
+    if smoothed:
+        x = x * lin.inv_smooth  # a fresh (M, K): scaled in place below
+    # max |x| per token from amax and amin: two reads of x, no |x| temporary (half the time of abs().amax())
+    amax = torch.maximum(x.amax(-1, keepdim=True), x.amin(-1, keepdim=True).neg_()).clamp_min_(1e-8)  # (M, 1)
+    q = (x.mul_(127.0 / amax) if smoothed else torch.mul(x, 127.0 / amax)).round_().to(torch.int8)  # |q| <= 127
+    # (M, N) int32 -> float (exact up to 2^24), then the token and channel scales and the bias in place: a mixed
+    # int32 x float op, or a fresh output per step, cost 15-25% of the call at 1024 tokens (VNNI: the GEMM is cheap)
+    y = torch._int_mm(q, lin.weight.t()).float().mul_(amax * (1.0 / 127.0))
+    y = torch.addcmul(lin.bias, y, lin.weight_scale, out=y) if lin.bias is not None else y.mul_(lin.weight_scale)
     return y.view(*shape[:-1], lin.out_features)
 
 
@@ -65,7 +68,7 @@ def _fbgemm(lin, x: torch.Tensor) -> torch.Tensor:
     torch.div(x, scale, out=xs)  # in place when smoothed (x is xs), else the copy and the scaling in one pass
     buf[m] = lin._kernel_fbgemm_anchor
     y = torch.ops.quantized.linear_dynamic(buf, lin._kernel_fbgemm_packed, True)[:m]  # (M, N), weight scales in
-    y = torch.addcmul(lin.bias, y, scale) if lin.bias is not None else y.mul_(scale)  # one pass over the output
+    y = torch.addcmul(lin.bias, y, scale, out=y) if lin.bias is not None else y.mul_(scale)  # in place: one pass
     return y.view(*shape[:-1], lin.out_features)
 
 
