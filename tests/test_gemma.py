@@ -443,3 +443,71 @@ def test_structure_after_vocab(gemma, pruned, batch, sentences):
     assert sum(step["ffn_per_layer"]) < 4 * 96 and small.manifest["recipe"] == "vocab+prune(flops=0.6)"
     kept = small.net.get_output_embeddings().remap
     assert torch.isfinite(logits(small, batch)[..., kept]).all()
+
+
+def test_int8_float_act_layers_keep_float_activations_and_survive_save(gemma, batch, sentences, tmp_path,
+                                                                       monkeypatch):
+    from slimformer.passes.int8_kernels import FLOAT_ACT, Int8Linear
+
+    monkeypatch.setenv("SLIMFORMER_INT8_KERNEL", "intmm")  # every other layer quantizes its activations
+    q = slimformer.compress(gemma, "int8(float_act=3)", calib=sentences[:8])
+    names = q.manifest["steps"][0]["float_act"]
+    assert len(names) == 3
+    for fqn, m in q.net.named_modules():
+        if isinstance(m, Int8Linear):
+            assert m.float_act == (fqn in names)
+            assert (m.kernel in FLOAT_ACT) == (fqn in names)  # intmm forced: fp32 for the float_act layers
+    original = dict(gemma.net.named_modules())
+    for fqn in names:  # quantized from the original weights, unsmoothed: int8 rounding error only
+        m, w = q.net.get_submodule(fqn), original[fqn].weight
+        assert m.inv_smooth is None
+        err = (m.weight.float() * m.weight_scale[:, None] - w).abs().max(1).values  # (N,)
+        assert bool((err <= m.weight_scale * 0.5 + 1e-7).all())
+    back = reload(q, tmp_path)
+    assert [f for f, m in back.net.named_modules() if getattr(m, "float_act", False)] == sorted(names, key=[
+        f for f, _ in q.net.named_modules()].index)
+    assert torch.equal(logits(back, batch), logits(q, batch))
+
+
+def test_int8_float_act_ranks_by_input_noise_and_auto_keeps_the_kl_budget(gemma, batch, sentences, monkeypatch):
+    from slimformer.configs import Int8
+    from slimformer.passes import quantize
+    from slimformer.passes.calib import Calibration
+
+    monkeypatch.setenv("SLIMFORMER_INT8_KERNEL", "intmm")
+    q = slimformer.compress(gemma, "int8(float_act=0)", calib=sentences[:8])
+    assert q.manifest["steps"][0]["float_act"] == []
+    calib = Calibration.from_texts(q.tokenizer, sentences[:8], batch_size=4)
+    noise = quantize.input_noise(q.net, calib)
+    assert len(noise) == sum(isinstance(m, quantize.Int8Linear) for m in q.net.modules())
+    assert quantize.float_act_layers(q.net, Int8(float_act=4), calib, None) == sorted(
+        noise, key=noise.__getitem__, reverse=True)[:4]
+    ref = lm_reference(logits(gemma, batch))
+    mask = batch["attention_mask"].bool()
+
+    def kl() -> float:  # nats per real token
+        return float(lm_kl(logits(q, batch), ref)[mask].mean())
+
+    order = sorted(noise, key=noise.__getitem__, reverse=True)
+
+    def kl_with(k: int) -> float:
+        for i, fqn in enumerate(order):
+            quantize.int8_kernels.set_kernel(q.net.get_submodule(fqn), "fp32" if i < k else "intmm")
+        return kl()
+
+    weights_only, all_int8 = kl_with(len(order)), kl_with(0)
+    assert all_int8 > weights_only > 0
+    monkeypatch.setattr(quantize, "ACT_KL", (all_int8 - weights_only) / 2)  # a budget some layers must meet
+    chosen = quantize.float_act_layers(q.net, Int8(), calib, kl)
+    k = len(chosen)
+    assert 0 < k < len(order) and chosen == order[:k]
+    assert kl_with(k) <= weights_only + quantize.ACT_KL < kl_with(k - 1)  # the fewest that keep the budget
+    assert quantize.float_act_layers(q.net, Int8(), calib, None) == []  # auto without a KL: none (embedders)
+
+
+def test_int8_float_act_is_checked(gemma, tiny, sentences):
+    from slimformer.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="float_act must be auto or an integer >= 0"):
+        slimformer.compress(gemma, "int8(float_act=some)", calib=sentences[:8])
+    assert slimformer.compress(tiny, "int8", calib=sentences[:8]).manifest["steps"][0]["float_act"] == []

@@ -177,3 +177,17 @@ def test_freeze_step_checks_the_trace_against_eager_with_the_same_kernels(tiny_d
     monkeypatch.setenv(int8_kernels.ENV, "fp32/fbgemm")
     model = slimformer.compress(slimformer.load(tiny_dir), "int8+freeze", calib=sentences)
     assert model.manifest["steps"][-1]["max_error"] <= freeze.ATOL
+
+
+def test_a_float_act_layer_races_and_is_forced_onto_float_kernels_only(layer_and_inputs, monkeypatch):
+    lin, x = layer_and_inputs
+    flt = Int8Linear(lin.in_features, lin.out_features, float_act=True)
+    flt.load_state_dict({k: v for k, v in lin.state_dict().items() if k != "inv_smooth"}, strict=False)
+    _, ratios = int8_kernels.measure(flt)
+    assert set(ratios) <= set(int8_kernels.FLOAT_ACT) and "fp32" in ratios
+    monkeypatch.setenv(int8_kernels.ENV, "intmm/fp16")
+    int8_kernels.choose(nn.Sequential(flt))
+    assert flt.kernel == "fp32/fp16"  # intmm quantizes activations: fp32 instead; fp16 keeps them float
+    with torch.inference_mode():
+        out = flt(x)
+    assert float((out.double() - reference_float(flt, x)).abs().max()) < 1e-3 * float(out.abs().max())

@@ -157,6 +157,10 @@ def test_linears_the_recipe_kept_in_fp32_stay_fp32_in_ort(tiny, sentences, tmp_p
     small = slimformer.compress(tiny, "int8(fp32=2)", calib=sentences)
     kept = float_linears(small)
     assert len(kept) == 2
+    floats = slimformer.compress(tiny, "int8(fp32=1, float_act=2)", calib=sentences)
+    assert sorted(float_linears(floats)) == sorted(floats.manifest["steps"][0]["fp32_kept"] +
+                                                   floats.manifest["steps"][0]["float_act"])  # 1 + 2: float in ORT
+    assert len(float_linears(floats)) == 3
     fp32 = export(small, tmp_path / "f", int8=False)
     quantize(fp32 / "onnx" / "model.onnx", tmp_path / "q.onnx", ["encoder.layer.1.output.dense"])
     left = [n.name for n in onnx.load(str(tmp_path / "q.onnx")).graph.node if n.op_type == "MatMul"]

@@ -210,11 +210,17 @@ class Int8:
     fp32: int = 0  # keep this many of the most sensitive Linears in fp32 (measured on calibration text)
     embeddings: bool = True  # int8 embedding tables (token, position, type) with per-row scales
     embedding_bits: int = 8  # bits of the token table: 8, or 4 (half the size again; for the last step to 10x)
+    # Linears that keep float activations (int8 weights, a float kernel): N, the N with the noisiest int8 inputs on
+    # calibration text; "auto", as few as keep a next-token model's KL within quantize.ACT_KL of weights-only int8
+    # (none for other models: their activation int8 measured harmless)
+    float_act: int | str = "auto"
 
     def __post_init__(self):
         require(is_real(self.smooth) and 0 <= self.smooth <= 1, self.step,
                 f"smooth must be in [0, 1], got {self.smooth!r}")
         check_count(self.step, "fp32", self.fp32, least=0)
+        require(self.float_act == "auto" or (is_int(self.float_act) and self.float_act >= 0), self.step,
+                f"float_act must be auto or an integer >= 0, got {self.float_act!r}")
         check_bool(self.step, "embeddings", self.embeddings)
         require(is_int(self.embedding_bits) and self.embedding_bits in (4, 8), self.step,
                 f"embedding_bits must be 8 or 4, got {self.embedding_bits!r}")

@@ -8,7 +8,9 @@ the fastest kernel that beats fp32 serves every Linear of that class for calls o
 tokens: the one-query kernel; above: the batch kernel), else fp32 on the dequantized weights (the size win stays on
 disk). A choice reads "fp32/fbgemm" when the two differ. Eager PyTorch pays a few microseconds per op, which at 16
 tokens can cost more than int8 saves; a traced graph (`freeze`) does not, so it is traced with the batch kernel.
-SLIMFORMER_INT8_KERNEL=<name> (or <small>/<large>) forces the kernels of every Linear.
+SLIMFORMER_INT8_KERNEL=<name> (or <small>/<large>) forces the kernels of every Linear. A layer marked float_act (its
+activations measured too sensitive to int8: quantize.py) races, and is forced onto, only FLOAT_ACT kernels (an
+activation-quantizing one it is given runs as fp32).
 The kernels themselves are in int8_ops.py.
 """
 
@@ -23,7 +25,7 @@ from torch import nn
 
 from ..errors import SlimformerError
 from ..timing import interleaved_times
-from .int8_ops import KERNELS
+from .int8_ops import FLOAT_ACT, KERNELS
 
 ENV = "SLIMFORMER_INT8_KERNEL"
 TIMING_TOKENS = (16, 1024)  # rows timed per shape class: one short query (1x16), a batch (8x128 or 32x32)
@@ -49,9 +51,16 @@ def join(small: str, large: str) -> str:
     return small if small == large else f"{small}/{large}"
 
 
+def restrict(lin, spec: str) -> str:
+    """`spec` as `lin` may run it: a float_act layer runs fp32 where `spec` names an activation-quantizing kernel."""
+    if not lin.float_act:
+        return spec
+    return join(*(name if name in FLOAT_ACT else "fp32" for name in parse(spec)))
+
+
 def planned(lin) -> str:
     """The kernels `lin` runs, or will run at its first call: its own, else the forced ones, else the measured."""
-    return lin.__dict__.get("kernel") or forced() or measure(lin)[0]
+    return lin.__dict__.get("kernel") or (restrict(lin, forced()) if forced() else measure(lin)[0])
 
 
 def drop_cache(lin) -> None:
@@ -80,11 +89,13 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class Int8Linear(nn.Module):
     """y = x @ (Wq * s_w)^T + b with Wq int8 (N, K), computed by this CPU's kernel (module docstring); x smoothed by
-    1/s (SmoothQuant) first when the weights were. Shapes: x (..., K) -> y (..., N)."""
+    1/s (SmoothQuant) first when the weights were. float_act: only kernels with float activations (FLOAT_ACT).
+    Shapes: x (..., K) -> y (..., N)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, smooth: bool = False):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, smooth: bool = False,
+                 float_act: bool = False):
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
+        self.in_features, self.out_features, self.float_act = in_features, out_features, float_act
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))  # (N, K)
         self.register_buffer("weight_scale", torch.ones(out_features))  # (N,)
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)  # (N,)
@@ -93,12 +104,14 @@ class Int8Linear(nn.Module):
 
     def spec(self) -> dict:
         return dict(in_features=self.in_features, out_features=self.out_features,
-                    bias=self.bias is not None, smooth=self.inv_smooth is not None)
+                    bias=self.bias is not None, smooth=self.inv_smooth is not None,
+                    **({"float_act": True} if self.float_act else {}))
 
     @classmethod
     @torch.no_grad()
-    def from_linear(cls, lin: nn.Linear, smooth: torch.Tensor | None = None) -> "Int8Linear":
-        new = cls(lin.in_features, lin.out_features, lin.bias is not None, smooth is not None)
+    def from_linear(cls, lin: nn.Linear, smooth: torch.Tensor | None = None, float_act: bool = False
+                    ) -> "Int8Linear":
+        new = cls(lin.in_features, lin.out_features, lin.bias is not None, smooth is not None, float_act)
         w = lin.weight.detach().float()
         if smooth is not None:
             w = w * smooth[None, :]  # W' = W diag(s): migrates the activation outliers into the weights
@@ -128,12 +141,13 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"smooth={self.inv_smooth is not None}, kernel={self.__dict__.get('kernel')}")
+                f"smooth={self.inv_smooth is not None}, float_act={self.float_act}, "
+                f"kernel={self.__dict__.get('kernel')}")
 
 
 # ------------------------------------------------------------------------------------------- choice by measurement
 
-_CHOICE: dict[tuple, tuple[str, dict]] = {}  # (K, N, bias, smooth, threads) -> (kernel, {kernel: [ratio per count]})
+_CHOICE: dict[tuple, tuple[str, dict]] = {}  # (K, N, bias, smooth, float_act, threads) -> (kernel, {kernel: ratios})
 
 
 def paired_ratios(times: dict[str, list[float]]) -> dict[str, list[float]]:
@@ -148,11 +162,12 @@ def measure(lin) -> tuple[str, dict]:
     the kernel with the lowest paired ratio to fp32 if it beats fp32 by MIN_GAIN (else fp32). A decision within
     CLOSE of the bar is timed again with more turns before it is made: on a busy machine one round flipped it.
     Returns the choice ("name" or "small/large") and {kernel: [paired ratio to fp32 per count]}."""
-    key = (lin.in_features, lin.out_features, lin.bias is not None, lin.inv_smooth is not None,
+    key = (lin.in_features, lin.out_features, lin.bias is not None, lin.inv_smooth is not None, lin.float_act,
            torch.get_num_threads())
     if key not in _CHOICE:
         probes = {}
-        for name in KERNELS:  # a copy of the shape, not of the weights (random int8: the same speed)
+        # a copy of the shape, not of the weights (random int8: the same speed)
+        for name in FLOAT_ACT if lin.float_act else KERNELS:
             probe = type(lin)(**lin.spec())
             probe.weight = torch.randint(-127, 128, probe.weight.shape, dtype=torch.int8)
             try:
@@ -202,7 +217,7 @@ def choose(module: nn.Module, kernel: str | None = None) -> dict[str, int]:
     kernel = kernel or forced()
     for m in module.modules():
         if isinstance(m, Int8Linear):
-            set_kernel(m, kernel or measure(m)[0])
+            set_kernel(m, restrict(m, kernel) if kernel else measure(m)[0])
     return summary(module)
 
 

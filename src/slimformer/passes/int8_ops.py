@@ -106,3 +106,4 @@ KERNELS: dict[str, tuple[Callable, Callable]] = {
     "fp16": (lambda lin: {"packed": torch.ops.quantized.linear_prepack_fp16(_dequantized(lin), lin.bias)}, _fp16),
     "fp32": (lambda lin: {"weight": _dequantized(lin), "bias": lin.bias}, _fp32),
 }
+FLOAT_ACT = ("w8", "fp16", "fp32")  # the kernels that keep activations float: all a float_act layer may run

@@ -3,7 +3,8 @@
 
 Weights: symmetric int8 with one scale per output channel (per row for embeddings). Activations: symmetric int8
 with one scale per token, computed at run time, so a sentence's embedding does not depend on its batch-mates or on
-padding (one scale per tensor, as torch.ao does, couples them). Optional SmoothQuant-style migration (Xiao et al.
+padding (one scale per tensor, as torch.ao does, couples them); layers where that costs too much keep float
+activations (float_act_layers: a next-token model's KL budget). Optional SmoothQuant-style migration (Xiao et al.
 2023) divides activation channel j by s_j = max|X_j|^a / max|W_j|^(1-a) and multiplies weight column j by it,
 measured on calibration text. How the int8 matmul runs is chosen per CPU by measurement (int8_kernels.py).
 """
@@ -17,15 +18,19 @@ from torch import nn
 from ..configs import Int8
 from ..errors import RecipeError
 from ..mha import make_quantizable
-from ..surgery import replace_modules, set_module
+from ..surgery import hooks, replace_modules, set_module
 from .calib import (Calibration, activation_absmax, output_distance, output_error, outputs, sentence_output,
-                    token_logits)
+                    token_logits, token_mask)
 from . import int8_kernels
 from .int8_kernels import Int8Linear, quantize_rows
 
 
 SCALED_EMBEDDINGS = ("Gemma3TextScaledWordEmbedding",)  # embeddings whose forward is only rows x a constant
 RANK_BATCHES_LM = 1  # calibration batches (of 8 sentences) a causal LM's fp32=N ranking runs each trial on
+# float_act=auto: what int8 activations may add to a next-token model's KL (nats per token) over int8 weights alone.
+# A KL of d nats costs about d in log-perplexity, so 0.005 is ~0.5% perplexity, beside the ~2.3% of Gemma 3 270M's
+# int8 weights (README): on that model activation int8 of every Linear added ~0.019 nats (+6% perplexity).
+ACT_KL = 0.005
 
 
 class QuantizedEmbedding(nn.Module):
@@ -100,11 +105,69 @@ def rank_by_sensitivity(model: nn.Module, calib: Calibration, names: list[str], 
     return sorted(names, key=errors.__getitem__, reverse=True)
 
 
+@torch.inference_mode()
+def input_noise(model: nn.Module, calib: Calibration) -> dict[str, float]:
+    """{fqn: ||q8(x) - x||^2 / ||x||^2} of every Int8Linear's (smoothed) input x over calibration text, with q8 the
+    per-token symmetric int8 its activation-quantizing kernels apply: how much int8 activations blur each layer's
+    input (an FFN's output projection, fed a GeLU's outliers, is 5-20x the median)."""
+    sums: dict[str, list[float]] = {}
+
+    def hook(fqn):
+        def f(m, args):
+            x = args[0].reshape(-1, m.in_features).float()  # (M, K)
+            x = x * m.inv_smooth if m.inv_smooth is not None else x
+            step = x.abs().amax(-1, keepdim=True).clamp_min(1e-8) / 127.0  # (M, 1)
+            acc = sums.setdefault(fqn, [0.0, 0.0])
+            acc[0] += float(((x / step).round() * step - x).pow(2).sum())
+            acc[1] += float(x.pow(2).sum())
+        return f
+
+    with hooks(pre=[(m, hook(fqn)) for fqn, m in model.named_modules() if isinstance(m, Int8Linear)]):
+        for b in calib.batches:
+            model(**b)
+    return {fqn: e / max(x, 1e-12) for fqn, (e, x) in sums.items()}
+
+
+def float_act_layers(model: nn.Module, cfg: Int8, calib: Calibration | None, damage) -> list[str]:
+    """The Int8Linears that keep float activations: float_act=N, the N noisiest inputs (input_noise); "auto", for a
+    next-token model (`damage`: its KL in nats per token), the fewest of that order whose float activations keep the
+    KL within ACT_KL of int8 weights alone (all float), by bisection (a forward of the few ranking batches each)."""
+    if cfg.float_act == 0 or calib is None or (cfg.float_act == "auto" and damage is None):
+        if cfg.float_act not in (0, "auto"):
+            raise RecipeError("int8: float_act needs calibration text")
+        return []
+    noise = input_noise(model, calib)
+    order = sorted(noise, key=noise.__getitem__, reverse=True)
+    if cfg.float_act != "auto":
+        return order[: cfg.float_act]
+    chosen = {fqn: model.get_submodule(fqn).__dict__["kernel"] for fqn in order}
+
+    def kl_with(k: int) -> float:  # the first k of `order` on fp32 compute, the rest on their chosen kernels
+        for i, fqn in enumerate(order):
+            spec = "fp32" if i < k else chosen[fqn]
+            if model.get_submodule(fqn).__dict__.get("kernel") != spec:
+                int8_kernels.set_kernel(model.get_submodule(fqn), spec)
+        return damage()
+
+    budget = kl_with(len(order)) + ACT_KL
+    lo, hi = -1, len(order)  # kl_with(hi) is within budget (hi = all: by definition); lo is the largest known not
+    if kl_with(0) <= budget:
+        hi = 0
+    else:
+        lo = 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if kl_with(mid) <= budget else (mid, hi)
+    kl_with(0)  # the kernels as chosen
+    return order[:hi]
+
+
 def int8(model: nn.Module, cfg: Int8, calib: Calibration | None = None, damage=None, skip: tuple[str, ...] = ()
          ) -> tuple[nn.Module, dict]:
     """Quantize `model` in place; returns it and the decisions made (recorded in the manifest). `damage`: what
-    fp32=N ranks the Linears by (rank_by_sensitivity). `skip`: name suffixes of embeddings left in float (their
-    owner reads `.weight` itself: arch.Adapter.float_modules)."""
+    fp32=N ranks the Linears by (rank_by_sensitivity); given for a next-token model, its KL in nats per token, which
+    float_act=auto holds to a budget. `skip`: name suffixes of embeddings left in float (their owner reads `.weight`
+    itself: arch.Adapter.float_modules)."""
     make_quantizable(model)  # stock nn.MultiheadAttention hides its projections from a Linear swap
     linears = {fqn for fqn, m in model.named_modules() if isinstance(m, nn.Linear)}
     needs_calib = cfg.smooth > 0 or cfg.fp32 > 0
@@ -116,7 +179,10 @@ def int8(model: nn.Module, cfg: Int8, calib: Calibration | None = None, damage=N
     if cfg.fp32 > 0:
         keep_fp32 = rank_by_sensitivity(model, calib, sorted(linears), absmax, cfg.smooth, damage)[: cfg.fp32]
 
+    originals: dict[str, nn.Linear] = {}
+
     def swap(lin: nn.Linear, fqn: str) -> nn.Module:
+        originals[fqn] = lin
         smooth = _smoothing(absmax[fqn], lin, cfg.smooth) if cfg.smooth > 0 else None
         return Int8Linear.from_linear(lin, smooth)
 
@@ -130,8 +196,12 @@ def int8(model: nn.Module, cfg: Int8, calib: Calibration | None = None, damage=N
             and not fqn.endswith(skip),
             lambda m, _: QuantizedEmbedding.from_embedding(m, cfg.embedding_bits if m is token else 8))
     int8_kernels.choose(model)  # measured on this CPU (or forced); not stored: each machine chooses at load
+    float_act = float_act_layers(model, cfg, calib, damage)
+    for fqn in float_act:  # unsmoothed: migrating outliers into the weights only pays when activations are int8
+        set_module(model, fqn, Int8Linear.from_linear(originals[fqn], None, float_act=True))
+    int8_kernels.choose(model)
     return model, {"quantized": len(quantized), "fp32_kept": keep_fp32, "embeddings": embedded,
-                   "smooth": cfg.smooth}
+                   "smooth": cfg.smooth, "float_act": float_act}
 
 
 def quantize(model, cfg: Int8, ctx) -> dict:
@@ -139,9 +209,10 @@ def quantize(model, cfg: Int8, ctx) -> dict:
     much they move the logits; a causal LM's by the next-token KL on a few calibration batches, RANK_BATCHES_LM,
     since each trial is a forward through the whole vocabulary); returns the decisions for the manifest."""
     damage = None
-    if token_logits(model) and cfg.fp32 > 0 and ctx.calib is not None:
+    if token_logits(model) and (cfg.fp32 > 0 or cfg.float_act != 0) and ctx.calib is not None:
         mid = len(ctx.calib.batches) // 2  # batches are sorted by length: the middle ones hold typical sentences
         few = Calibration(ctx.calib.batches[mid : mid + RANK_BATCHES_LM])
         ref = [sentence_output(model, b) for b in few.batches]
-        damage = lambda: output_distance(model, few, ref)  # noqa: E731
+        tokens = sum(int(token_mask(b, r.shape[:2]).sum()) for b, r in zip(few.batches, ref))  # r: (B, T, K, 2)
+        damage = lambda: output_distance(model, few, ref) / tokens  # noqa: E731  (nats per token)
     return int8(model.net, cfg, ctx.calib, damage, skip=model.adapter.float_modules)[1]

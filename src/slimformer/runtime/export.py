@@ -79,11 +79,12 @@ def float_copy(model: SlimModel) -> SlimModel:
 
 
 def float_linears(model: SlimModel) -> list[str]:
-    """Linears that the recipe's int8 step kept in fp32 (`int8(fp32=N)`): none when the model was never quantized."""
+    """Linears that the recipe's int8 step kept in fp32 (`int8(fp32=N)`) or gave float activations (`float_act`: ORT's
+    dynamic int8 would quantize them, so they stay float there): none when the model was never quantized."""
     mods = dict(model.net.named_modules())  # the head's Linears included
     if not any(isinstance(m, Int8Linear) for m in mods.values()):
         return []
-    return [n for n, m in mods.items() if type(m) is nn.Linear]
+    return [n for n, m in mods.items() if type(m) is nn.Linear or (isinstance(m, Int8Linear) and m.float_act)]
 
 
 # The graph's outputs and their dynamic axes, in the order the sessions return them. last_hidden_state is what
