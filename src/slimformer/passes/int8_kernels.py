@@ -60,7 +60,10 @@ def restrict(lin, spec: str) -> str:
 
 def planned(lin) -> str:
     """The kernels `lin` runs, or will run at its first call: its own, else the forced ones, else the measured."""
-    return lin.__dict__.get("kernel") or (restrict(lin, forced()) if forced() else measure(lin)[0])
+    if lin.__dict__.get("kernel"):
+        return lin.__dict__["kernel"]
+    spec = forced()
+    return restrict(lin, spec) if spec else measure(lin)[0]
 
 
 def drop_cache(lin) -> None:

@@ -26,13 +26,18 @@ def _rows(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.reshape(-1, k).float()  # (..., K) -> (M, K)
 
 
+def row_absmax(x: torch.Tensor) -> torch.Tensor:
+    """max |x| per row, floored at 1e-8: (M, K) -> (M, 1). From amax and amin: two reads of x and no |x| temporary
+    (half the time of abs().amax() at 1024 rows)."""
+    return torch.maximum(x.amax(-1, keepdim=True), x.amin(-1, keepdim=True).neg_()).clamp_min_(1e-8)
+
+
 def _intmm(lin, x: torch.Tensor) -> torch.Tensor:
     shape, x = x.shape, _rows(x, lin.in_features)
     smoothed = lin.inv_smooth is not None
     if smoothed:
         x = x * lin.inv_smooth  # a fresh (M, K): scaled in place below
-    # max |x| per token from amax and amin: two reads of x, no |x| temporary (half the time of abs().amax())
-    amax = torch.maximum(x.amax(-1, keepdim=True), x.amin(-1, keepdim=True).neg_()).clamp_min_(1e-8)  # (M, 1)
+    amax = row_absmax(x)  # (M, 1)
     q = (x.mul_(127.0 / amax) if smoothed else torch.mul(x, 127.0 / amax)).round_().to(torch.int8)  # |q| <= 127
     # (M, N) int32 -> float (exact up to 2^24), then the token and channel scales and the bias in place: a mixed
     # int32 x float op, or a fresh output per step, cost 15-25% of the call at 1024 tokens (VNNI: the GEMM is cheap)
@@ -63,8 +68,7 @@ def _fbgemm(lin, x: torch.Tensor) -> torch.Tensor:
     xs = buf[:m]
     if lin.inv_smooth is not None:
         x = torch.mul(x, lin.inv_smooth, out=xs)
-    scale = torch.maximum(x.amax(-1, keepdim=True), x.amin(-1, keepdim=True).neg_())  # (M, 1): max |x| per row
-    scale = scale.clamp_min_(1e-8).mul_(1.0 / 127.0)
+    scale = row_absmax(x).mul_(1.0 / 127.0)  # (M, 1)
     torch.div(x, scale, out=xs)  # in place when smoothed (x is xs), else the copy and the scaling in one pass
     buf[m] = lin._kernel_fbgemm_anchor
     y = torch.ops.quantized.linear_dynamic(buf, lin._kernel_fbgemm_packed, True)[:m]  # (M, N), weight scales in

@@ -23,6 +23,7 @@ from .calib import (Calibration, activation_absmax, output_distance, output_erro
                     token_logits, token_mask)
 from . import int8_kernels
 from .int8_kernels import Int8Linear, quantize_rows
+from .int8_ops import row_absmax
 
 
 SCALED_EMBEDDINGS = ("Gemma3TextScaledWordEmbedding",)  # embeddings whose forward is only rows x a constant
@@ -116,7 +117,7 @@ def input_noise(model: nn.Module, calib: Calibration) -> dict[str, float]:
         def f(m, args):
             x = args[0].reshape(-1, m.in_features).float()  # (M, K)
             x = x * m.inv_smooth if m.inv_smooth is not None else x
-            step = x.abs().amax(-1, keepdim=True).clamp_min(1e-8) / 127.0  # (M, 1)
+            step = row_absmax(x) / 127.0  # (M, 1)
             acc = sums.setdefault(fqn, [0.0, 0.0])
             acc[0] += float(((x / step).round() * step - x).pow(2).sum())
             acc[1] += float(x.pow(2).sum())
@@ -132,21 +133,22 @@ def float_act_layers(model: nn.Module, cfg: Int8, calib: Calibration | None, dam
     """The Int8Linears that keep float activations: float_act=N, the N noisiest inputs (input_noise); "auto", for a
     next-token model (`damage`: its KL in nats per token), the fewest of that order whose float activations keep the
     KL within ACT_KL of int8 weights alone (all float), by bisection (a forward of the few ranking batches each)."""
-    if cfg.float_act == 0 or calib is None or (cfg.float_act == "auto" and damage is None):
-        if cfg.float_act not in (0, "auto"):
-            raise RecipeError("int8: float_act needs calibration text")
+    if cfg.float_act == 0 or (cfg.float_act == "auto" and (damage is None or calib is None)):
         return []
+    if calib is None:
+        raise RecipeError("int8: float_act needs calibration text")
     noise = input_noise(model, calib)
     order = sorted(noise, key=noise.__getitem__, reverse=True)
     if cfg.float_act != "auto":
         return order[: cfg.float_act]
-    chosen = {fqn: model.get_submodule(fqn).__dict__["kernel"] for fqn in order}
+    layers = [model.get_submodule(fqn) for fqn in order]
+    chosen = [m.__dict__["kernel"] for m in layers]
 
     def kl_with(k: int) -> float:  # the first k of `order` on fp32 compute, the rest on their chosen kernels
-        for i, fqn in enumerate(order):
-            spec = "fp32" if i < k else chosen[fqn]
-            if model.get_submodule(fqn).__dict__.get("kernel") != spec:
-                int8_kernels.set_kernel(model.get_submodule(fqn), spec)
+        for i, (m, spec) in enumerate(zip(layers, chosen)):
+            spec = "fp32" if i < k else spec
+            if m.__dict__.get("kernel") != spec:
+                int8_kernels.set_kernel(m, spec)
         return damage()
 
     budget = kl_with(len(order)) + ACT_KL
@@ -199,7 +201,7 @@ def int8(model: nn.Module, cfg: Int8, calib: Calibration | None = None, damage=N
     float_act = float_act_layers(model, cfg, calib, damage)
     for fqn in float_act:  # unsmoothed: migrating outliers into the weights only pays when activations are int8
         set_module(model, fqn, Int8Linear.from_linear(originals[fqn], None, float_act=True))
-    int8_kernels.choose(model)
+        int8_kernels.choose(model.get_submodule(fqn))  # the others keep theirs
     return model, {"quantized": len(quantized), "fp32_kept": keep_fp32, "embeddings": embedded,
                    "smooth": cfg.smooth, "float_act": float_act}
 
