@@ -42,7 +42,7 @@ def measure(runs: int, quality: bool) -> dict:
     frozen = small.clone()
     freeze.apply(frozen, "trace")  # traced with each Linear's batch kernel
     models["int8 + freeze (traced, batch kernels)"] = frozen
-    for kernel in int8_kernels.KERNELS:
+    for kernel in filter(int8_kernels.available, int8_kernels.KERNELS):  # those this CPU and build can run
         m = small.clone()
         int8_kernels.choose(m.encoder, kernel)
         models[f"int8, {kernel}"] = m

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from slimformer.data import read_stsb
+from slimformer.passes import int8_kernels
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +44,11 @@ def tiny(tiny_dir):
     import slimformer
 
     return slimformer.load(tiny_dir)
+
+
+@pytest.fixture(params=list(int8_kernels.KERNELS))
+def kernel(request) -> str:
+    """Each int8 kernel in turn; one this CPU or build cannot run is skipped, saying so."""
+    if not int8_kernels.available(request.param):
+        pytest.skip(f"int8 kernel {request.param} cannot run on this CPU")
+    return request.param

@@ -58,7 +58,6 @@ TOLERANCES = {"intmm": (reference_int8, 1e-5),  # the same arithmetic: fp32 roun
               "fp32": (reference_float, 1e-5)}
 
 
-@pytest.mark.parametrize("kernel", list(KERNELS))
 def test_kernel_matches_reference_arithmetic(layer_and_inputs, kernel):
     lin, x = layer_and_inputs
     int8_kernels.set_kernel(lin, kernel)
@@ -68,7 +67,6 @@ def test_kernel_matches_reference_arithmetic(layer_and_inputs, kernel):
     assert err < tol, (kernel, err)
 
 
-@pytest.mark.parametrize("kernel", list(KERNELS))
 def test_forced_kernel_is_the_one_that_runs(layer_and_inputs, kernel, monkeypatch):
     lin, x = layer_and_inputs
     monkeypatch.setenv(int8_kernels.ENV, kernel)
@@ -81,7 +79,6 @@ def test_forced_kernel_is_the_one_that_runs(layer_and_inputs, kernel, monkeypatc
     assert not ({KERNEL_OPS[k] for k in KERNELS if k != kernel} - {"aten::linear"}) & ops
 
 
-@pytest.mark.parametrize("kernel", list(KERNELS))
 def test_a_call_outside_no_grad_runs_and_gives_the_same_values(layer_and_inputs, kernel):
     """HF style `model(**x)` without no_grad: the input then requires grad (it comes from float parameters), which
     the fbgemm kernel's in-place buffer writes used to refuse with an autograd error."""
@@ -138,7 +135,6 @@ def test_save_load_keeps_the_choice_and_stores_no_kernel(tiny_int8, tmp_path):
     assert int8_kernels.summary(loaded.encoder) == int8_kernels.summary(tiny_int8.encoder)
 
 
-@pytest.mark.parametrize("kernel", list(KERNELS))
 def test_a_saved_model_runs_with_every_kernel(tiny_int8, sentences, tmp_path, monkeypatch, kernel):
     """What another CPU class would pick: the same folder loads and runs with each kernel, close to the kernel this
     machine picked (each within its own quantization error of the float model)."""
@@ -152,7 +148,6 @@ def test_a_saved_model_runs_with_every_kernel(tiny_int8, sentences, tmp_path, mo
     assert cos.min() > 0.995, (kernel, cos.min())
 
 
-@pytest.mark.parametrize("kernel", list(KERNELS))
 def test_freeze_traces_each_kernel(tiny_int8, sentences, kernel):
     model = tiny_int8.clone()
     int8_kernels.choose(model.encoder, kernel)
@@ -191,3 +186,21 @@ def test_a_float_act_layer_races_and_is_forced_onto_float_kernels_only(layer_and
     with torch.inference_mode():
         out = flt(x)
     assert float((out.double() - reference_float(flt, x)).abs().max()) < 1e-3 * float(out.abs().max())
+
+
+
+def test_a_kernel_this_build_lacks_is_out_of_the_race_and_a_one_line_error_when_forced(monkeypatch):
+    """A kernel whose op this build or CPU lacks (fbgemm on ARM) fails to prepare: the measured choice leaves it out,
+    and forcing it names the kernel in one line instead of a RuntimeError traceback."""
+    def missing(lin):
+        raise RuntimeError("Could not run 'quantized::linear_prepack' with arguments from the 'CPU' backend.\nmore")
+
+    monkeypatch.setitem(int8_kernels.KERNELS, "fbgemm", (missing, int8_kernels.KERNELS["fbgemm"][1]))
+    monkeypatch.setattr(int8_kernels, "_CHOICE", {})
+    lin = Int8Linear.from_linear(nn.Linear(64, 32))
+    assert not int8_kernels.available("fbgemm") and int8_kernels.available("fp32")
+    assert "fbgemm" not in int8_kernels.measure(lin)[1]
+    monkeypatch.setenv(int8_kernels.ENV, "fp16/fbgemm")
+    with pytest.raises(slimformer.SlimformerError, match=r"^int8 kernel 'fbgemm' cannot run here: Could not run "
+                                                         r"'quantized::linear_prepack' .* backend\.$"):
+        int8_kernels.choose(nn.Sequential(lin))

@@ -46,6 +46,11 @@ class DataFormatError(SlimformerError):
     """An evaluation or calibration file exists but does not read as its format (header, columns, text encoding)."""
 
 
+class KernelUnavailableError(SlimformerError):
+    """An int8 kernel forced (SLIMFORMER_INT8_KERNEL) that this CPU or build cannot run correctly."""
+
+
 class CoverageWarning(UserWarning):
     """The calibration text covers little of what a step keeps or measures (vocab: the model's vocabulary); the CLI
     prints it as one `warning:` line."""
+

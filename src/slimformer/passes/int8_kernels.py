@@ -23,7 +23,7 @@ import statistics
 import torch
 from torch import nn
 
-from ..errors import SlimformerError
+from ..errors import KernelUnavailableError, SlimformerError
 from ..timing import interleaved_times
 from .int8_ops import FLOAT_ACT, KERNELS
 
@@ -77,10 +77,23 @@ def set_kernel(lin, spec: str) -> None:
     small, large = parse(spec)
     drop_cache(lin)
     for name in dict.fromkeys((small, large)):
-        for key, value in KERNELS[name][0](lin).items():
+        try:
+            cache = KERNELS[name][0](lin)
+        except RuntimeError as e:  # a kernel this build or CPU lacks (e.g. no fbgemm on ARM)
+            raise KernelUnavailableError(f"int8 kernel '{name}' cannot run here: {str(e).splitlines()[0]}") from e
+        for key, value in cache.items():
             lin.__dict__[f"_kernel_{name}_{key}"] = value
     lin.__dict__["_kernel_small"], lin.__dict__["_kernel_large"] = KERNELS[small][1], KERNELS[large][1]
     lin.__dict__["kernel"] = join(small, large)
+
+
+def available(name: str) -> bool:
+    """Whether kernel `name` runs on this CPU and build (forcing one that does not is a one-line error)."""
+    try:
+        set_kernel(Int8Linear(64, 8), name)
+        return True
+    except KernelUnavailableError:
+        return False
 
 
 def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,7 +189,7 @@ def measure(lin) -> tuple[str, dict]:
             try:
                 set_kernel(probe, name)
                 probes[name] = probe
-            except RuntimeError:  # a kernel this build or CPU lacks (e.g. no fbgemm on ARM)
+            except KernelUnavailableError:
                 continue
         ratios: dict[str, list[float]] = {name: [] for name in probes}
         best = []
