@@ -17,7 +17,9 @@ def test_a_few_steps_reduce_the_loss_on_held_out_text(tiny, sentences):
     after = slimformer.compress(tiny, "ffn(keep=0.25)+distill(steps=15, lr=0.001, batch_size=8)", calib=train)
     assert held_out_loss(after, tiny, held) < 0.8 * held_out_loss(before, tiny, held)
     step = after.manifest["steps"][-1]
-    assert step["steps"] == 15 and step["loss_last"] < step["loss_first"]
+    assert step["steps"] == 15 and step["loss_last"] < step["loss_first"] and step["batch_size"] == 8
+    default = slimformer.compress(tiny, "ffn(keep=0.25)+distill(steps=1)", calib=train).manifest["steps"][-1]
+    assert default["batch_size"] == 32 and default["sentences"] == 32  # a text model's default
 
 
 def test_deterministic_for_a_seed(tiny, sentences):

@@ -176,6 +176,8 @@ def test_distill_brings_a_narrowed_whisper_back_towards_the_teacher(tmp_path):
     kept = small.manifest["steps"][-1]["kept_layers"]  # the decoder block the one left stands for
     assert step["layer_map"] == {"encoder.layers": [0, 1], "decoder.layers": kept}
     assert step["loss_last"] < 0.9 * step["loss_first"]
+    default = slimformer.compress(base, narrowed + "+distill(steps=1)", calib=CALIB).manifest["steps"][-1]
+    assert default["batch_size"] == 4 and default["sentences"] == 4  # speech's default: 4 clips of 30 s a step
     # on clips it never saw, the distilled student's next-token distributions are far closer to the teacher's
     # (here 0.123 -> 0.048)
     assert kl_to(base, tuned) < 0.6 * kl_to(base, small)

@@ -180,7 +180,8 @@ class Distill:
     minutes: float | None = None  # wall-clock budget
     steps: int | None = None  # or a number of optimizer steps
     lr: float = 3e-4  # AdamW peak (warm-up, then linear decay); beat 1e-4 by 2 STS-B points on low-rank
-    batch_size: int = 32
+    # items per step; None: BATCH_SIZE by kind (a causal LM's logits are vocabulary-wide, a speech item is 30 s)
+    batch_size: int | None = None
     seed: int = 0
     device: str = "cpu"  # where to train ("cuda" when lent a GPU); the model comes back to the CPU
     temperature: float = 2.0  # of the KL term on a classifier's logits (softmax(z / T), scaled by T^2)
@@ -189,7 +190,8 @@ class Distill:
         require(is_real(self.lr) and self.lr > 0, self.step, f"lr must be a number > 0, got {self.lr!r}")
         require(is_real(self.temperature) and self.temperature > 0, self.step,
                 f"temperature must be a number > 0, got {self.temperature!r}")
-        check_count(self.step, "batch_size", self.batch_size)
+        if self.batch_size is not None:
+            check_count(self.step, "batch_size", self.batch_size)
         # torch.Generator.manual_seed takes a 64-bit seed
         require(is_int(self.seed) and 0 <= self.seed < 2**63, self.step,
                 f"seed must be an integer in [0, 2^63), got {self.seed!r}")

@@ -5,7 +5,7 @@ its hidden states to the teacher layer it stands for, divided by the teacher's m
 (layer map: identity, or the kept layers when layers were dropped); for a classifier plus the KL divergence of the
 student's class distribution from the teacher's at temperature T, times T^2 (Hinton et al. 2015, "Distilling the
 Knowledge in a Neural Network"), so the head is trained with the encoder; for a causal LM the same KL on every real
-token's next-token distribution (over the kept tokens after `vocab`; use a small batch_size: its logits are
+token's next-token distribution (over the kept tokens after `vocab`; 8 sentences a step by default: its logits are
 vocabulary-wide). A speech model (Whisper) learns on its calibration clips: the MSE terms over the encoder's and the
 decoder's blocks and the KL of every real decoder token's next-token distribution (no pooled term). Unlabeled text
 (or speech) only: the teacher's outputs are the targets. AdamW, linear warm-up then linear decay over
@@ -35,6 +35,10 @@ from .vocab import kept_tokens
 CHECKPOINT_SECONDS = 30.0
 WARMUP_STEPS = 50
 MAX_LENGTH = 128
+# items per step when the recipe does not say: a causal LM's logits are vocabulary-wide (Gemma 3: 262k per token), and
+# a speech item is 30 s of audio: Whisper base with 32 clips a step made 4 steps in 10 CPU minutes, with 4 made 69
+# (README, "Speech (Whisper base)")
+BATCH_SIZE = {"other": 32, "causal-lm": 8, "speech": 4}
 
 
 def layer_map(student, teacher, path: str | None = None) -> list[int]:
@@ -176,6 +180,8 @@ def distill(model, cfg: Distill, ctx, progress_bar: bool = True) -> dict:
     pixels = torch.cat([b["pixel_values"] for b in ctx.calib.batches]) if is_image(student) else None
     clips = speech_items(ctx.calib.batches) if is_speech(student) else None  # and a speech model on its clips
     n_items = len(pixels) if pixels is not None else len(clips) if clips is not None else len(texts)
+    kind = "speech" if clips is not None else "causal-lm" if student.head == "causal-lm" else "other"
+    batch_size = cfg.batch_size or BATCH_SIZE[kind]
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RecipeError("distill: device=cuda, but this machine has no CUDA device")
     student.net.to(cfg.device)
@@ -209,7 +215,7 @@ def distill(model, cfg: Distill, ctx, progress_bar: bool = True) -> dict:
         lr = cfg.lr * min(1.0, (step + 1) / WARMUP_STEPS) * max(0.0, 1.0 - frac)
         for g in opt.param_groups:
             g["lr"] = lr
-        idx = [order[(step * cfg.batch_size + j) % len(order)] for j in range(cfg.batch_size)]
+        idx = [order[(step * batch_size + j) % len(order)] for j in range(batch_size)]
         if clips is not None:
             batch, real = speech_batch([clips[i] for i in idx], student.net.config.pad_token_id or 0)
             batch = {k: v.to(cfg.device) for k, v in batch.items()}
@@ -241,6 +247,7 @@ def distill(model, cfg: Distill, ctx, progress_bar: bool = True) -> dict:
     ckpt.remove()
     k = max(1, min(20, len(losses) // 3))  # mean of the first and last k steps, k small enough not to overlap
     head, tail = losses[:k], losses[-k:]
-    return {"steps": step, "seconds": round(elapsed, 1), "layer_map": lmap, "sentences": step * cfg.batch_size,
+    return {"steps": step, "seconds": round(elapsed, 1), "layer_map": lmap, "batch_size": batch_size,
+            "sentences": step * batch_size,
             "loss_first": round(sum(head) / max(1, len(head)), 6), "loss_last": round(sum(tail) / max(1, len(tail)), 6),
             **({"temperature": cfg.temperature} if teacher.head is not None else {})}
