@@ -53,4 +53,3 @@ class KernelUnavailableError(SlimformerError):
 class CoverageWarning(UserWarning):
     """The calibration text covers little of what a step keeps or measures (vocab: the model's vocabulary); the CLI
     prints it as one `warning:` line."""
-
