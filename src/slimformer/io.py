@@ -20,7 +20,7 @@ from .folder import FORMAT, MANIFEST, atomic_folder, manifest_fields
 from .mha import QuantizableMHA
 from .model import SlimModel
 from .static_model import StaticModel
-from .passes import freeze, int8_kernels
+from .passes import freeze, int8_kernels, int8_settle
 from .passes.fnet import FourierMixer, restore_fnet
 from .passes.lowrank import FactorizedLinear
 from .passes.quantize import Int8Linear, QuantizedEmbedding
@@ -239,9 +239,9 @@ def _load_slim(path: Path) -> SlimModel:
     tie_vocab(net)  # a vocabulary-pruned causal LM's one table, saved twice
     int8_kernels.choose(net)  # this CPU's int8 kernels (measured, or $SLIMFORMER_INT8_KERNEL), before any trace
     tokenizer = _preprocessor(path, encoder.config.model_type)
-    p = manifest["pooling"]
-    kept = {k: manifest[k] for k in ("source", "recipe", "steps")}
+    p, kept = manifest["pooling"], {k: manifest[k] for k in ("source", "recipe", "steps")}
     model = SlimModel(net, tokenizer, p["mode"], p["normalize"], p["max_seq_length"], kept)
+    int8_settle.settle(model)  # the batch kernel among close rivals, by the whole model's speed
     runtime = next((s["runtime"] for s in kept["steps"] if s.get("step") == "freeze"), "eager")
     freeze.apply(model, runtime)  # re-trace: the graph itself is never stored (no pickles)
     return model

@@ -21,7 +21,7 @@ from ..mha import make_quantizable
 from ..surgery import hooks, replace_modules, set_module
 from .calib import (Calibration, activation_absmax, output_distance, output_error, outputs, sentence_output,
                     token_logits, token_mask)
-from . import int8_kernels
+from . import int8_kernels, int8_settle
 from .int8_kernels import Int8Linear, quantize_rows
 from .int8_ops import row_absmax
 
@@ -217,4 +217,6 @@ def quantize(model, cfg: Int8, ctx) -> dict:
         ref = [sentence_output(model, b) for b in few.batches]
         tokens = sum(int(token_mask(b, r.shape[:2]).sum()) for b, r in zip(few.batches, ref))  # r: (B, T, K, 2)
         damage = lambda: output_distance(model, few, ref) / tokens  # noqa: E731  (nats per token)
-    return int8(model.net, cfg, ctx.calib, damage, skip=model.adapter.float_modules)[1]
+    decisions = int8(model.net, cfg, ctx.calib, damage, skip=model.adapter.float_modules)[1]
+    int8_settle.settle(model)  # the batch kernel among close rivals by the whole model's speed (machine-specific)
+    return decisions

@@ -1,0 +1,70 @@
+"""The int8 batch kernel settled by the whole model's speed among each layer's close rivals (passes/int8_settle.py):
+the faster plan wins, the one-query kernels stay, nothing is timed where nothing is to settle."""
+
+import pytest
+import torch
+
+import slimformer
+from slimformer.passes import int8_kernels, int8_settle
+from slimformer.passes.int8_kernels import Int8Linear, parse
+
+
+@pytest.fixture(scope="module")
+def tiny_int8(tiny_dir, sentences):
+    return slimformer.compress(slimformer.load(tiny_dir), "int8", calib=sentences)
+
+
+def linears(model) -> list[Int8Linear]:
+    return [m for m in model.net.modules() if isinstance(m, Int8Linear)]
+
+
+@pytest.mark.parametrize("slow", ["fbgemm", "intmm"])
+def test_the_plan_the_model_runs_fastest_stays(tiny_int8, monkeypatch, slow):
+    """Every layer starts on `slow` for batches, with intmm and fbgemm as rivals; the model is timed (here: a stand-in
+    clock) slower the more layers run `slow` in batches, so the other one must serve every layer's batch calls, and
+    the one-query kernel stays."""
+    model = tiny_int8.clone()
+    int8_kernels.choose(model.net, f"fp16/{slow}")
+    timed = []
+
+    def clock(m, inputs):
+        timed.append(inputs["input_ids"].shape)
+        return sum(10.0 if parse(lin.kernel)[1] == slow else 1.0 for lin in linears(m))
+
+    monkeypatch.setattr(int8_settle, "rivals", lambda lin: ["intmm", "fbgemm"])
+    monkeypatch.setattr(int8_settle, "forward_ms", clock)
+    monkeypatch.setattr(int8_settle, "_SETTLED", {})
+    fast = "intmm" if slow == "fbgemm" else "fbgemm"
+    assert int8_settle.settle(model) == {f"fp16/{fast}": 13}  # 2 x (q, k, v, o, ffn in, ffn out), pooler
+    assert set(timed) == {torch.Size(int8_settle.SHAPE)}  # one batch of 1,024 tokens
+    again = tiny_int8.clone()  # the same model (a saved one loaded, say) in this process: settled alike, not timed
+    int8_kernels.choose(again.net, f"fp16/{slow}")
+    monkeypatch.setattr(int8_settle, "forward_ms", lambda *a: pytest.fail("timed twice"))
+    assert int8_settle.settle(again) == {f"fp16/{fast}": 13}
+
+
+def test_nothing_is_timed_when_forced_or_without_rivals(tiny_int8, monkeypatch):
+    model = tiny_int8.clone()
+    int8_kernels.choose(model.net)
+    before = int8_kernels.summary(model.net)
+    monkeypatch.setattr(int8_settle, "forward_ms", lambda *a: pytest.fail("timed"))
+    monkeypatch.setattr(int8_settle, "_SETTLED", {})
+    monkeypatch.setattr(int8_settle, "rivals", lambda lin: ["fbgemm"])  # one kernel: nothing to settle
+    assert int8_settle.settle(model) is None
+    monkeypatch.setattr(int8_settle, "rivals", lambda lin: ["intmm", "fbgemm"])
+    monkeypatch.setenv(int8_kernels.ENV, "fp32")
+    assert int8_settle.settle(model) is None
+    assert int8_kernels.summary(model.net) == before
+
+
+def test_rivals_are_close_to_the_best_and_beat_fp32(tiny_int8):
+    """On this machine, by its own measurement: each rival beats fp32 by MIN_GAIN at 1,024 rows and is within CLOSE
+    of the layer's best; the batch kernel `int8` ran with is the measured best or one of its rivals."""
+    for lin in linears(tiny_int8):
+        ratios = int8_kernels.measure(lin)[1]
+        best = min(r[1] for r in ratios.values())
+        for name in int8_settle.rivals(lin):
+            assert name != "fp32" and ratios[name][1] * int8_kernels.MIN_GAIN <= 1.0
+            assert ratios[name][1] <= best * (1 + int8_kernels.CLOSE)
+        measured = parse(int8_kernels.measure(lin)[0])[1]
+        assert parse(lin.kernel)[1] in {measured, *int8_settle.rivals(lin)}, (lin.kernel, ratios)
