@@ -58,13 +58,13 @@ def test_nothing_is_timed_when_forced_or_without_rivals(tiny_int8, monkeypatch):
 
 
 def test_rivals_are_close_to_the_best_and_beat_fp32(tiny_int8):
-    """On this machine, by its own measurement: each rival beats fp32 by MIN_GAIN at 1,024 rows and is within CLOSE
+    """On this machine, by its own measurement: each rival beats fp32 by MIN_GAIN at 1,024 rows and is within RIVAL
     of the layer's best; the batch kernel `int8` ran with is the measured best or one of its rivals."""
     for lin in linears(tiny_int8):
         ratios = int8_kernels.measure(lin)[1]
         best = min(r[1] for r in ratios.values())
         for name in int8_settle.rivals(lin):
             assert name != "fp32" and ratios[name][1] * int8_kernels.MIN_GAIN <= 1.0
-            assert ratios[name][1] <= best * (1 + int8_kernels.CLOSE)
+            assert ratios[name][1] <= best * (1 + int8_settle.RIVAL)
         measured = parse(int8_kernels.measure(lin)[0])[1]
         assert parse(lin.kernel)[1] in {measured, *int8_settle.rivals(lin)}, (lin.kernel, ratios)
