@@ -5,8 +5,9 @@ int8_kernels.measure() times each weight shape alone. Inside a model a kernel al
 AVX-512 VNNI CPU `intmm` and `fbgemm` timed within 5% of each other layer by layer while all-MiniLM-L6-v2 ran 12-17%
 faster at 8x128 with `intmm` (README, "int8 on every CPU"). So where layers have rivals for their batch kernel (each
 beating fp32 by MIN_GAIN at 1,024 rows, within RIVAL of the layer's best), a text model is timed at one batch of
-1,024 tokens with each rival serving every layer it is a rival for, in turns; the fastest plan stays. Calls of up to SMALL_ROWS tokens keep their kernel. Not for forced kernels, nor for speech, image
-or causal-LM models (no plain batch of token ids to time them on; each keeps the per-layer choice).
+1,024 tokens with each rival serving every layer it is a rival for, in turns; the fastest plan stays. Calls of up to
+SMALL_ROWS tokens keep their kernel. Not for forced kernels, nor for speech, image or causal-LM models (no plain
+batch of token ids to time them on; each keeps the per-layer choice).
 """
 
 from __future__ import annotations
