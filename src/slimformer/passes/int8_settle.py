@@ -2,7 +2,7 @@
 
 int8_kernels.measure() times each weight shape alone. Inside a model a kernel also pays for what surrounds its GEMM
 (its input's quantization passes, fresh buffers, caches another op just filled), and alone that does not show: on an
-AVX-512 VNNI CPU `intmm` and `fbgemm` timed within 5% of each other layer by layer while all-MiniLM-L6-v2 ran 12-17%
+AVX-512 VNNI CPU `intmm` and `fbgemm` timed within 5% of each other layer by layer while all-MiniLM-L6-v2 ran 11-17%
 faster at 8x128 with `intmm` (README, "int8 on every CPU"). So where layers have rivals for their batch kernel (each
 beating fp32 by MIN_GAIN at 1,024 rows, within RIVAL of the layer's best), a text model is timed at one batch of
 1,024 tokens with each rival serving every layer it is a rival for, in turns; the fastest plan stays. Calls of up to
@@ -25,7 +25,7 @@ from .int8_kernels import MIN_GAIN, Int8Linear, forced, join, measure, parse, se
 
 SHAPE = (8, 128)  # one batch of TIMING_TOKENS' 1,024 rows
 # a rival's ratio to fp32 may be this much above the layer's best: timed alone, one layer's ratio moved that much
-# between runs on the VNNI machine (intmm on a 384x384 layer: 0.33-0.42 of fp32), more than the 12-17% by which the
+# between runs on the VNNI machine (intmm on a 384x384 layer: 0.33-0.42 of fp32), more than the 11-17% by which the
 # whole model told intmm and fbgemm apart
 RIVAL = 0.25
 TURNS = 7  # timed forwards per plan, alternated (the first round, a warm-up, is not counted)
