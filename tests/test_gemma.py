@@ -506,6 +506,36 @@ def test_int8_float_act_ranks_by_input_noise_and_auto_keeps_the_kl_budget(gemma,
     assert quantize.float_act_layers(q.net, Int8(), calib, None) == []  # auto without a KL: none (embedders)
 
 
+def test_int8_float_act_auto_does_not_trust_float_kernels_chosen_here(gemma, batch, sentences, monkeypatch):
+    """Kernels are chosen again at every load: a process that picked float kernels everywhere (no activation noise
+    to see) must still mark the layers that int8 activations (fbgemm's, the coarsest) would push over the budget,
+    and leave its own kernels as they were."""
+    from slimformer.configs import Int8
+    from slimformer.passes import quantize
+    from slimformer.passes.calib import Calibration
+
+    monkeypatch.delenv("SLIMFORMER_INT8_KERNEL", raising=False)
+    q = slimformer.compress(gemma, "int8(float_act=0)", calib=sentences[:8])
+    calib = Calibration.from_texts(q.tokenizer, sentences[:8], batch_size=4)
+    lins = [m for m in q.net.modules() if isinstance(m, quantize.Int8Linear)]
+    ref, mask = lm_reference(logits(gemma, batch)), batch["attention_mask"].bool()
+
+    def kl() -> float:
+        return float(lm_kl(logits(q, batch), ref)[mask].mean())
+
+    def kl_all(spec: str) -> float:
+        for m in lins:
+            quantize.int8_kernels.set_kernel(m, spec)
+        return kl()
+
+    weights_only, coarse = kl_all("fp32"), kl_all("fbgemm")
+    assert coarse > weights_only
+    monkeypatch.setattr(quantize, "ACT_KL", (coarse - weights_only) / 2)
+    kl_all("fp32")  # what this process "chose"
+    assert quantize.float_act_layers(q.net, Int8(), calib, kl)  # some layers marked all the same
+    assert {m.kernel for m in lins} == {"fp32"}
+
+
 def test_int8_float_act_is_checked(gemma, tiny, sentences):
     from slimformer.errors import RecipeError
 

@@ -143,10 +143,14 @@ def float_act_layers(model: nn.Module, cfg: Int8, calib: Calibration | None, dam
         return order[: cfg.float_act]
     layers = [model.get_submodule(fqn) for fqn in order]
     chosen = [m.__dict__["kernel"] for m in layers]
+    # the kernels are chosen again at every load, on every machine (this process may have picked float ones, which
+    # hide the activation noise), so the budget holds for the coarsest activations a machine may run: fbgemm's 7 bits
+    # (intmm's 8 then keep it too), or the kernel forced
+    act = int8_kernels.forced() or ("fbgemm" if int8_kernels.available("fbgemm") else "intmm")
 
-    def kl_with(k: int) -> float:  # the first k of `order` on fp32 compute, the rest on their chosen kernels
-        for i, (m, spec) in enumerate(zip(layers, chosen)):
-            spec = "fp32" if i < k else spec
+    def kl_with(k: int) -> float:  # the first k of `order` on fp32 compute, the rest with int8 activations
+        for i, m in enumerate(layers):
+            spec = "fp32" if i < k else act
             if m.__dict__.get("kernel") != spec:
                 int8_kernels.set_kernel(m, spec)
         return damage()
@@ -160,7 +164,8 @@ def float_act_layers(model: nn.Module, cfg: Int8, calib: Calibration | None, dam
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if kl_with(mid) <= budget else (mid, hi)
-    kl_with(0)  # the kernels as chosen
+    for m, spec in zip(layers, chosen):
+        int8_kernels.set_kernel(m, spec)  # the kernels as chosen
     return order[:hi]
 
 
