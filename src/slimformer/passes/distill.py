@@ -24,12 +24,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from ..arch import LAYER_STACK
+from ..arch import CAUSAL_LM, LAYER_STACK
 from ..configs import Distill
 from ..errors import RecipeError
 from ..folder import atomic_folder
-from ..speech import is_speech
+from ..speech import SPEECH, is_speech
 from ..vision import is_image
+from .calib import is_causal_lm
 from .vocab import kept_tokens
 
 CHECKPOINT_SECONDS = 30.0
@@ -38,7 +39,7 @@ MAX_LENGTH = 128
 # items per step when the recipe does not say: a causal LM's logits are vocabulary-wide (Gemma 3: 262k per token), and
 # a speech item is 30 s of audio: Whisper base with 32 clips a step made 4 steps in 10 CPU minutes, with 4 made 69
 # (README, "Speech (Whisper base)")
-BATCH_SIZE = {"other": 32, "causal-lm": 8, "speech": 4}
+BATCH_SIZE = {"other": 32, CAUSAL_LM: 8, SPEECH: 4}
 
 
 def layer_map(student, teacher, path: str | None = None) -> list[int]:
@@ -180,7 +181,7 @@ def distill(model, cfg: Distill, ctx, progress_bar: bool = True) -> dict:
     pixels = torch.cat([b["pixel_values"] for b in ctx.calib.batches]) if is_image(student) else None
     clips = speech_items(ctx.calib.batches) if is_speech(student) else None  # and a speech model on its clips
     n_items = len(pixels) if pixels is not None else len(clips) if clips is not None else len(texts)
-    kind = "speech" if clips is not None else "causal-lm" if student.head == "causal-lm" else "other"
+    kind = SPEECH if clips is not None else CAUSAL_LM if is_causal_lm(student) else "other"
     batch_size = cfg.batch_size or BATCH_SIZE[kind]
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RecipeError("distill: device=cuda, but this machine has no CUDA device")
