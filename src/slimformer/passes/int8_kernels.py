@@ -87,6 +87,12 @@ def set_kernel(lin, spec: str) -> None:
     lin.__dict__["kernel"] = join(small, large)
 
 
+def ensure(lin, spec: str) -> None:
+    """set_kernel(lin, spec) unless lin already runs spec with its cache built: a switch costs a prepack per layer."""
+    if lin.__dict__.get("kernel") != spec or "_kernel_small" not in lin.__dict__:
+        set_kernel(lin, spec)
+
+
 def available(name: str) -> bool:
     """Whether kernel `name` runs on this CPU and build (forcing one that does not is a one-line error)."""
     try:

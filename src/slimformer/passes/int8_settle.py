@@ -21,7 +21,7 @@ from ..speech import is_speech
 from ..timing import example_inputs
 from ..vision import is_image
 from .calib import is_causal_lm
-from .int8_kernels import MIN_GAIN, Int8Linear, forced, join, measure, parse, set_kernel, summary
+from .int8_kernels import MIN_GAIN, Int8Linear, ensure, forced, join, measure, parse, summary
 
 SHAPE = (8, 128)  # one batch of TIMING_TOKENS' 1,024 rows
 # a rival's ratio to fp32 may be this much above the layer's best: timed alone, one layer's ratio moved that much
@@ -56,7 +56,7 @@ def settle(model) -> dict[str, int] | None:
     key = (tuple((tuple(m.spec().items()), spec) for m, spec in chosen.items()), torch.get_num_threads())
     if key in _SETTLED:  # like measure(): once per process, so a model saved and loaded runs the same kernels
         for m, spec in zip(chosen, _SETTLED[key]):
-            set_kernel(m, spec)
+            ensure(m, spec)
         return summary(model.net)
     options = {m: rivals(m) for m in chosen}
     kernels = sorted(set().union(*options.values()))
@@ -70,13 +70,13 @@ def settle(model) -> dict[str, int] | None:
     for turn in range(TURNS + 1):
         for name, plan in plans.items():
             for m, spec in plan.items():
-                set_kernel(m, spec)  # untimed: a prepack per layer
+                ensure(m, spec)  # untimed: a prepack per layer that switches
             model(**inputs)  # the new kernels' first call
             if turn:
                 times[name].append(forward_ms(model, inputs))
     first = times[kernels[0]]  # each plan's time over the first plan's in the same turn: a slow spell cancels
     fastest = min(plans, key=lambda name: statistics.median(t / f for t, f in zip(times[name], first)))
     for m, spec in plans[fastest].items():
-        set_kernel(m, spec)
+        ensure(m, spec)
     _SETTLED[key] = list(plans[fastest].values())
     return summary(model.net)

@@ -150,9 +150,7 @@ def float_act_layers(model: nn.Module, cfg: Int8, calib: Calibration | None, dam
 
     def kl_with(k: int) -> float:  # the first k of `order` on fp32 compute, the rest with int8 activations
         for i, m in enumerate(layers):
-            spec = "fp32" if i < k else act
-            if m.__dict__.get("kernel") != spec:
-                int8_kernels.set_kernel(m, spec)
+            int8_kernels.ensure(m, "fp32" if i < k else act)
         return damage()
 
     budget = kl_with(len(order)) + ACT_KL
@@ -165,7 +163,7 @@ def float_act_layers(model: nn.Module, cfg: Int8, calib: Calibration | None, dam
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if kl_with(mid) <= budget else (mid, hi)
     for m, spec in zip(layers, chosen):
-        int8_kernels.set_kernel(m, spec)  # the kernels as chosen
+        int8_kernels.ensure(m, spec)  # the kernels as chosen
     return order[:hi]
 
 
