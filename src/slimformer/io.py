@@ -108,11 +108,11 @@ def load(path: str | os.PathLike | None = None) -> SlimModel:
     if not path.is_dir():
         raise ModelNotFoundError(f"not a model folder (a file was given): {path}")
     if (path / MANIFEST).is_file():
-        from .runtime.export import RUNTIMES, ExportedModel
+        from .runtime.export import RUNTIMES, load_export
 
         manifest = json.loads((path / MANIFEST).read_text())
         if manifest.get("runtime") in RUNTIMES:
-            return ExportedModel(path)
+            return load_export(path)
         if "static" in manifest:  # a `static` model: one vector per token, no transformer
             return StaticModel.load(path)
         return _load_slim(path)

@@ -35,9 +35,9 @@ def torch_ao_dynamic(model: SlimModel) -> SlimModel:
 def ort_peer(model: SlimModel, folder, int8: bool):
     """The original model as ONNX Runtime serves it: exported, graph-optimized, and (int8) dynamically quantized
     with per-channel weights -- what users pick today instead of a compressed model."""
-    from ..runtime.export import ExportedModel, export
+    from ..runtime.export import export, load_export
 
-    return ExportedModel(export(model, folder, int8=int8, force=True))
+    return load_export(export(model, folder, int8=int8, force=True))
 
 
 def openvino_peer(model: SlimModel, folder):
@@ -45,13 +45,13 @@ def openvino_peer(model: SlimModel, folder):
     nncf.compress_weights (per channel; activations stay float). None when the optional extra is not installed."""
     from ..errors import SlimformerError
     from ..runtime import openvino
-    from ..runtime.export import ExportedModel, export
+    from ..runtime.export import export, load_export
 
     try:
         openvino.require()
     except SlimformerError:
         return None
-    return ExportedModel(export(model, folder, runtime="openvino", force=True))
+    return load_export(export(model, folder, runtime="openvino", force=True))
 
 
 class SentenceTransformersPeer:

@@ -178,7 +178,10 @@ def prune_lm_vocab(net: nn.Module, tokenizer, texts: list[str], keep: int | None
 
 
 def kept_tokens(net: nn.Module) -> torch.Tensor | None:
-    """The (N,) token ids a vocabulary-pruned causal LM can predict (its VocabHead's), or None: all of them."""
+    """The (N,) token ids a vocabulary-pruned causal LM can predict (its VocabHead's, or an export's), or None: all
+    of them."""
+    if not isinstance(net, nn.Module):  # an export's session (runtime/causal.py) keeps them from its folder
+        return getattr(net, "kept_tokens", None)
     head = net.get_output_embeddings() if hasattr(net, "get_output_embeddings") else None
     return head.remap if isinstance(head, VocabHead) else None
 

@@ -22,13 +22,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..arch import CAUSAL_LM
 from ..errors import SlimformerError, UnsupportedArchitectureError
 from ..folder import FORMAT, MANIFEST, atomic_folder, manifest_fields
 from ..model import SentenceEncoder, SlimModel
 from ..passes.quantize import Int8Linear, QuantizedEmbedding
 from ..surgery import replace_modules
+from ..speech import SPEECH
 from ..vision import IMAGE, is_image, random_pixels
-from . import layout, onnx
+from . import causal, layout, onnx
 
 RUNTIMES = ("onnxruntime", "openvino")
 
@@ -138,8 +140,8 @@ def _eager(model: SlimModel) -> SlimModel:
     return model
 
 
-def _to_onnx(model: SlimModel, path: Path) -> None:
-    """The float model as standard-op ONNX, batch and sequence length dynamic."""
+def _to_onnx(model: SlimModel, path: Path) -> dict:
+    """The float model as standard-op ONNX, batch and sequence length dynamic; nothing for the manifest ({})."""
     names = input_names(model)
     graph = _OnnxGraph(_eager(float_copy(model)), names).eval()  # eval: a fresh wrapper starts in train mode
     if is_image(model):  # the image size is fixed by the position embeddings: only the batch is dynamic
@@ -154,6 +156,7 @@ def _to_onnx(model: SlimModel, path: Path) -> None:
                           dynamic_axes={**dict.fromkeys(names, axes),
                                         **graph_outputs(model)},
                           opset_version=17, dynamo=False)
+    return {}
 
 
 def _ort(raw: Path, folder: Path, model: SlimModel, int8: bool, optimize: bool) -> list[str]:
@@ -177,29 +180,30 @@ def export(model: SlimModel, out_dir: str | os.PathLike, int8: bool = True, opti
            force: bool = False, runtime: str = "onnxruntime") -> Path:
     """Write out_dir as sentence-transformers and optimum load it (runtime/layout.py): onnx/model.onnx (ORT) or
     openvino/openvino_model.xml + .bin (OpenVINO), config.json, modules.json and its modules, the tokenizer files
-    and slimformer.json; atomically. int8: ORT's per-channel dynamic quantization, or OpenVINO's int8 weights."""
+    and slimformer.json; atomically. int8: ORT's per-channel dynamic quantization, or OpenVINO's int8 weights.
+    A causal LM's graph takes and returns its KV cache (runtime/causal.py)."""
     if runtime not in RUNTIMES:
         raise SlimformerError(f"export: runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-    if getattr(model, "head", None) == "causal-lm":  # generate needs the KV cache as graph inputs and outputs
-        raise UnsupportedArchitectureError("export: a causal LM's graph (with its KV cache, for generate) is not "
-                                           "built yet; serve it with torch")
+    if getattr(model, "modality", "text") == SPEECH:  # an encoder, and a decoder with its KV cache: two graphs
+        raise UnsupportedArchitectureError("export: a speech model's graphs (encoder, decoder with its KV cache) are "
+                                           "not built yet; serve it with torch")
     if runtime == "openvino":
         from . import openvino
 
         openvino.require()
     out = Path(out_dir).resolve()
     with atomic_folder(out, force, source=model.manifest.get("source")) as tmp:
-        raw = tmp / "raw.onnx"
-        _to_onnx(model, raw)
+        raw, lm = tmp / "raw.onnx", getattr(model, "head", None) == CAUSAL_LM
+        extra = {"kv_cache": causal.to_onnx(float_copy(model), raw, runtime)} if lm else _to_onnx(model, raw)
         (tmp / layout.GRAPH_FILES[runtime]).parent.mkdir()
         if runtime == "openvino":  # OpenVINO reads standard ONNX ops, not ORT's fused ones
             openvino.convert(raw, tmp / layout.GRAPH_FILES[runtime], int8)
             steps = ["openvino-int8-weights" if int8 else "openvino-fp32"]
         else:
-            steps = _ort(raw, tmp, model, int8, optimize)
+            steps = _ort(raw, tmp, model, int8, optimize and not lm)  # ORT's transformer fusions are BERT's
         for f in tmp.glob("*.onnx"):  # the intermediate graphs
             f.unlink()
-        manifest = {**manifest_fields(model), "head": model.head, "runtime": runtime, "export": steps}
+        manifest = {**manifest_fields(model), "head": model.head, "runtime": runtime, "export": steps, **extra}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         layout.write(tmp, model)
     return out
@@ -237,6 +241,34 @@ class ExportedEncoder:
         return self.session.n_params()
 
 
+def read_manifest(folder: Path) -> dict:
+    manifest = json.loads((folder / MANIFEST).read_text())
+    if manifest.get("runtime") not in RUNTIMES:
+        raise SlimformerError(f"{folder}: not an ONNX Runtime or OpenVINO export")
+    if manifest.get("format") != FORMAT:
+        raise SlimformerError(f"{folder / MANIFEST}: unsupported manifest format {manifest.get('format')}")
+    return manifest
+
+
+def session(folder: Path, runtime: str):
+    """The export's graph in its runtime: onnx.OrtSession or openvino.OpenVinoSession."""
+    graph = layout.graph_file(folder, runtime)  # this layout's, or the one before it
+    if runtime == "openvino":
+        from . import openvino
+
+        return openvino.OpenVinoSession(graph)
+    return onnx.OrtSession(graph)
+
+
+def load_export(folder: str | os.PathLike):
+    """An export folder as the model it serves: a causal LM's (causal.ExportedCausalLM) or ExportedModel."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest.get("head") == CAUSAL_LM:
+        return causal.ExportedCausalLM(folder, session(folder, manifest["runtime"]))
+    return ExportedModel(folder)
+
+
 class ExportedModel(SentenceEncoder):
     """An exported model (ONNX Runtime or OpenVINO, as its manifest says) with SlimModel's encode(); pooling happens
     inside the graph."""
@@ -245,20 +277,9 @@ class ExportedModel(SentenceEncoder):
         from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
         folder = Path(folder)
-        manifest = json.loads((folder / MANIFEST).read_text())
-        if manifest.get("runtime") not in RUNTIMES:
-            raise SlimformerError(f"{folder}: not an ONNX Runtime or OpenVINO export")
-        if manifest.get("format") != FORMAT:
-            raise SlimformerError(f"{folder / MANIFEST}: unsupported manifest format {manifest.get('format')}")
-        self.manifest = manifest
+        self.manifest = manifest = read_manifest(folder)
         self.head = manifest.get("head")  # absent in exports written before heads were kept: an embedder
-        graph = layout.graph_file(folder, manifest["runtime"])  # this layout's, or the one before it
-        if manifest["runtime"] == "openvino":
-            from . import openvino
-
-            self.encoder = ExportedEncoder(openvino.OpenVinoSession(graph))
-        else:
-            self.encoder = ExportedEncoder(onnx.OrtSession(graph))
+        self.encoder = ExportedEncoder(session(folder, manifest["runtime"]))
         image = self.encoder.session.input_names == ["pixel_values"]
         self.modality = IMAGE if image else "text"  # vision.is_image reads it
         self.tokenizer = AutoTokenizer.from_pretrained(folder) if not image else (

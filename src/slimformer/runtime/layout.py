@@ -10,6 +10,7 @@ slimformer:
       1_Pooling/config.json          the pooling mode, in the keys both sentence-transformers 5 and 6 read
       2_Normalize/                   only when the model normalizes
       tokenizer files, slimformer.json
+      a causal LM: generation_config.json, and kept_tokens.json after `vocab`; no sentence-transformers modules
 
 Exports written before this layout hold model.onnx / model.xml at the top; graph_file still finds them.
 """
@@ -20,10 +21,12 @@ import copy
 import json
 from pathlib import Path
 
-from ..arch import config_of
+from ..arch import CAUSAL_LM, config_of
 from ..errors import ModelNotFoundError
 from ..passes.structure import ffn_per_layer, hidden_size
+from ..passes.vocab import kept_tokens
 from ..vision import is_image
+from .causal import KEPT_FILE
 
 GRAPH_FILES = {"onnxruntime": "onnx/model.onnx", "openvino": "openvino/openvino_model.xml"}
 LEGACY_FILES = {"onnxruntime": "model.onnx", "openvino": "model.xml"}  # the layout before sentence-transformers'
@@ -46,6 +49,10 @@ def write(folder: Path, model) -> None:
         model.tokenizer.save_pretrained(folder)
     if config_of(model.encoder) is not None:  # a plain torch encoder has no Hugging Face config to write
         hf_config(model).save_pretrained(folder)
+    if model.head == CAUSAL_LM:  # generate's eos / pad ids; a pruned vocabulary's ids (perplexity's <unk> rule)
+        model.net.generation_config.save_pretrained(folder)
+        if (kept := kept_tokens(model.net)) is not None:
+            (folder / KEPT_FILE).write_text(json.dumps(kept.tolist()))
     if model.head is not None or is_image(model):  # a classifier: config.json (architectures, id2label) is what
         return  # optimum's classes read; an image model: sentence-transformers has no image modules to describe
     write_sentence_transformers(folder, model.pooling, model.normalize, model.max_seq_length,

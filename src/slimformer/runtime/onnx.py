@@ -87,6 +87,7 @@ class OrtSession:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3  # errors only: a causal LM's optional logits_to_keep draws a warning per session
         # ORT's default busy-waiting between calls stays on: without it, MiniLM int8 took 1.30 instead of 0.68 ms at
         # 1x16 here (benchmarks/ort_spinning.py). measure.bench pauses between runtimes so spinning slows no neighbour.
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

@@ -1,0 +1,193 @@
+"""A causal LM's export with its KV cache (ONNX Runtime or OpenVINO), and the exported model that serves it:
+perplexity (logits at every position), prefill and greedy generation, as slimformer calls a torch causal LM.
+
+The graph is named as optimum's decoder graphs are (one graph for the prompt and for each new token):
+  inputs   input_ids (B, T), attention_mask (B, P+T), position_ids (B, T),
+           past_key_values.{i}.key / .value (B, kv_heads_i, P, head_dim_i) per layer i (P = 0 for the prompt),
+           logits_to_keep () int64, optional (a default of 0 is stored in the graph: every position)
+  outputs  logits (B, T or logits_to_keep, V), present.{i}.key / .value (B, kv_heads_i, P+T, head_dim_i)
+logits_to_keep=1 is what generate's first step needs (the last position only): a 262k-token vocabulary's logits at
+every prompt position would cost the prompt's forward again. The masks are made in the graph from attention_mask
+(padding), the cache index (causal) and, for sliding-window layers, the window; the model runs eager attention on
+them. A layer-dropped, narrowed, low-rank or vocabulary-pruned decoder exports the same way (each layer's cache shape
+is its own; a pruned vocabulary's logits are -inf at the dropped ids, as in torch)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..folder import MANIFEST
+
+KEEP = "logits_to_keep"
+KEPT_FILE = "kept_tokens.json"  # a vocabulary-pruned model's predictable ids: perplexity scores the rest as <unk>
+
+
+def past_names(layers: int) -> list[str]:
+    return [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+
+
+def present_names(layers: int) -> list[str]:
+    return [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+
+
+def cache_shapes(net: nn.Module) -> list[list[int]]:
+    """[kv_heads, head_dim] of each layer's KV cache, from its k_proj width (a narrowed layer keeps its own)."""
+    layers = net.get_decoder().layers
+    return [[a.k_proj.out_features // a.head_dim, a.head_dim] for a in (layer.self_attn for layer in layers)]
+
+
+class CausalGraph(nn.Module):
+    """What the graph computes (module docstring); `net` is a float Hugging Face causal LM with eager attention."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        cfg = net.config
+        self.types = list(cfg.layer_types[: cfg.num_hidden_layers]) if getattr(cfg, "layer_types", None) else \
+            ["full_attention"] * cfg.num_hidden_layers
+        self.window = getattr(cfg, "sliding_window", None)
+        self.softcap = getattr(cfg, "final_logit_softcapping", None)
+
+    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep, *past):
+        from transformers import DynamicCache
+
+        cache = DynamicCache(ddp_cache_data=list(zip(past[0::2], past[1::2])))
+        t, s = input_ids.shape[1], attention_mask.shape[1]
+        q, k = torch.arange(t) + (s - t), torch.arange(s)  # cache index of each query (T,) and key (S,)
+        seen = (k[None, :] <= q[:, None])[None, None] & attention_mask[:, None, None, :].bool()  # (B, 1, T, S)
+        zero, low = torch.zeros(()), torch.tensor(torch.finfo(torch.float32).min)
+        masks = {"full_attention": torch.where(seen, zero, low)}
+        if self.window is not None:  # a sliding layer also sees only the last `window` keys
+            masks["sliding_attention"] = torch.where(seen & (q[:, None] - k[None, :] < self.window), zero, low)
+        out = self.net.get_decoder()(input_ids=input_ids, attention_mask=masks, position_ids=position_ids,
+                                     cache=cache, use_cache=True)
+        h = out.last_hidden_state  # (B, T, H)
+        keep = torch.where(logits_to_keep > 0, logits_to_keep, t)
+        logits = self.net.get_output_embeddings()(h[:, t - keep:])  # (B, keep, V)
+        if self.softcap is not None:  # as the model's own head does (Gemma 2): tanh-capped logits
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        present = [x for layer in out.cache.layers for x in (layer.keys, layer.values)]
+        return (logits, *present)
+
+
+def to_onnx(model, path: Path, runtime: str) -> list[list[int]]:
+    """The float causal LM `model` (export.float_copy's) as ONNX at `path`, for `runtime`; returns cache_shapes."""
+    import onnx
+    from onnx import numpy_helper
+
+    net = model.net
+    net.config._attn_implementation = "eager"  # masks as additive tensors, the pattern ORT and OpenVINO know
+    graph, shapes = CausalGraph(net).eval(), cache_shapes(net)
+    b, p, t = 2, 3, 5  # a trace with a cache: the prompt (P = 0) runs the same graph
+    ids = torch.randint(0, model.tokenizer.vocab_size, (b, t))
+    past = [torch.zeros(b, h, p, d) for h, d in shapes for _ in range(2)]
+    feed = (ids, torch.ones(b, p + t, dtype=torch.long), torch.arange(p, p + t).repeat(b, 1), torch.tensor(0), *past)
+    n = len(shapes)
+    batch = {0: "batch_size"}
+    axes = {"input_ids": {**batch, 1: "sequence_length"}, "attention_mask": {**batch, 1: "total_sequence_length"},
+            "position_ids": {**batch, 1: "sequence_length"}, "logits": {**batch, 1: "sequence_length"},
+            **{name: {**batch, 2: "past_sequence_length"} for name in past_names(n)},
+            **{name: {**batch, 2: "total_sequence_length"} for name in present_names(n)}}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(graph, feed, str(path), input_names=["input_ids", "attention_mask", "position_ids", KEEP,
+                                                                *past_names(n)],
+                          output_names=["logits", *present_names(n)], dynamic_axes=axes, opset_version=17,
+                          dynamo=False)
+    if runtime == "onnxruntime":
+        # logits_to_keep becomes optional in ORT (an initializer of an input's name is its default: 0, every
+        # position), so a runtime that feeds only optimum's inputs gets the logits it expects. OpenVINO would fold
+        # such an input into a constant: its graph keeps it required (slimformer always feeds it).
+        proto = onnx.load(str(path))
+        proto.graph.initializer.append(numpy_helper.from_array(np.array(0, dtype=np.int64), KEEP))
+        onnx.save(proto, str(path))
+    return shapes
+
+
+class CausalSession:
+    """The exported graph as the parts of a transformers causal LM slimformer calls: net(input_ids, attention_mask,
+    logits_to_keep=0) -> .logits (B, T, V) and net.generate(...) (greedy, with the KV cache); size_mb, n_params."""
+
+    def __init__(self, session, shapes: list[list[int]], eos: list[int]):
+        self.session, self.shapes, self.eos = session, shapes, eos
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray, past: list[np.ndarray] | None, keep: int):
+        b, t = ids.shape
+        if past is None:  # the prompt: an empty cache
+            past = [np.zeros((b, h, 0, d), np.float32) for h, d in self.shapes for _ in range(2)]
+        pos = np.clip(np.cumsum(mask, 1) - 1, 0, None)[:, -t:]  # left padding: positions count real tokens only
+        feed = {"input_ids": ids, "attention_mask": mask, "position_ids": pos, KEEP: np.array(keep, np.int64),
+                **dict(zip(past_names(len(self.shapes)), past))}
+        out = self.session.run(feed)
+        return out[0], out[1:]
+
+    def __call__(self, input_ids=None, attention_mask=None, logits_to_keep: int = 0, **unused):
+        del unused  # use_cache and the like: the graph always returns its cache
+        ids = np.asarray(input_ids, dtype=np.int64)
+        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, dtype=np.int64)
+        logits, _ = self._run(ids, mask, None, logits_to_keep)
+        return SimpleNamespace(logits=torch.from_numpy(logits))
+
+    def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 20, min_new_tokens: int = 0,
+                 do_sample: bool = False, **unused) -> torch.Tensor:
+        """Greedy decoding, one token a step from the cache: (B, T) -> (B, T + new). As transformers: eos cannot
+        come before min_new_tokens; a row that ended is padded with eos; it stops when every row has ended."""
+        from ..errors import SlimformerError
+
+        del unused
+        if do_sample:
+            raise SlimformerError("generate: an exported causal LM decodes greedily (do_sample=False)")
+        ids = np.asarray(input_ids, dtype=np.int64)
+        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, dtype=np.int64)
+        out, done, past, step = [ids], np.zeros(len(ids), dtype=bool), None, ids
+        for i in range(max_new_tokens):
+            logits, past = self._run(step, mask, past, 1)
+            if i < min_new_tokens and self.eos:
+                logits[:, -1, self.eos] = -np.inf
+            nxt = logits[:, -1].argmax(-1)  # (B,)
+            if self.eos:
+                nxt = np.where(done, self.eos[0], nxt)
+                done |= np.isin(nxt, self.eos)
+            out.append(nxt[:, None])
+            if done.all():
+                break
+            step, mask = nxt[:, None], np.concatenate([mask, np.ones((len(ids), 1), np.int64)], 1)
+        return torch.from_numpy(np.concatenate(out, 1))
+
+    def size_mb(self) -> float:
+        return self.session.size_mb()
+
+    def n_params(self) -> int:
+        return self.session.n_params()
+
+
+class ExportedCausalLM:
+    """A causal LM's export, served as slimformer serves the torch model: model(**batch).logits (perplexity),
+    model.net (prefill, generate), tokenizer, manifest; head "causal-lm"."""
+
+    head = "causal-lm"
+    modality = "text"
+
+    def __init__(self, folder: Path, session):
+        from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+        self.manifest = json.loads((folder / MANIFEST).read_text())
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.config = AutoConfig.from_pretrained(folder)
+        gen = GenerationConfig.from_pretrained(folder) if (folder / "generation_config.json").is_file() else None
+        eos = getattr(gen, "eos_token_id", None) or self.config.eos_token_id
+        self.max_seq_length = self.manifest["pooling"]["max_seq_length"]
+        self.net = CausalSession(session, self.manifest["kv_cache"], [eos] if isinstance(eos, int) else list(eos or []))
+        self.encoder = self.net  # what bench times: model(**inputs), logits at every position
+        kept = folder / KEPT_FILE
+        self.net.kept_tokens = torch.tensor(json.loads(kept.read_text())) if kept.is_file() else None
+
+    def __call__(self, **batch):
+        return self.net(**batch)
