@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 
 from slimformer.measure.bench import cpu_info
 from slimformer.timing import latency_ms
-from slimformer.runtime.export import graph_inputs
+from slimformer.runtime.served import graph_inputs
 from slimformer.runtime.layout import graph_file
 
 

@@ -17,7 +17,8 @@ import openvino as ov
 
 import slimformer
 from slimformer.measure.tasks import delta_interval, evaluate, sts_pairs
-from slimformer.runtime.export import ExportedModel, export
+from slimformer.runtime.export import export
+from slimformer.runtime.served import ExportedModel
 from slimformer.runtime.layout import GRAPH_FILES
 
 XML_FILE = GRAPH_FILES["openvino"]

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import slimformer
-from slimformer.errors import UnsupportedArchitectureError
 from slimformer.measure.lm import document_nll, perplexity
 from slimformer.passes.quantize import Int8Linear
 from slimformer.runtime.causal import KEEP, ExportedCausalLM
@@ -99,11 +98,3 @@ def test_export_of_int8_in_onnx_runtime(gemma, sentences, tmp_path):
     int8_act = [m for m in q.net.modules() if isinstance(m, Int8Linear) and not m.float_act]
     assert ops.count("MatMulInteger") == len(int8_act) > 0  # float_act Linears stay float MatMuls
     assert "ort-int8-per-channel" in json.loads((tmp_path / "export" / "slimformer.json").read_text())["export"]
-
-
-def test_export_of_a_speech_model_is_refused_with_one_line(tmp_path):
-    from test_whisper import build
-
-    with pytest.raises(UnsupportedArchitectureError, match="speech model"):
-        export(build(), tmp_path / "export")
-    assert not (tmp_path / "export").exists()

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import slimformer
-from slimformer.runtime.export import ExportedModel, export
+from slimformer.runtime.export import export
+from slimformer.runtime.served import ExportedModel
 
 pytest.importorskip("onnxruntime")
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import slimformer
-from slimformer.runtime.export import ExportedModel, export
+from slimformer.runtime.export import export
+from slimformer.runtime.served import ExportedModel
 
 pytest.importorskip("onnxruntime")
 
@@ -25,7 +26,7 @@ def test_torch_and_exported_models_share_one_encode_loop(tiny, sentences, tmp_pa
     forward on one sentence at a time (no padding), pooled here by hand for torch."""
     import torch
 
-    from slimformer.runtime.export import graph_inputs
+    from slimformer.runtime.served import graph_inputs
 
     ort_model = slimformer.load(export(tiny, tmp_path / "fp32", int8=False))
     texts = sentences[:7]

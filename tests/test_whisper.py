@@ -22,6 +22,7 @@ from slimformer.passes import lowrank
 from slimformer.passes.lowrank import FactorizedLinear
 from slimformer.passes.quantize import Int8Linear
 from slimformer.passes.structure import REF_TOKENS, ffn_per_layer, flops_tokens, heads_per_layer
+from slimformer.speech import torch_steps as speech_steps
 from slimformer.speech import greedy_ids
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,6 +194,47 @@ def test_speech_model_needs_speech_calibration():
 def test_steps_not_yet_for_speech_are_refused_with_one_line(recipe):
     with pytest.raises(SlimformerError, match="does not apply to a speech model"):
         slimformer.compress(build(), recipe, calib=CALIB)
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+@pytest.mark.parametrize("recipe", [None, "heads(keep=0.5)+ffn(keep=0.5)+layers(keep=1)", "int8"])
+def test_export_encodes_and_decodes_as_torch(recipe, tmp_path):
+    """ONNX Runtime's two graphs (runtime/whisper.py): the same next-token logits as torch at every decoder step of a
+    greedy decode with the KV cache, and the same tokens; narrowed, layer-dropped and int8 (ORT's own int8 on the
+    Linears slimformer's int8 quantized: close, not equal) models alike."""
+    from slimformer.runtime.export import export
+    from slimformer.runtime.served import ExportedSpeech
+    from slimformer.runtime.whisper import GRAPHS
+
+    base = build()
+    model = base if recipe is None else slimformer.compress(base, recipe, calib=CALIB)
+    out = slimformer.load(export(model, tmp_path / "export", int8=recipe == "int8"))
+    assert isinstance(out, ExportedSpeech) and out.head == "speech-seq2seq"
+    assert all((tmp_path / "export" / "onnx" / f"{g}.onnx").is_file() for g in GRAPHS)
+    decoder = model.net.get_decoder()
+    kv = json.loads((tmp_path / "export" / "slimformer.json").read_text())["kv_cache"]
+    assert kv == [[a.k_proj.out_features // a.head_dim, a.head_dim] for a in (x.self_attn for x in decoder.layers)]
+    feats = torch.cat([b["input_features"] for b in INPUTS])  # (3, 8, 32)
+    with torch.no_grad():
+        want = model.net.get_encoder()(input_features=feats).last_hidden_state
+        steps = [speech_steps(model.net, feats), out.net.decoder_steps(feats.numpy())]
+        ids = torch.tensor([[1, 5]] * 3)
+        for _ in range(5):  # the prompt, then four tokens from the cache
+            a, b = (step(ids) for step in steps)
+            tol = 0.1 * float(a.abs().max()) if recipe == "int8" else 1e-4
+            assert (a - b).abs().max() < tol
+            ids = a.argmax(-1, keepdim=True)
+    assert np.abs(out.net.get_encoder()(input_features=feats)[0] - want.numpy()).max() < (0.2 if recipe else 1e-4)
+    if recipe != "int8":
+        assert greedy_ids(out.net, feats, [1, 5], 6) == greedy_ids(model.net, feats, [1, 5], 6)
+    else:  # ORT's int8 ran in both graphs
+        import onnx
+
+        for g in GRAPHS:
+            ops = [n.op_type for n in onnx.load(str(tmp_path / "export" / "onnx" / f"{g}.onnx")).graph.node]
+            assert "MatMulInteger" in ops
+    assert out.net.size_mb() > 0
 
 
 # ------------------------------------------------------------------------------------------------- WER

@@ -101,14 +101,15 @@ def default_model_dir() -> Path:
 
 def load(path: str | os.PathLike | None = None) -> SlimModel:
     """Load a Hugging Face, sentence-transformers or slimformer folder; None -> the embedded all-MiniLM-L6-v2.
-    An ONNX Runtime or OpenVINO export loads as an ExportedModel (same encode())."""
+    An ONNX Runtime or OpenVINO export loads as the model it serves (runtime/served.py: same encode())."""
     path = Path(path) if path is not None else default_model_dir()
     if not path.exists():
         raise ModelNotFoundError(f"model path not found: {path}")
     if not path.is_dir():
         raise ModelNotFoundError(f"not a model folder (a file was given): {path}")
     if (path / MANIFEST).is_file():
-        from .runtime.export import RUNTIMES, load_export
+        from .runtime.export import RUNTIMES
+        from .runtime.served import load_export
 
         manifest = json.loads((path / MANIFEST).read_text())
         if manifest.get("runtime") in RUNTIMES:

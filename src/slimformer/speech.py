@@ -81,23 +81,37 @@ class SpeechProcessor:
 
 
 @torch.inference_mode()
+def torch_steps(net, features: torch.Tensor):
+    """step(ids (B, T)) -> next-token logits (B, V) of a WhisperForConditionalGeneration on `features`, the encoder
+    run once and the KV cache kept between steps."""
+    enc = net.get_encoder()(input_features=features).last_hidden_state  # (B, 1500, D)
+    state = {"cache": None}
+
+    def step(ids: torch.Tensor) -> torch.Tensor:
+        res = net(encoder_outputs=(enc,), decoder_input_ids=ids, cache=state["cache"], use_cache=True)
+        state["cache"] = res.past_key_values
+        return res.logits[:, -1].float()
+
+    return step
+
+
+@torch.inference_mode()
 def greedy_ids(net, features: torch.Tensor, prompt: list[int], max_new_tokens: int = MAX_NEW_TOKENS,
                min_new_tokens: int = 0) -> list[list[int]]:
     """Greedy decoding with the KV cache: the new token ids of each clip (prompt and <|endoftext|> left out).
-    features (B, 80, 3000); `net` a WhisperForConditionalGeneration (possibly narrowed). min_new_tokens: no
-    <|endoftext|> before that many (for timing a fixed amount of decoding)."""
+    features (B, 80, 3000); `net` a WhisperForConditionalGeneration (possibly narrowed), or an export's session
+    (runtime/whisper.py: its decoder_steps). min_new_tokens: no <|endoftext|> before that many (for timing a fixed
+    amount of decoding)."""
     cfg = net.config
     eot = cfg.eos_token_id
-    enc = net.get_encoder()(input_features=features).last_hidden_state  # (B, 1500, D)
+    step = net.decoder_steps(features) if hasattr(net, "decoder_steps") else torch_steps(net, features)
     ids = torch.tensor([prompt] * len(features))  # (B, P)
     suppress = torch.tensor(list(cfg.suppress_tokens or []), dtype=torch.long)
     begin = torch.tensor(list(cfg.begin_suppress_tokens or []), dtype=torch.long)
     out = [[] for _ in range(len(features))]
     done = torch.zeros(len(features), dtype=torch.bool)
-    step, cache = ids, None
     for i in range(max_new_tokens):
-        res = net(encoder_outputs=(enc,), decoder_input_ids=step, cache=cache, use_cache=True)
-        cache, logits = res.past_key_values, res.logits[:, -1].float()  # (B, V)
+        logits = step(ids)  # (B, V)
         logits[:, suppress] = float("-inf")
         if i == 0:
             logits[:, begin] = float("-inf")
@@ -111,7 +125,7 @@ def greedy_ids(net, features: torch.Tensor, prompt: list[int], max_new_tokens: i
         done |= nxt == eot
         if bool(done.all()):
             break
-        step = nxt[:, None]
+        ids = nxt[:, None]
     return out
 
 

@@ -35,7 +35,8 @@ def torch_ao_dynamic(model: SlimModel) -> SlimModel:
 def ort_peer(model: SlimModel, folder, int8: bool):
     """The original model as ONNX Runtime serves it: exported, graph-optimized, and (int8) dynamically quantized
     with per-channel weights -- what users pick today instead of a compressed model."""
-    from ..runtime.export import export, load_export
+    from ..runtime.export import export
+    from ..runtime.served import load_export
 
     return load_export(export(model, folder, int8=int8, force=True))
 
@@ -45,7 +46,8 @@ def openvino_peer(model: SlimModel, folder):
     nncf.compress_weights (per channel; activations stay float). None when the optional extra is not installed."""
     from ..errors import SlimformerError
     from ..runtime import openvino
-    from ..runtime.export import export, load_export
+    from ..runtime.export import export
+    from ..runtime.served import load_export
 
     try:
         openvino.require()

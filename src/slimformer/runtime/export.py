@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -23,14 +24,14 @@ import torch
 from torch import nn
 
 from ..arch import CAUSAL_LM
-from ..errors import SlimformerError, UnsupportedArchitectureError
+from ..errors import SlimformerError
 from ..folder import FORMAT, MANIFEST, atomic_folder, manifest_fields
-from ..model import SentenceEncoder, SlimModel
+from ..model import SlimModel
 from ..passes.quantize import Int8Linear, QuantizedEmbedding
 from ..surgery import replace_modules
 from ..speech import SPEECH
-from ..vision import IMAGE, is_image, random_pixels
-from . import causal, layout, onnx
+from ..vision import is_image, random_pixels
+from . import causal, layout, onnx, whisper
 
 RUNTIMES = ("onnxruntime", "openvino")
 
@@ -140,8 +141,8 @@ def _eager(model: SlimModel) -> SlimModel:
     return model
 
 
-def _to_onnx(model: SlimModel, path: Path) -> dict:
-    """The float model as standard-op ONNX, batch and sequence length dynamic; nothing for the manifest ({})."""
+def _to_onnx(model: SlimModel, path: Path) -> None:
+    """The float model as standard-op ONNX, batch and sequence length dynamic."""
     names = input_names(model)
     graph = _OnnxGraph(_eager(float_copy(model)), names).eval()  # eval: a fresh wrapper starts in train mode
     if is_image(model):  # the image size is fixed by the position embeddings: only the batch is dynamic
@@ -156,23 +157,35 @@ def _to_onnx(model: SlimModel, path: Path) -> dict:
                           dynamic_axes={**dict.fromkeys(names, axes),
                                         **graph_outputs(model)},
                           opset_version=17, dynamo=False)
-    return {}
 
 
-def _ort(raw: Path, folder: Path, model: SlimModel, int8: bool, optimize: bool) -> list[str]:
-    """raw float ONNX -> folder/model.onnx, ORT-optimized and int8 as asked; the steps taken, for the manifest."""
+def _raw_graphs(model: SlimModel, folder: Path, runtime: str) -> tuple[dict[str, Path], dict]:
+    """The float ONNX graphs of `model` in `folder`, {layout name: path}, and what the manifest must add: a causal
+    LM's graph takes and returns its KV cache (causal.py); Whisper has an encoder and a decoder graph (whisper.py)."""
+    if getattr(model, "modality", "text") == SPEECH:
+        return {n: folder / f"{n}.onnx" for n in whisper.GRAPHS}, {"kv_cache": whisper.to_onnx(float_copy(model),
+                                                                                                folder)}
+    raw = folder / "raw.onnx"
+    if getattr(model, "head", None) == CAUSAL_LM:
+        return {"model": raw}, {"kv_cache": causal.to_onnx(float_copy(model), raw, runtime)}
+    _to_onnx(model, raw)
+    return {"model": raw}, {}
+
+
+def _ort(raw: Path, dst: Path, model: SlimModel, int8: bool, optimize: bool) -> list[str]:
+    """raw float ONNX -> dst, ORT-optimized and int8 as asked; the steps taken, for the manifest."""
     from ..passes.structure import heads_per_layer
 
     current, steps = raw, []
     if optimize:
         hidden = getattr(model.encoder.get_input_embeddings(), "embedding_dim", 0)
-        current = onnx.optimize(current, folder / "optimized.onnx", heads_per_layer(model.encoder, model.adapter),
-                                hidden)
+        current = onnx.optimize(current, raw.with_name("optimized.onnx"),
+                                heads_per_layer(model.encoder, model.adapter), hidden)
         steps.append("ort-optimize")
     if int8:
-        current = onnx.quantize(current, folder / "int8.onnx", float_linears(model))
+        current = onnx.quantize(current, raw.with_name("int8.onnx"), float_linears(model))
         steps.append("ort-int8-per-channel")
-    current.rename(folder / layout.GRAPH_FILES["onnxruntime"])
+    current.rename(dst)
     return steps
 
 
@@ -181,120 +194,27 @@ def export(model: SlimModel, out_dir: str | os.PathLike, int8: bool = True, opti
     """Write out_dir as sentence-transformers and optimum load it (runtime/layout.py): onnx/model.onnx (ORT) or
     openvino/openvino_model.xml + .bin (OpenVINO), config.json, modules.json and its modules, the tokenizer files
     and slimformer.json; atomically. int8: ORT's per-channel dynamic quantization, or OpenVINO's int8 weights.
-    A causal LM's graph takes and returns its KV cache (runtime/causal.py)."""
+    A causal LM's graph takes and returns its KV cache (causal.py); Whisper gets two graphs (whisper.py)."""
     if runtime not in RUNTIMES:
         raise SlimformerError(f"export: runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-    if getattr(model, "modality", "text") == SPEECH:  # an encoder, and a decoder with its KV cache: two graphs
-        raise UnsupportedArchitectureError("export: a speech model's graphs (encoder, decoder with its KV cache) are "
-                                           "not built yet; serve it with torch")
     if runtime == "openvino":
         from . import openvino
 
         openvino.require()
     out = Path(out_dir).resolve()
     with atomic_folder(out, force, source=model.manifest.get("source")) as tmp:
-        raw, lm = tmp / "raw.onnx", getattr(model, "head", None) == CAUSAL_LM
-        extra = {"kv_cache": causal.to_onnx(float_copy(model), raw, runtime)} if lm else _to_onnx(model, raw)
-        (tmp / layout.GRAPH_FILES[runtime]).parent.mkdir()
-        if runtime == "openvino":  # OpenVINO reads standard ONNX ops, not ORT's fused ones
-            openvino.convert(raw, tmp / layout.GRAPH_FILES[runtime], int8)
-            steps = ["openvino-int8-weights" if int8 else "openvino-fp32"]
-        else:
-            steps = _ort(raw, tmp, model, int8, optimize and not lm)  # ORT's transformer fusions are BERT's
-        for f in tmp.glob("*.onnx"):  # the intermediate graphs
-            f.unlink()
+        (tmp / "raw").mkdir()
+        raws, extra = _raw_graphs(model, tmp / "raw", runtime)
+        for name, raw in raws.items():
+            dst = tmp / layout.graph_name(runtime, name)
+            dst.parent.mkdir(exist_ok=True)
+            if runtime == "openvino":  # OpenVINO reads standard ONNX ops, not ORT's fused ones
+                openvino.convert(raw, dst, int8)
+                steps = ["openvino-int8-weights" if int8 else "openvino-fp32"]
+            else:  # ORT's transformer fusions are an encoder's (BERT's)
+                steps = _ort(raw, dst, model, int8, optimize and not extra)
+        shutil.rmtree(tmp / "raw")  # the intermediate graphs
         manifest = {**manifest_fields(model), "head": model.head, "runtime": runtime, "export": steps, **extra}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         layout.write(tmp, model)
     return out
-
-
-def graph_inputs(input_ids, attention_mask, token_type_ids=None,
-                 names: tuple[str, ...] | list[str] = GRAPH_INPUTS) -> dict[str, np.ndarray]:
-    """The feed of a graph whose inputs are `names`, (B, T) int64 each, from tensors or arrays; token_type_ids
-    not given are zeros (one segment, as the tokenizer makes them for a single sentence)."""
-    given = {"input_ids": input_ids, "attention_mask": attention_mask,
-             "token_type_ids": np.zeros_like(np.asarray(input_ids)) if token_type_ids is None else token_type_ids}
-    return {n: np.asarray(given[n], dtype=np.int64) for n in names}
-
-
-class ExportedEncoder:
-    """A runtime session as a callable encoder, what bench times: enc(input_ids=..., attention_mask=...) -> the
-    graph's outputs as torch tensors: (token states (B, T, H), sentence embedding (B, H)), or a classifier's
-    (logits,); size_mb and n_params of its files."""
-
-    def __init__(self, session):
-        self.session = session  # onnx.OrtSession or openvino.OpenVinoSession
-
-    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, pixel_values=None, **unused):
-        del unused  # anything else a tokenizer returns: the graph has no input for it
-        if pixel_values is not None:  # an image model's graph: pixel_values (B, C, H, W) float32 alone
-            feed = {"pixel_values": np.asarray(pixel_values, dtype=np.float32)}
-        else:
-            feed = graph_inputs(input_ids, attention_mask, token_type_ids, self.session.input_names)
-        return tuple(torch.from_numpy(o) for o in self.session.run(feed))
-
-    def size_mb(self) -> float:
-        return self.session.size_mb()
-
-    def n_params(self) -> int:
-        return self.session.n_params()
-
-
-def read_manifest(folder: Path) -> dict:
-    manifest = json.loads((folder / MANIFEST).read_text())
-    if manifest.get("runtime") not in RUNTIMES:
-        raise SlimformerError(f"{folder}: not an ONNX Runtime or OpenVINO export")
-    if manifest.get("format") != FORMAT:
-        raise SlimformerError(f"{folder / MANIFEST}: unsupported manifest format {manifest.get('format')}")
-    return manifest
-
-
-def session(folder: Path, runtime: str):
-    """The export's graph in its runtime: onnx.OrtSession or openvino.OpenVinoSession."""
-    graph = layout.graph_file(folder, runtime)  # this layout's, or the one before it
-    if runtime == "openvino":
-        from . import openvino
-
-        return openvino.OpenVinoSession(graph)
-    return onnx.OrtSession(graph)
-
-
-def load_export(folder: str | os.PathLike):
-    """An export folder as the model it serves: a causal LM's (causal.ExportedCausalLM) or ExportedModel."""
-    folder = Path(folder)
-    manifest = read_manifest(folder)
-    if manifest.get("head") == CAUSAL_LM:
-        return causal.ExportedCausalLM(folder, session(folder, manifest["runtime"]))
-    return ExportedModel(folder)
-
-
-class ExportedModel(SentenceEncoder):
-    """An exported model (ONNX Runtime or OpenVINO, as its manifest says) with SlimModel's encode(); pooling happens
-    inside the graph."""
-
-    def __init__(self, folder: str | os.PathLike):
-        from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
-
-        folder = Path(folder)
-        self.manifest = manifest = read_manifest(folder)
-        self.head = manifest.get("head")  # absent in exports written before heads were kept: an embedder
-        self.encoder = ExportedEncoder(session(folder, manifest["runtime"]))
-        image = self.encoder.session.input_names == ["pixel_values"]
-        self.modality = IMAGE if image else "text"  # vision.is_image reads it
-        self.tokenizer = AutoTokenizer.from_pretrained(folder) if not image else (
-            AutoImageProcessor.from_pretrained(folder) if (folder / "preprocessor_config.json").is_file() else None)
-        # config.json (this layout) tells a classifier's labels (id2label), as the SlimModel's config does
-        self.config = AutoConfig.from_pretrained(folder) if (folder / "config.json").is_file() else None
-        p = manifest["pooling"]
-        self.pooling, self.normalize, self.max_seq_length = p["mode"], p["normalize"], p["max_seq_length"]
-
-    def embed_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if self.head is not None:
-            raise UnsupportedArchitectureError("encode: this export holds a classifier's logits graph (use predict)")
-        return self.encoder(**batch)[1]  # (B, H): pooled (and normalized) inside the graph
-
-    def logits_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if self.head is None:
-            return super().logits_batch(batch)
-        return self.encoder(**batch)[0]  # (B, C) or (B, T, C)

@@ -11,6 +11,7 @@ slimformer:
       2_Normalize/                   only when the model normalizes
       tokenizer files, slimformer.json
       a causal LM: generation_config.json, and kept_tokens.json after `vocab`; no sentence-transformers modules
+      Whisper: onnx/encoder_model.onnx + onnx/decoder_model.onnx (or openvino/openvino_*.xml), its preprocessor
 
 Exports written before this layout hold model.onnx / model.xml at the top; graph_file still finds them.
 """
@@ -34,12 +35,20 @@ LEGACY_FILES = {"onnxruntime": "model.onnx", "openvino": "model.xml"}  # the lay
 POOLING_KEYS = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "max": "pooling_mode_max_tokens"}
 
 
-def graph_file(folder: Path, runtime: str) -> Path:
-    """The graph of an export, in the current layout or the old one."""
-    for name in (GRAPH_FILES[runtime], LEGACY_FILES[runtime]):
-        if (folder / name).is_file():
-            return folder / name
-    raise ModelNotFoundError(f"{folder}: no {GRAPH_FILES[runtime]} (a {runtime} export without its graph)")
+def graph_name(runtime: str, name: str = "model") -> str:
+    """Where graph `name` goes: "model" (the one graph of most exports) as GRAPH_FILES says; a model of several
+    graphs (Whisper: encoder_model, decoder_model) under the same folder, as optimum names them."""
+    if name == "model":
+        return GRAPH_FILES[runtime]
+    return f"onnx/{name}.onnx" if runtime == "onnxruntime" else f"openvino/openvino_{name}.xml"
+
+
+def graph_file(folder: Path, runtime: str, name: str = "model") -> Path:
+    """The graph `name` of an export, in the current layout or (the one graph) the old one."""
+    for file in (graph_name(runtime, name), LEGACY_FILES[runtime] if name == "model" else None):
+        if file is not None and (folder / file).is_file():
+            return folder / file
+    raise ModelNotFoundError(f"{folder}: no {graph_name(runtime, name)} (a {runtime} export without its graph)")
 
 
 def write(folder: Path, model) -> None:
