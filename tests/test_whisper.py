@@ -237,6 +237,22 @@ def test_export_encodes_and_decodes_as_torch(recipe, tmp_path):
     assert out.net.size_mb() > 0
 
 
+def test_export_keeps_the_decoders_smoothquant_scales_as_a_mul():
+    """Whisper's float form for export keeps the decoder's SmoothQuant scales as Muls (SmoothedLinear: ORT's int8
+    then quantizes smoothed activations; export.KEEP_SMOOTH says why), folds the encoder's; in float both compute
+    what the folded form does."""
+    from slimformer.runtime.export import KEEP_SMOOTH, SmoothedLinear, float_copy
+
+    q = slimformer.compress(build(), "int8", calib=CALIB)
+    smoothed = {n for n, m in q.net.named_modules() if isinstance(m, Int8Linear) and m.inv_smooth is not None}
+    kept, folded = float_copy(q, KEEP_SMOOTH["speech"]), float_copy(q)
+    want = {n for n in smoothed if ".decoder." in f".{n}"}
+    assert want and want != smoothed  # some of each
+    assert {n for n, m in kept.net.named_modules() if isinstance(m, SmoothedLinear)} == want
+    assert not any(isinstance(m, SmoothedLinear) for m in folded.net.modules())
+    assert rel(logits(folded), logits(kept)) < 1e-5
+
+
 # ------------------------------------------------------------------------------------------------- WER
 
 def test_wer_on_hand_made_cases():
