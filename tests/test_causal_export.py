@@ -12,7 +12,8 @@ import torch
 import slimformer
 from slimformer.measure.lm import document_nll, perplexity
 from slimformer.passes.quantize import Int8Linear
-from slimformer.runtime.causal import KEEP, ExportedCausalLM
+from slimformer.runtime.causal import KEEP
+from slimformer.runtime.served import ExportedCausalLM
 from slimformer.runtime.export import export
 
 from test_gemma import gemma, gemma_dir, pruned  # noqa: F401  (fixtures)

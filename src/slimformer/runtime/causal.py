@@ -1,5 +1,5 @@
-"""A causal LM's export with its KV cache (ONNX Runtime or OpenVINO), and the exported model that serves it:
-perplexity (logits at every position), prefill and greedy generation, as slimformer calls a torch causal LM.
+"""A causal LM's export with its KV cache (ONNX Runtime or OpenVINO), and the session that runs it as slimformer
+calls a torch causal LM: perplexity (logits at every position), prefill and greedy generation (served.py wraps it).
 
 The graph is named as optimum's decoder graphs are (one graph for the prompt and for each new token):
   inputs   input_ids (B, T), attention_mask (B, P+T), position_ids (B, T),
@@ -14,7 +14,6 @@ is its own; a pruned vocabulary's logits are -inf at the dropped ids, as in torc
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,18 +22,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..folder import MANIFEST
-
 KEEP = "logits_to_keep"
 KEPT_FILE = "kept_tokens.json"  # a vocabulary-pruned model's predictable ids: perplexity scores the rest as <unk>
 
 
-def past_names(layers: int) -> list[str]:
-    return [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+def cache_names(kind: str, layers: int, part: str = "") -> list[str]:
+    """optimum's names of a KV cache's tensors, key then value per layer: kind.{i}[.part].key / .value (kind:
+    past_key_values or present; part: Whisper's decoder or encoder)."""
+    return [f"{kind}.{i}{'.' + part if part else ''}.{kv}" for i in range(layers) for kv in ("key", "value")]
 
 
-def present_names(layers: int) -> list[str]:
-    return [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+def cache_index(t: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cache index of each of T queries (the last T of S positions) (T,), and of each key (S,)."""
+    return torch.arange(t) + (s - t), torch.arange(s)
+
+
+def additive(allowed: torch.Tensor) -> torch.Tensor:
+    """A boolean mask as eager attention adds it to its scores: 0 where allowed, the float32 minimum elsewhere."""
+    return torch.where(allowed, torch.zeros(()), torch.tensor(torch.finfo(torch.float32).min))
 
 
 def cache_shapes(net: nn.Module) -> list[list[int]]:
@@ -59,13 +64,12 @@ class CausalGraph(nn.Module):
         from transformers import DynamicCache
 
         cache = DynamicCache(ddp_cache_data=list(zip(past[0::2], past[1::2])))
-        t, s = input_ids.shape[1], attention_mask.shape[1]
-        q, k = torch.arange(t) + (s - t), torch.arange(s)  # cache index of each query (T,) and key (S,)
+        t = input_ids.shape[1]
+        q, k = cache_index(t, attention_mask.shape[1])
         seen = (k[None, :] <= q[:, None])[None, None] & attention_mask[:, None, None, :].bool()  # (B, 1, T, S)
-        zero, low = torch.zeros(()), torch.tensor(torch.finfo(torch.float32).min)
-        masks = {"full_attention": torch.where(seen, zero, low)}
+        masks = {"full_attention": additive(seen)}
         if self.window is not None:  # a sliding layer also sees only the last `window` keys
-            masks["sliding_attention"] = torch.where(seen & (q[:, None] - k[None, :] < self.window), zero, low)
+            masks["sliding_attention"] = additive(seen & (q[:, None] - k[None, :] < self.window))
         out = self.net.get_decoder()(input_ids=input_ids, attention_mask=masks, position_ids=position_ids,
                                      cache=cache, use_cache=True)
         h = out.last_hidden_state  # (B, T, H)
@@ -93,13 +97,13 @@ def to_onnx(model, path: Path, runtime: str) -> list[list[int]]:
     batch = {0: "batch_size"}
     axes = {"input_ids": {**batch, 1: "sequence_length"}, "attention_mask": {**batch, 1: "total_sequence_length"},
             "position_ids": {**batch, 1: "sequence_length"}, "logits": {**batch, 1: "sequence_length"},
-            **{name: {**batch, 2: "past_sequence_length"} for name in past_names(n)},
-            **{name: {**batch, 2: "total_sequence_length"} for name in present_names(n)}}
+            **{name: {**batch, 2: "past_sequence_length"} for name in cache_names("past_key_values", n)},
+            **{name: {**batch, 2: "total_sequence_length"} for name in cache_names("present", n)}}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(graph, feed, str(path), input_names=["input_ids", "attention_mask", "position_ids", KEEP,
-                                                                *past_names(n)],
-                          output_names=["logits", *present_names(n)], dynamic_axes=axes, opset_version=17,
+                                                                *cache_names("past_key_values", n)],
+                          output_names=["logits", *cache_names("present", n)], dynamic_axes=axes, opset_version=17,
                           dynamo=False)
     if runtime == "onnxruntime":
         # logits_to_keep becomes optional in ORT (an initializer of an input's name is its default: 0, every
@@ -124,7 +128,7 @@ class CausalSession:
             past = [np.zeros((b, h, 0, d), np.float32) for h, d in self.shapes for _ in range(2)]
         pos = np.clip(np.cumsum(mask, 1) - 1, 0, None)[:, -t:]  # left padding: positions count real tokens only
         feed = {"input_ids": ids, "attention_mask": mask, "position_ids": pos, KEEP: np.array(keep, np.int64),
-                **dict(zip(past_names(len(self.shapes)), past))}
+                **dict(zip(cache_names("past_key_values", len(self.shapes)), past))}
         out = self.session.run(feed)
         return out[0], out[1:]
 
@@ -166,28 +170,3 @@ class CausalSession:
 
     def n_params(self) -> int:
         return self.session.n_params()
-
-
-class ExportedCausalLM:
-    """A causal LM's export, served as slimformer serves the torch model: model(**batch).logits (perplexity),
-    model.net (prefill, generate), tokenizer, manifest; head "causal-lm"."""
-
-    head = "causal-lm"
-    modality = "text"
-
-    def __init__(self, folder: Path, session):
-        from transformers import AutoConfig, AutoTokenizer, GenerationConfig
-
-        self.manifest = json.loads((folder / MANIFEST).read_text())
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.config = AutoConfig.from_pretrained(folder)
-        gen = GenerationConfig.from_pretrained(folder) if (folder / "generation_config.json").is_file() else None
-        eos = getattr(gen, "eos_token_id", None) or self.config.eos_token_id
-        self.max_seq_length = self.manifest["pooling"]["max_seq_length"]
-        self.net = CausalSession(session, self.manifest["kv_cache"], [eos] if isinstance(eos, int) else list(eos or []))
-        self.encoder = self.net  # what bench times: model(**inputs), logits at every position
-        kept = folder / KEPT_FILE
-        self.net.kept_tokens = torch.tensor(json.loads(kept.read_text())) if kept.is_file() else None
-
-    def __call__(self, **batch):
-        return self.net(**batch)

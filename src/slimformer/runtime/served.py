@@ -1,5 +1,5 @@
 """An export folder served as the model it holds, with what slimformer calls on the torch model: an encoder's or
-classifier's ExportedModel (encode / predict), a causal LM's (causal.ExportedCausalLM), Whisper's (ExportedSpeech);
+classifier's ExportedModel (encode / predict), a causal LM's (ExportedCausalLM), Whisper's (ExportedSpeech);
 loaded by `slimformer.load(EXPORT)` (load_export)."""
 
 from __future__ import annotations
@@ -73,14 +73,39 @@ def session(folder: Path, runtime: str, name: str = "model"):
 
 
 def load_export(folder: str | os.PathLike):
-    """An export folder as the model it serves: ExportedModel, causal.ExportedCausalLM or ExportedSpeech."""
+    """An export folder as the model it serves: ExportedModel, ExportedCausalLM or ExportedSpeech."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     if manifest.get("head") == CAUSAL_LM:
-        return causal.ExportedCausalLM(folder, session(folder, manifest["runtime"]))
+        return ExportedCausalLM(folder, manifest)
     if manifest.get("head") == SPEECH_SEQ2SEQ:
         return ExportedSpeech(folder, manifest)
     return ExportedModel(folder)
+
+
+class ExportedCausalLM:
+    """A causal LM's export, served as slimformer serves the torch model: model(**batch).logits (perplexity),
+    model.net (prefill, generate), tokenizer, manifest; head "causal-lm"."""
+
+    head, modality = CAUSAL_LM, "text"
+
+    def __init__(self, folder: Path, manifest: dict):
+        from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+        self.manifest = manifest
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.config = AutoConfig.from_pretrained(folder)
+        gen = GenerationConfig.from_pretrained(folder) if (folder / "generation_config.json").is_file() else None
+        eos = getattr(gen, "eos_token_id", None) or self.config.eos_token_id
+        self.max_seq_length = self.manifest["pooling"]["max_seq_length"]
+        self.net = causal.CausalSession(session(folder, manifest["runtime"]), manifest["kv_cache"],
+                                        [eos] if isinstance(eos, int) else list(eos or []))
+        self.encoder = self.net  # what bench times: model(**inputs), logits at every position
+        kept = folder / causal.KEPT_FILE
+        self.net.kept_tokens = torch.tensor(json.loads(kept.read_text())) if kept.is_file() else None
+
+    def __call__(self, **batch):
+        return self.net(**batch)
 
 
 class ExportedSpeech:

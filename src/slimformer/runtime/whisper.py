@@ -19,11 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .causal import additive, cache_index, cache_names
+
 GRAPHS = ("encoder_model", "decoder_model")  # onnx/NAME.onnx, or openvino/NAME.xml + .bin
-
-
-def _names(kind: str, layers: int, part: str) -> list[str]:
-    return [f"{kind}.{i}.{part}.{kv}" for i in range(layers) for kv in ("key", "value")]
 
 
 def _heads(x: torch.Tensor, d: int) -> torch.Tensor:
@@ -52,9 +50,9 @@ class DecoderGraph(nn.Module):
         own, cross = past[: 2 * self.layers], past[2 * self.layers:]
         cache = EncoderDecoderCache(DynamicCache(ddp_cache_data=list(zip(own[0::2], own[1::2]))),
                                     DynamicCache(ddp_cache_data=list(zip(cross[0::2], cross[1::2]))))
-        t, p = input_ids.shape[1], own[0].shape[2]
-        q, k = torch.arange(t) + p, torch.arange(p + t)  # cache index of each query (T,) and key (P+T,)
-        mask = torch.where(k[None, :] <= q[:, None], torch.zeros(()), torch.tensor(torch.finfo(torch.float32).min))
+        t = input_ids.shape[1]
+        q, k = cache_index(t, own[0].shape[2] + t)
+        mask = additive(k[None, :] <= q[:, None])  # (T, P+T)
         states = cross[0].transpose(1, 2).flatten(2)  # (B, S, H*d): only marks the layers' cross-attention
         out = self.net.get_decoder()(input_ids=input_ids, attention_mask=mask[None, None], position_ids=q[None],
                                      encoder_hidden_states=states, cache=cache, use_cache=True)
@@ -72,7 +70,7 @@ def to_onnx(model, folder: Path) -> list[list[int]]:
     n, cfg, b = len(shapes), net.config, 2
     feats = torch.randn(b, cfg.num_mel_bins, 2 * cfg.max_source_positions)  # (B, mels, frames): frames fixed
     batch = {0: "batch_size"}
-    cross_out = _names("present", n, "encoder")
+    cross_out = cache_names("present", n, "encoder")
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(EncoderGraph(net).eval(), (feats,), str(folder / "encoder_model.onnx"),
@@ -82,14 +80,14 @@ def to_onnx(model, folder: Path) -> list[list[int]]:
         cross = EncoderGraph(net).eval()(feats)[1:]
         own = [torch.zeros(b, h, 3, d) for h, d in shapes for _ in range(2)]  # a trace with a cache of 3 tokens
         ids = torch.randint(0, cfg.vocab_size, (b, 2))
-        own_in, own_out = _names("past_key_values", n, "decoder"), _names("present", n, "decoder")
+        own_in, own_out = cache_names("past_key_values", n, "decoder"), cache_names("present", n, "decoder")
         torch.onnx.export(DecoderGraph(net).eval(), (ids, *own, *cross), str(folder / "decoder_model.onnx"),
-                          input_names=["input_ids", *own_in, *_names("past_key_values", n, "encoder")],
+                          input_names=["input_ids", *own_in, *cache_names("past_key_values", n, "encoder")],
                           output_names=["logits", *own_out],
                           dynamic_axes={"input_ids": {**batch, 1: "sequence_length"},
                                         "logits": {**batch, 1: "sequence_length"},
                                         **{x: {**batch, 2: "past_sequence_length"} for x in own_in},
-                                        **{x: batch for x in _names("past_key_values", n, "encoder")},
+                                        **{x: batch for x in cache_names("past_key_values", n, "encoder")},
                                         **{x: {**batch, 2: "total_sequence_length"} for x in own_out}},
                           opset_version=17, dynamo=False)
     return shapes
@@ -120,11 +118,11 @@ class SpeechSession:
         cross = self.get_encoder()(input_features=features)[1:]  # every layer's cross-attention keys and values
         n, b = len(self.shapes), len(features)
         state = {"own": [np.zeros((b, h, 0, d), np.float32) for h, d in self.shapes for _ in range(2)]}
-        fixed = dict(zip(_names("past_key_values", n, "encoder"), cross))
+        fixed = dict(zip(cache_names("past_key_values", n, "encoder"), cross))
 
         def step(ids) -> torch.Tensor:
             out = self.decoder.run({"input_ids": np.asarray(ids, dtype=np.int64), **fixed,
-                                    **dict(zip(_names("past_key_values", n, "decoder"), state["own"]))})
+                                    **dict(zip(cache_names("past_key_values", n, "decoder"), state["own"]))})
             state["own"] = out[1:]
             return torch.from_numpy(out[0][:, -1]).float()  # (B, V)
 
