@@ -29,6 +29,9 @@ def _heads(x: torch.Tensor, d: int) -> torch.Tensor:
 
 
 class EncoderGraph(nn.Module):
+    """input_features (B, mels, frames) -> (last_hidden_state (B, S, D), per decoder layer its cross-attention
+    key and value (B, heads, S, head_dim)), what the decoder's cross-attention would compute on its first step."""
+
     def __init__(self, net: nn.Module):
         super().__init__()
         self.encoder = net.get_encoder()
@@ -40,6 +43,9 @@ class EncoderGraph(nn.Module):
 
 
 class DecoderGraph(nn.Module):
+    """(input_ids (B, T), own past keys and values per layer, then the encoder graph's) -> (logits (B, T, V), own
+    present keys and values per layer): one decoder step, or the prompt with an empty own cache."""
+
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net, self.layers = net, len(net.get_decoder().layers)
@@ -81,13 +87,14 @@ def to_onnx(model, folder: Path) -> list[list[int]]:
         own = [torch.zeros(b, h, 3, d) for h, d in shapes for _ in range(2)]  # a trace with a cache of 3 tokens
         ids = torch.randint(0, cfg.vocab_size, (b, 2))
         own_in, own_out = cache_names("past_key_values", n, "decoder"), cache_names("present", n, "decoder")
+        cross_in = cache_names("past_key_values", n, "encoder")
         torch.onnx.export(DecoderGraph(net).eval(), (ids, *own, *cross), str(folder / "decoder_model.onnx"),
-                          input_names=["input_ids", *own_in, *cache_names("past_key_values", n, "encoder")],
+                          input_names=["input_ids", *own_in, *cross_in],
                           output_names=["logits", *own_out],
                           dynamic_axes={"input_ids": {**batch, 1: "sequence_length"},
                                         "logits": {**batch, 1: "sequence_length"},
                                         **{x: {**batch, 2: "past_sequence_length"} for x in own_in},
-                                        **{x: batch for x in cache_names("past_key_values", n, "encoder")},
+                                        **{x: batch for x in cross_in},
                                         **{x: {**batch, 2: "total_sequence_length"} for x in own_out}},
                           opset_version=17, dynamo=False)
     return shapes
