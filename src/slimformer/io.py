@@ -108,8 +108,7 @@ def load(path: str | os.PathLike | None = None) -> SlimModel:
     if not path.is_dir():
         raise ModelNotFoundError(f"not a model folder (a file was given): {path}")
     if (path / MANIFEST).is_file():
-        from .runtime.export import RUNTIMES
-        from .runtime.served import load_export
+        from .runtime.served import RUNTIMES, load_export
 
         manifest = json.loads((path / MANIFEST).read_text())
         if manifest.get("runtime") in RUNTIMES:
