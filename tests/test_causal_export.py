@@ -99,3 +99,22 @@ def test_export_of_int8_in_onnx_runtime(gemma, sentences, tmp_path):
     int8_act = [m for m in q.net.modules() if isinstance(m, Int8Linear) and not m.float_act]
     assert ops.count("MatMulInteger") == len(int8_act) > 0  # float_act Linears stay float MatMuls
     assert "ort-int8-per-channel" in json.loads((tmp_path / "export" / "slimformer.json").read_text())["export"]
+
+
+def test_export_to_openvino(gemma, sentences, tmp_path):
+    """The same graph in OpenVINO (logits_to_keep stays a required input there): logits close to torch's with and
+    without the cache (OpenVINO computes in bf16 on CPUs that have it, so a random tiny model's greedy tokens may
+    flip: they are not compared)."""
+    pytest.importorskip("openvino")
+    out = slimformer.load(export(gemma, tmp_path / "export", runtime="openvino"))
+    right = _batch(gemma, sentences[:4], "right")
+    with torch.inference_mode():
+        a = gemma(**right).logits  # (B, T, V)
+    assert (a - out(**right).logits)[right["attention_mask"].bool()].abs().max() < 0.1
+    ids = torch.randint(0, 1000, (2, 9), generator=torch.Generator().manual_seed(0)).numpy()  # no padding
+    with torch.inference_mode():
+        want = gemma(input_ids=torch.from_numpy(ids)).logits  # (2, 9, V)
+    logits, past = out.net._run(ids[:, :5], np.ones((2, 5), np.int64), None, 0)  # the prompt, then 4 cached steps
+    for t in range(5, 9):
+        step, past = out.net._run(ids[:, t : t + 1], np.ones((2, t + 1), np.int64), past, 1)
+        assert np.abs(step[:, -1] - want[:, t].numpy()).max() < 0.1

@@ -237,6 +237,16 @@ def test_export_encodes_and_decodes_as_torch(recipe, tmp_path):
     assert out.net.size_mb() > 0
 
 
+def test_export_to_openvino(tmp_path):
+    pytest.importorskip("openvino")
+    from slimformer.runtime.export import export
+
+    model = build()
+    out = slimformer.load(export(model, tmp_path / "export", runtime="openvino"))
+    feats = torch.cat([b["input_features"] for b in INPUTS])
+    assert greedy_ids(out.net, feats, [1, 5], 6) == greedy_ids(model.net, feats, [1, 5], 6)
+
+
 def test_export_keeps_the_decoders_smoothquant_scales_as_a_mul():
     """Whisper's float form for export keeps the decoder's SmoothQuant scales as Muls (SmoothedLinear: ORT's int8
     then quantizes smoothed activations; export.KEEP_SMOOTH says why), folds the encoder's; in float both compute
