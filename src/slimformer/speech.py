@@ -89,7 +89,7 @@ def torch_steps(net, features: torch.Tensor):
 
     def step(ids: torch.Tensor) -> torch.Tensor:
         res = net(encoder_outputs=(enc,), decoder_input_ids=ids, cache=state["cache"], use_cache=True)
-        state["cache"] = res.past_key_values
+        state["cache"] = res.cache
         return res.logits[:, -1].float()
 
     return step

@@ -64,7 +64,7 @@ def _dequantize_linear(q: Int8Linear, keep_smooth: bool = False) -> nn.Module:
     lin = nn.Linear(q.in_features, q.out_features, bias=q.bias is not None)
     w = q.weight.float() * q.weight_scale[:, None]  # (N, K): W diag(s)
     smooth = q.inv_smooth is not None and keep_smooth
-    if q.inv_smooth is not None and not keep_smooth:
+    if q.inv_smooth is not None and not smooth:
         w = w * q.inv_smooth[None, :]
     lin.weight.copy_(w)
     if q.bias is not None:
@@ -235,8 +235,8 @@ def export(model: SlimModel, out_dir: str | os.PathLike, int8: bool = True, opti
             if runtime == "openvino":  # OpenVINO reads standard ONNX ops, not ORT's fused ones
                 openvino.convert(raw, dst, int8)
                 steps = ["openvino-int8-weights" if int8 else "openvino-fp32"]
-            else:  # ORT's transformer fusions are an encoder's (BERT's)
-                steps = _ort(raw, dst, model, int8, optimize and not extra)
+            else:  # ORT's transformer fusions are an encoder's (BERT's): not for graphs with a KV cache
+                steps = _ort(raw, dst, model, int8, optimize and "kv_cache" not in extra)
         shutil.rmtree(tmp / "raw")  # the intermediate graphs
         manifest = {**manifest_fields(model), "head": model.head, "runtime": runtime, "export": steps, **extra}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
