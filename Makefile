@@ -103,11 +103,14 @@ $(ECO_OV)/.installed: pyproject.toml
 	touch $@
 
 # the tests of tests/test_ecosystem.py that need optimum, then MiniLM prune(flops=0.8)+int8 against the acceptance
-ecosystem: $(ECO)/.installed $(ECO_OV)/.installed
+ecosystem: install $(ECO)/.installed $(ECO_OV)/.installed
 	$(ECO)/bin/python -m pytest -q tests/test_ecosystem.py
 	$(ECO_OV)/bin/python -m pytest -q tests/test_ecosystem.py
 	$(ECO)/bin/python benchmarks/ecosystem.py onnx $(ECO_DIR)
 	$(ECO_OV)/bin/python benchmarks/ecosystem.py openvino $(ECO_DIR)
+	# a causal LM's export (traced with transformers 5, this venv) in optimum's ORTModelForCausalLM (4.57, its own)
+	$(BIN)/python benchmarks/ecosystem_lm.py export $(ECO_DIR)/lm
+	$(ECO)/bin/python benchmarks/ecosystem_lm.py check $(ECO_DIR)/lm
 
 # The static table ("Two orders of magnitude" in the README): `static` and `static(steps=1000)+int8` beside model2vec's
 # own distillation of the same teacher at the same dims, in one bench run. model2vec's `distill` extra pins
