@@ -172,10 +172,10 @@ class Int8Linear(nn.Module):
 _CHOICE: dict[tuple, tuple[str, dict]] = {}  # (K, N, bias, smooth, float_act, threads) -> (kernel, {kernel: ratios})
 
 
-def paired_ratios(times: dict[str, list[float]]) -> dict[str, list[float]]:
-    """{kernel: its ms / fp32's ms in the same turn, per turn}: a slow spell of a loaded machine slows both calls of a
+def paired_ratios(times: dict[str, list[float]], base: str = "fp32") -> dict[str, list[float]]:
+    """{kernel: its ms / base's ms in the same turn, per turn}: a slow spell of a loaded machine slows both calls of a
     turn, so it cancels in the ratio, where it would move one kernel's median and not another's."""
-    return {n: [a / b for a, b in zip(t, times["fp32"])] for n, t in times.items()}
+    return {n: [a / b for a, b in zip(t, times[base])] for n, t in times.items()}
 
 
 @torch.inference_mode()

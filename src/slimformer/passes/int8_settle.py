@@ -21,7 +21,7 @@ from ..speech import is_speech
 from ..timing import example_inputs
 from ..vision import is_image
 from .calib import is_causal_lm
-from .int8_kernels import MIN_GAIN, Int8Linear, ensure, forced, join, measure, parse, summary
+from .int8_kernels import MIN_GAIN, Int8Linear, ensure, forced, join, measure, paired_ratios, parse, summary
 
 SHAPE = (8, 128)  # one batch of TIMING_TOKENS' 1,024 rows
 # a rival's ratio to fp32 may be this much above the layer's best: timed alone, one layer's ratio moved that much
@@ -74,8 +74,8 @@ def settle(model) -> dict[str, int] | None:
             model(**inputs)  # the new kernels' first call
             if turn:
                 times[name].append(forward_ms(model, inputs))
-    first = times[kernels[0]]  # each plan's time over the first plan's in the same turn: a slow spell cancels
-    fastest = min(plans, key=lambda name: statistics.median(t / f for t, f in zip(times[name], first)))
+    ratios = paired_ratios(times, base=kernels[0])  # each plan's time over the first plan's in the same turn
+    fastest = min(plans, key=lambda name: statistics.median(ratios[name]))
     for m, spec in plans[fastest].items():
         ensure(m, spec)
     _SETTLED[key] = list(plans[fastest].values())
