@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .causal import additive, cache_index, cache_names
+from .causal import additive, cache_index, cache_names, cache_shapes
 
 GRAPHS = ("encoder_model", "decoder_model")  # onnx/NAME.onnx, or openvino/NAME.xml + .bin
 
@@ -71,8 +71,7 @@ def to_onnx(model, folder: Path) -> list[list[int]]:
     returns [heads, head dim] of each decoder layer's self-attention cache."""
     net = model.net
     net.config._attn_implementation = "eager"
-    decoder = net.get_decoder().layers
-    shapes = [[a.k_proj.out_features // a.head_dim, a.head_dim] for a in (layer.self_attn for layer in decoder)]
+    shapes = cache_shapes(net)  # the decoder's self-attention cache, as a causal LM's
     n, cfg, b = len(shapes), net.config, 2
     feats = torch.randn(b, cfg.num_mel_bins, 2 * cfg.max_source_positions)  # (B, mels, frames): frames fixed
     batch = {0: "batch_size"}
