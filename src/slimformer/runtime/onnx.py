@@ -93,6 +93,7 @@ class OrtSession:
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.path = path
         self.input_names = [i.name for i in self.session.get_inputs()]  # what run's feed holds
+        self.precision = "f32"  # ORT's CPU kernels compute float ops in fp32
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(None, feed)

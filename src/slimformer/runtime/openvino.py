@@ -53,6 +53,8 @@ class OpenVinoSession:
         config = {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"}
         self.compiled = ov.Core().compile_model(str(path), "CPU", config)
         self.input_names = [i.any_name for i in self.compiled.inputs]  # what run's feed holds
+        # what the float ops compute in: "bf16" on CPUs with AVX512-BF16 or AMX (OpenVINO's default there), else "f32"
+        self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The graph's outputs in its order: (token states, sentence embedding), or a classifier's (logits,)."""
