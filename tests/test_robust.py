@@ -312,6 +312,11 @@ def test_peers_base_defaults_to_the_original_the_manifests_name(tiny, tiny_dir, 
         base_of([str(b)])
 
 
+@pytest.mark.parametrize("option", ["--base", "--task"])
+def test_bench_options_of_peers_alone_are_one_line_errors(tiny_dir, cli, option):
+    assert f"{option} goes with --peers" in one_error_line(cli("bench", str(tiny_dir), option, "stsb-dev"))
+
+
 def test_bench_peers_builds_every_peer_row_from_the_base(minilm, tiny, tmp_path, cli, monkeypatch):
     """The plumbing, with the measurement replaced by each model's parameter count and source."""
     from slimformer.measure import peers

@@ -266,3 +266,33 @@ def test_prune_under_a_flops_budget(kind):
     out = slimformer.compress(model, "prune(flops=0.6)", calib=CALIB)
     fraction = encoder_flops(out.encoder, out.adapter) / encoder_flops(model.encoder, model.adapter)
     assert 0.4 < fraction <= 0.6 + 1e-6 and out.manifest["steps"][-1]["flops_fraction"] == round(fraction, 4)
+
+
+def test_bench_and_peers_time_an_image_model(tmp_path):
+    """`bench` of an image model times random pixels of its size, one image and a batch of 8 (keys "1x16", "8x16");
+    `bench --peers` builds torch.ao's, ORT's (and OpenVINO's, where installed) rows of the original beside a
+    compressed folder, all timed in one loop; there is no image quality task yet, so no quality column and a
+    one-line error for --task."""
+    import importlib.util
+
+    from slimformer.measure.peers import compare_peers
+    from slimformer.measure.report import bench_model
+
+    folder, images = _image_classifier_dir(tmp_path)
+    small = slimformer.save(slimformer.compress(slimformer.load(folder), "heads(keep=2)", calib=str(images)),
+                            tmp_path / "small")
+    one = bench_model(slimformer.load(small), runs=5)
+    assert set(one["latency_ms"]) == {"1x16", "8x16"} and all(v > 0 for v in one["latency_ms"].values())
+    result, table = compare_peers([str(small)], runs=5, out_dir=tmp_path / "peers")
+    rows = {r["name"]: r for r in result["rows"]}
+    openvino = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None
+    assert list(rows) == ["torch fp32 eager (original)", "torch.ao dynamic int8", "ORT fp32",
+                          "ORT optimized + int8 per-channel", *(["OpenVINO int8 weights (nncf)"] if openvino else []),
+                          "slimformer heads(keep=2) [torch]"]
+    for r in rows.values():
+        assert set(r["speedup"]) == {"1x16", "8x16"} and r["size_mb"] > 0
+        assert r["speedup"]["8x16"] == pytest.approx(rows["torch fp32 eager (original)"]["latency_ms"]["8x16"]
+                                                     / r["latency_ms"]["8x16"], abs=0.01)
+    assert result["task"] is None and "| speedup 1x16 | speedup 8x16 |" in table
+    with pytest.raises(SlimformerError, match="no quality task"):
+        compare_peers([str(small)], runs=5, out_dir=tmp_path / "peers", task="stsb")

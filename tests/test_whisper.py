@@ -263,6 +263,72 @@ def test_export_keeps_the_decoders_smoothquant_scales_as_a_mul():
     assert rel(logits(folded), logits(kept)) < 1e-5
 
 
+# ------------------------------------------------------------------------------------------------- measured
+
+@pytest.fixture(scope="module")
+def whisper_dir(tmp_path_factory) -> Path:
+    """A tiny random Whisper as a Hugging Face folder that transcribes: a feature extractor (8 mel bins, 1 s chunks:
+    100 frames) and a word-level tokenizer whose special tokens are Whisper's <|endoftext|> and prompt; beside it
+    set.tsv, three 1 s clips (tones) with texts in its words."""
+    from scipy.io import wavfile
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from slimformer.speech import PROMPT
+
+    path = tmp_path_factory.mktemp("whisper") / "tiny-whisper"
+    words = ["<|endoftext|>", *PROMPT, *[f"w{i}" for i in range(59)]]  # ids 0 (eos), 1-4 (prompt), 5-63
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    T.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                              additional_special_tokens=list(PROMPT)).save_pretrained(path)
+    T.WhisperFeatureExtractor(feature_size=8, chunk_length=1).save_pretrained(path)
+    torch.manual_seed(0)  # 50 positions: the extractor's 100 frames; 160 decoder positions: MAX_NEW_TOKENS and more
+    cfg = T.WhisperConfig(**{**SIZES, "max_source_positions": 50, "max_target_positions": 160})
+    T.WhisperForConditionalGeneration(cfg).eval().save_pretrained(path)
+    for i in range(3):
+        wavfile.write(path.parent / f"{i}.wav", 16000, (np.sin(np.arange(16000) * (i + 1) / 20) * 9000).astype(np.int16))
+    (path.parent / "set.tsv").write_text("audio\ttext\n" + "".join(f"{i}.wav\tw{i + 5} w{i + 9}\n" for i in range(3)))
+    return path
+
+
+def test_bench_peers_and_the_compress_report_measure_a_speech_model(whisper_dir, tmp_path):
+    """`bench --peers --task wer:PATH` on Whisper: the original under torch, torch.ao, ORT fp32 and int8 (and
+    OpenVINO where installed) beside a compressed folder, each with its encoder time on 30 s, its real-time factor
+    and its WER, timed in turns; `compress --task wer:PATH` writes a report of the same columns."""
+    from typer.testing import CliRunner
+
+    from slimformer import cli
+
+    task = f"wer:{whisper_dir.parent / 'set.tsv'}"
+    run = CliRunner().invoke
+    out = run(cli.app, ["compress", str(whisper_dir), "-r", "heads(keep=0.5)", "-o", str(tmp_path / "h"), "--calib",
+                        str(whisper_dir.parent / "set.tsv"), "--task", task, "--runs", "2"])
+    assert out.exit_code == 0, out.output
+    report = json.loads((tmp_path / "h" / "report.json").read_text())
+    assert [r["name"] for r in report["rows"]] == ["original", "compressed"]
+    out = run(cli.app, ["bench", str(tmp_path / "h"), "--peers", "--task", task, "--runs", "2", "--json",
+                        "--out-dir", str(tmp_path / "peers")])
+    assert out.exit_code == 0, out.output
+    rows = {r["name"]: r for r in json.loads(out.stdout[out.stdout.index('{"rows"'):])["rows"]}
+    assert list(rows)[:4] == ["torch fp32 eager (original)", "torch.ao dynamic int8", "ORT fp32",
+                              "ORT optimized + int8 per-channel"]
+    assert "slimformer heads(keep=0.5) [torch]" in rows
+    for table in (list(rows.values()), report["rows"]):
+        for r in table:  # Whisper's own speed keys, no token batches; ratios to the table's first row
+            assert r["encoder_ms"]["1x30s"] > 0 and r["rtf"] > 0 and "speedup" not in r
+            assert r["encoder_speedup"] == pytest.approx(table[0]["encoder_ms"]["1x30s"] / r["encoder_ms"]["1x30s"],
+                                                         abs=0.01)
+            assert r["rtf_speedup"] == pytest.approx(table[0]["rtf"] / r["rtf"], abs=0.01)
+            assert 0 <= r[task] and f"{task}_delta_95" in r
+    base = rows["torch fp32 eager (original)"]
+    assert base[task] == report["rows"][0][task] and rows["ORT fp32"][task] == base[task]  # ORT transcribes as torch
+    md = (tmp_path / "peers" / "peers.md").read_text()
+    assert "| encoder speedup 30 s |" in md and "RTF" in md and "sentences/s" not in md
+    out = run(cli.app, ["compress", str(whisper_dir), "-r", "heads(keep=0.5)", "-o", str(tmp_path / "n"), "--calib",
+                        str(whisper_dir.parent / "set.tsv")])
+    assert out.exit_code == 0 and "give --task wer:PATH" in out.output and not (tmp_path / "n" / "report.json").exists()
+
+
 # ------------------------------------------------------------------------------------------------- WER
 
 def test_wer_on_hand_made_cases():

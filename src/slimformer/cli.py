@@ -33,8 +33,8 @@ def compress(model: Optional[str] = MODEL_ARG,
              force: bool = typer.Option(False, "--force", help="overwrite an existing output folder"),
              calib: Optional[Path] = typer.Option(None, "--calib", help="calibration text, one sentence a line"),
              task: str = typer.Option("auto", "--task", help="quality task for the report: auto (the model's own: "
-                                      "stsb for an embedder, sst2 for a 2-label classifier), a task eval takes, or "
-                                      "none"),
+                                      "stsb for an embedder, sst2 for a 2-label classifier; a speech model has no "
+                                      "report without wer:PATH), a task eval takes, or none"),
              runs: int = typer.Option(20, "--runs", help="timed runs per shape")):
     """Compress MODEL with RECIPE into OUT, with report.json / report.md against the original."""
     from . import recipe as recipes
@@ -56,18 +56,19 @@ def compress(model: Optional[str] = MODEL_ARG,
         read_lines(calib)  # a text model's --calib is a file: the one-line error naming the folder
     # a training step keeps resumable state beside OUT: the same command after a crash (even kill -9) resumes
     ckpt = Path(out).resolve().parent / f".{Path(out).name}.checkpoint"
-    if getattr(base, "modality", "text") in ("image", "speech"):  # no report: the report compares text models
+    modality = getattr(base, "modality", "text")
+    if modality == "image" or (modality == "speech" and task == "auto"):  # no quality task of its own: no report
         from .api import compress as compress_model
 
         small = compress_model(base, steps, calib=str(calib) if calib else None, checkpoint_dir=ckpt)
-        typer.echo(f"wrote {io.save(small, out, force=force)} (no report: the report compares text models; "
-                   "measure it with bench and eval)")
+        why = "an image model has no quality task yet" if modality == "image" else "give --task wer:PATH for one"
+        typer.echo(f"wrote {io.save(small, out, force=force)} (no report: {why}; measure it with bench and eval)")
         return
     # compare() checks that the task fits the model (auto: picks the model's own) before compressing
     result, models = compare({"original": base}, {"compressed": steps}, None if task == "none" else task, runs,
                              calib=str(calib) if calib else None, checkpoint_dir=ckpt, show_progress=True)
     small = models["compressed"]
-    if task != "none":  # how faithful it stays on text unlike the calibration text: the transfer risk
+    if task != "none" and modality == "text":  # how faithful it stays on text unlike the calibration text
         from .measure.fidelity import transfer_risk
 
         result["fidelity"] = transfer_risk(base, small, str(calib) if calib else None)
@@ -85,12 +86,14 @@ def bench(models: Optional[List[str]] = typer.Argument(None, help="model folder(
           as_json: bool = typer.Option(False, "--json"),
           runs: int = typer.Option(20, "--runs", help="timed runs per shape (>= 20 for reported figures)"),
           peers: bool = typer.Option(False, "--peers", help="also the original under torch fp32, torch.ao int8, "
-                                     "ORT fp32 and ORT int8, all in one run, with STS-B and throughput"),
+                                     "ORT fp32 and ORT int8, all in one run, with the task (--task) and throughput"),
           base: Optional[str] = typer.Option(None, "--base", help="with --peers: the model every peer row is built "
                                              "from (default: the original the models' manifests name, else "
                                              "all-MiniLM-L6-v2)"),
           out_dir: Path = typer.Option(Path("benchmarks/out"), "--out-dir", help="where --peers writes "
-                                       "peers.json, peers.md and peers.png")):
+                                       "peers.json, peers.md and peers.png"),
+          task: Optional[str] = typer.Option(None, "--task", help="with --peers: the quality column (default: the "
+                                             "original's own; a speech model: wer:PATH)")):
     """Size, parameters and median latency at 1x16, 8x128 and 32x32 (with --peers: the side-by-side table)."""
     from . import io
     from .measure.report import bench_model
@@ -99,11 +102,12 @@ def bench(models: Optional[List[str]] = typer.Argument(None, help="model folder(
     if peers:
         from .measure.peers import compare_peers
 
-        result, table = compare_peers(models, runs, out_dir, show_progress=True, base=base)
+        result, table = compare_peers(models, runs, out_dir, show_progress=True, base=base, task=task)
         typer.echo(json.dumps({"rows": result["rows"]}) if as_json else table)
         return
-    if base is not None:
-        raise SlimformerError("bench: --base goes with --peers")
+    for name, given in (("--base", base), ("--task", task)):
+        if given is not None:
+            raise SlimformerError(f"bench: {name} goes with --peers")
     if len(models) > 1:
         raise SlimformerError("bench: one model at a time (or --peers to compare several)")
     model = models[0] if models else None
@@ -112,8 +116,14 @@ def bench(models: Optional[List[str]] = typer.Argument(None, help="model folder(
         typer.echo(json.dumps(out))
         return
     typer.echo(f"model    {out['model']}\nsize     {out['size_mb']:.2f} MB\nparams   {out['params']:,}")
-    for k, v in out["latency_ms"].items():
+    for k, v in out.get("latency_ms", {}).items():  # a speech model has its own keys instead
         typer.echo(f"{k:<8} {v:.2f} ms")
+    for k, v in out.get("prefill_ms", {}).items():  # a causal LM's time to the first token
+        typer.echo(f"prefill  {k} {v:.2f} ms")
+    if "decode_tokens_per_s" in out:
+        typer.echo(f"decode   {out['decode_tokens_per_s']:.1f} tokens/s")
+    if "encoder_ms" in out:
+        typer.echo(f"encoder  {out['encoder_ms']['1x30s']:.1f} ms on 30 s of audio\nrtf      {out['rtf']:.4f}")
     cpu = out["cpu"]
     typer.echo(f"cpu      {cpu['model']} ({', '.join(cpu['flags'])}), {out['threads']} threads")
 

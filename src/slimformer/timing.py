@@ -63,17 +63,20 @@ def ticks(runs: int, shapes=SHAPES) -> int:
 
 
 def latency_ms(runners: dict[str, Callable[[dict], object]], vocab_sizes: dict[str, int],
-               shapes=SHAPES, runs: int = 20, warmup: int = 3, progress=None) -> dict[str, dict[str, float]]:
+               shapes=SHAPES, runs: int = 20, warmup: int = 3, progress=None,
+               make_inputs: dict[str, Callable[[int, int], dict]] | None = None) -> dict[str, dict[str, float]]:
     """Median ms per forward of each runner at each shape. Runners take turns in blocks of BLOCK back-to-back runs
     (steady state, as when serving), in a shuffled order each round, so a slow spell of the machine hits all alike.
     Each block starts after a pause and one untimed run: ORT, OpenVINO and torch's OpenMP keep their worker threads
     spinning after a call, and on two cores a runner that came right after another runtime's call ran slower (its
-    threads fought the spinning ones), most visibly at 1x16."""
+    threads fought the spinning ones), most visibly at 1x16. Inputs: example_inputs(batch, seq, its vocab size), or
+    make_inputs[name](batch, seq) for runners that take no token ids (an image model's pixels)."""
     out: dict[str, dict[str, float]] = {name: {} for name in runners}
     rounds = -(-runs // BLOCK)
+    make = make_inputs or {n: (lambda v: lambda b, t: example_inputs(b, t, v))(vocab_sizes[n]) for n in runners}
     with torch.inference_mode():
         for b, t in shapes:
-            inputs = {name: example_inputs(b, t, vocab_sizes[name]) for name in runners}
+            inputs = {name: make[name](b, t) for name in runners}
             for name, run in runners.items():
                 for _ in range(warmup):
                     run(inputs[name])

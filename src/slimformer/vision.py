@@ -19,6 +19,7 @@ from .errors import SlimformerError, StepNotApplicableError
 
 IMAGE = "image"  # arch.Adapter.modality of a vision transformer
 CALIB_IMAGES = 64  # random images when none are given: as many as a short calibration needs
+BENCH_IMAGES = (1, 8)  # batch sizes `bench` times: one image (serving a request), a batch
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
@@ -31,6 +32,11 @@ def pixel_shape(config) -> tuple[int, int, int]:
     size = config.image_size
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     return getattr(config, "num_channels", 3), h, w
+
+
+def bench_shapes(config) -> tuple[tuple[int, int], ...]:
+    """`bench`'s shapes of an image model: one image and a batch of 8, each (batch, image height): keys "1x224"."""
+    return tuple((b, pixel_shape(config)[1]) for b in BENCH_IMAGES)
 
 
 def random_pixels(config, n: int = CALIB_IMAGES, seed: int = 0) -> torch.Tensor:

@@ -59,19 +59,29 @@ AUDIO_S = 30  # Whisper's chunk: the encoder always sees 30 s (shorter audio is 
 DECODE_TOKENS = 64  # greedy steps timed for the real-time factor: about what 30 s of English speech takes
 
 
-@torch.inference_mode()
-def speech_speed(model, runs: int = 20) -> dict:
-    """Whisper's own speed keys for `bench`: {"encoder_ms": {"1x30s"}: median ms of the encoder forward on 30 s of
-    audio at batch 1, "rtf": (encoder + DECODE_TOKENS greedy decoder steps with the KV cache) / 30 s, the
-    transcription real-time factor (lower is faster; the step count is fixed so that every model does the same
-    work)}."""
-    from ..timing import median_ms
+def _timed_calls(model) -> tuple:
+    """(encoder forward, transcription of DECODE_TOKENS tokens) on 30 s of silence at batch 1, as calls."""
+    feats = model.tokenizer([np.zeros(AUDIO_S * RATE, dtype=np.float32)])["input_features"]  # (1, 80, 3000)
+    encoder, prompt = model.net.get_encoder(), prompt_ids(model.tokenizer.tokenizer)
+    return (lambda: encoder(input_features=feats),
+            lambda: greedy_ids(model.net, feats, prompt, DECODE_TOKENS, min_new_tokens=DECODE_TOKENS))
 
-    net, proc = model.net, model.tokenizer
-    feats = proc([np.zeros(AUDIO_S * RATE, dtype=np.float32)])["input_features"]  # (1, 80, 3000)
-    encoder = net.get_encoder()
-    enc_ms = median_ms(lambda: encoder(input_features=feats), runs)
-    prompt = prompt_ids(proc.tokenizer)
-    full = median_ms(lambda: greedy_ids(net, feats, prompt, DECODE_TOKENS, min_new_tokens=DECODE_TOKENS),
-                     max(3, runs // 5))
-    return {"encoder_ms": {"1x30s": round(enc_ms, 2)}, "rtf": round(full / 1e3 / AUDIO_S, 4)}
+
+@torch.inference_mode()
+def speech_speeds(models: dict, runs: int = 20) -> dict[str, dict]:
+    """Whisper's own speed keys for `bench`, every model timed in turns (timing.interleaved_ms): {name:
+    {"encoder_ms": {"1x30s"}: median ms of the encoder forward on 30 s of audio at batch 1, "rtf": (encoder +
+    DECODE_TOKENS greedy decoder steps with the KV cache) / 30 s, the transcription real-time factor (lower is faster;
+    the step count is fixed so that every model does the same work)}}. Models: SlimModels or speech exports."""
+    from ..timing import interleaved_ms
+
+    calls = {n: _timed_calls(m) for n, m in models.items()}
+    enc_ms = interleaved_ms({n: c[0] for n, c in calls.items()}, runs, give_up_ms=float("inf"))
+    full = interleaved_ms({n: c[1] for n, c in calls.items()}, max(3, runs // 5), give_up_ms=float("inf"))
+    return {n: {"encoder_ms": {"1x30s": round(enc_ms[n], 2)}, "rtf": round(full[n] / 1e3 / AUDIO_S, 4)}
+            for n in models}
+
+
+def speech_speed(model, runs: int = 20) -> dict:
+    """speech_speeds of one model: {"encoder_ms": {"1x30s"}, "rtf"}."""
+    return speech_speeds({"m": model}, runs)["m"]

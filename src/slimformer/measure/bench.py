@@ -81,10 +81,11 @@ def n_params(module: nn.Module) -> int:
 
 
 def bench(models: dict[str, nn.Module], vocab_sizes: dict[str, int], shapes=SHAPES, runs: int = 20,
-          progress=None) -> dict[str, dict]:
-    """{name: {"size_mb", "params", "latency_ms": {"1x16", ...}}} for modules called as module(**inputs)."""
+          progress=None, make_inputs: dict | None = None) -> dict[str, dict]:
+    """{name: {"size_mb", "params", "latency_ms": {"1x16", ...}}} for modules called as module(**inputs)
+    (timing.latency_ms's inputs: token ids, or make_inputs's)."""
     lat = latency_ms({n: (lambda m: lambda x: m(**x))(m) for n, m in models.items()}, vocab_sizes, shapes, runs,
-                     progress=progress)
+                     progress=progress, make_inputs=make_inputs)
     return {n: {"size_mb": round(size_mb(m), 2), "params": n_params(m), "latency_ms": lat[n]}
             for n, m in models.items()}
 

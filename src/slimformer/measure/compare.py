@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import api, io
-from ..timing import ticks
-from .report import measure
+from .report import measure, speed_ticks
 from .tasks import AUTO, check_task
 
 
@@ -53,7 +52,7 @@ def compare(models: dict, recipes: dict[str, str | list], task: str | None = AUT
                 out[name] = model
                 bar.update()
         # measure() ticks once per shape and block round, then once per model for the task and for throughput
-        total = ticks(runs) + len(out) * (bool(task) + bool(throughput_texts))
+        total = speed_ticks(base, runs) + len(out) * (bool(task) + bool(throughput_texts))
         with _bar(show_progress, total, "measure") as bar:
             result = measure(out, task, runs, progress=bar.update, throughput_texts=throughput_texts)
     return result, out

@@ -17,7 +17,8 @@ from ..model import SlimModel
 from .bench import throughput
 from .compare import compare
 from .report import markdown, plot
-from .tasks import default_task, task_inputs
+from ..vision import is_image
+from .tasks import check_task, task_inputs
 
 
 def torch_ao_dynamic(model: SlimModel) -> SlimModel:
@@ -121,18 +122,23 @@ def base_of(paths: list[str], base: str | None = None) -> str | None:
 
 
 def compare_peers(paths: list[str], runs: int, out_dir, show_progress: bool = False,
-                  base: str | None = None) -> tuple[dict, str]:
-    """The original under each peer's runtime next to the slimformer models at `paths`, in one run, with the
-    original's own task (tasks.default_task: STS-B test for an embedder, SST-2 dev for a 2-label classifier) and
-    corpus throughput (the task's inputs run end to end); writes peers.json, peers.md and peers.png to out_dir.
+                  base: str | None = None, task: str | None = None) -> tuple[dict, str]:
+    """The original under each peer's runtime next to the slimformer models at `paths`, in one run, with `task`
+    (default: the original's own, tasks.default_task: STS-B test for an embedder, SST-2 dev for a 2-label classifier,
+    perplexity for a causal LM; a speech model needs wer:PATH) and, for text, corpus throughput (the task's inputs
+    run end to end); writes peers.json, peers.md and peers.png to out_dir.
     base: the original every peer row is built from (default: base_of(paths)).
     Returns (measure()'s result plus sentence-transformers' throughput, the markdown table)."""
     base_dir = base_of(paths, base)
     base = io.load(base_dir)
     if not isinstance(base, SlimModel):
         raise SlimformerError(f"bench --peers: the base {base_dir} is an export; give the torch model it came from")
-    task = default_task(base)
-    texts = task_inputs(task)
+    text = getattr(base, "modality", "text") == "text"
+    if is_image(base) and task:
+        raise SlimformerError("bench --peers: an image model has no quality task yet; leave out --task")
+    # checked before the peers are built: a task that does not fit fails in seconds
+    task = None if is_image(base) else check_task(task, base)
+    texts = task_inputs(task) if text else None  # throughput: text inputs only
     skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:  # the peers' exports live until they are measured
         models = peer_models(base, tmp, skipped)
@@ -149,8 +155,8 @@ def compare_peers(paths: list[str], runs: int, out_dir, show_progress: bool = Fa
     st_dir = Path(base_dir) if base_dir is not None else io.default_model_dir()
     table = markdown(result)
     # sentence-transformers reads HF and its own folders, not slimformer's; it neither embeds nor classifies with a
-    # causal LM (whose inputs/s, document scoring, the rows above hold)
-    if not (st_dir / MANIFEST).is_file() and getattr(base, "head", None) != "causal-lm":
+    # causal LM (whose inputs/s, document scoring, the rows above hold), and reads no speech or images
+    if not (st_dir / MANIFEST).is_file() and getattr(base, "head", None) != "causal-lm" and text:
         st = SentenceTransformersPeer(str(st_dir), getattr(base, "head", None))
         result["sentence_transformers_sentences_per_s"] = round(throughput(st.encode, texts), 1)
         table += ("\n\nCorpus throughput (%s, %d inputs, tokenization included): %s on the original: %.0f inputs/s."
@@ -159,5 +165,6 @@ def compare_peers(paths: list[str], runs: int, out_dir, show_progress: bool = Fa
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "peers.json").write_text(json.dumps(result, indent=1))
     (out_dir / "peers.md").write_text(table + "\n")
-    plot(result, out_dir / "peers.png")
+    if task:  # speed against quality: an image model has no quality column yet
+        plot(result, out_dir / "peers.png")
     return result, table

@@ -4,12 +4,15 @@ markdown tables (report.json / report.md, the demo table)."""
 from __future__ import annotations
 
 import json
+from typing import Callable
 
-from ..timing import SHAPES
-from .bench import bench, cpu_info, throughput
-from .lm import lm_speed, lm_speeds
+from ..timing import SHAPES, ticks
+from .asr import DECODE_TOKENS, speech_speeds
+from .bench import bench, cpu_info, n_params, size_mb, throughput
+from .lm import lm_speeds
 from .tasks import AUTO, default_task, evaluate, inference_fn, result_interval
 from ..model import SlimModel
+from ..vision import bench_shapes, is_image, random_pixels
 from ..passes import int8_kernels
 
 SHAPE_KEYS = [f"{b}x{t}" for b, t in SHAPES]
@@ -34,15 +37,32 @@ def bench_model(model, runs: int = 20) -> dict:
     "runtime", "int8_kernel"}."""
     info = cpu_info()
     machine = {"threads": info["threads"], "cpu": {k: info[k] for k in ("model", "flags", "freed_memory")}}
-    if getattr(model, "head", None) == "speech-seq2seq":  # Whisper: its own shapes (30 s of audio), no token batches
-        from .asr import speech_speed
-        from .bench import n_params, size_mb
+    stats, own = speeds({"m": model}, runs)
+    return {**stats["m"], **own.get("m", {}), **machine, **served_by(model)}
 
-        return {"size_mb": round(size_mb(model.net), 2), "params": n_params(model.net), **speech_speed(model, runs),
-                **machine, **served_by(model)}
-    stats = bench({"m": runnable(model)}, {"m": model.tokenizer.vocab_size}, runs=runs)["m"]
-    own = lm_speed(model, runs) if getattr(model, "head", None) == "causal-lm" else {}  # prefill, decode tokens/s
-    return {**stats, **own, **machine, **served_by(model)}
+
+def speed_ticks(model, runs: int) -> int:
+    """How many times speeds() calls progress for models like `model` (none for Whisper's own keys)."""
+    if getattr(model, "head", None) == "speech-seq2seq":
+        return 0
+    return ticks(runs, bench_shapes(model.config) if is_image(model) else SHAPES)
+
+
+def speeds(models: dict, runs: int, progress=None) -> tuple[dict, dict]:
+    """Every model timed in one alternating loop: ({name: {"size_mb", "params", "latency_ms"}}, {name: the family's
+    own keys}). Whisper has its own shapes only (30 s of audio: asr.speech_speeds), no token batches; a causal LM
+    adds prefill and decode (lm.lm_speeds) to the token batches."""
+    first = next(iter(models.values()))
+    head, runners = getattr(first, "head", None), {n: runnable(m) for n, m in models.items()}
+    if head == "speech-seq2seq":
+        return ({n: {"size_mb": round(size_mb(r), 2), "params": n_params(r)} for n, r in runners.items()},
+                speech_speeds(models, runs))
+    if is_image(first):  # random pixels of the config's size, one image and a batch (vision.bench_shapes)
+        make = {n: (lambda cfg: lambda b, t: {"pixel_values": random_pixels(cfg, b)})(m.config)
+                for n, m in models.items()}
+        return bench(runners, {}, bench_shapes(first.config), runs, progress, make_inputs=make), {}
+    stats = bench(runners, {n: m.tokenizer.vocab_size for n, m in models.items()}, runs=runs, progress=progress)
+    return stats, lm_speeds(models, runs) if head == "causal-lm" else {}
 
 
 def measure(models: dict[str, SlimModel], task: str | None = AUTO, runs: int = 20, progress=None,
@@ -55,13 +75,10 @@ def measure(models: dict[str, SlimModel], task: str | None = AUTO, runs: int = 2
     while timing, then once per model scored and once per model's throughput."""
     if task == AUTO:
         task = default_task(next(iter(models.values())))
-    stats = bench({n: runnable(m) for n, m in models.items()}, {n: m.tokenizer.vocab_size for n, m in models.items()},
-                  runs=runs, progress=progress)
-    # a causal LM's own keys (prefill to the first token, decode tokens/s), every model in one alternating loop
-    lm = lm_speeds(models, runs) if getattr(next(iter(models.values())), "head", None) == "causal-lm" else {}
+    stats, own = speeds(models, runs, progress)
     rows, results = [], []
     for name, m in models.items():
-        row = {"name": name, "recipe": m.manifest.get("recipe", ""), **stats[name], **lm.get(name, {}),
+        row = {"name": name, "recipe": m.manifest.get("recipe", ""), **stats[name], **own.get(name, {}),
                **served_by(m)}
         if task:
             result = evaluate(m, task)
@@ -78,8 +95,12 @@ def measure(models: dict[str, SlimModel], task: str | None = AUTO, runs: int = 2
     base = rows[0]
     for i, row in enumerate(rows):
         row["size_ratio"] = round(base["size_mb"] / row["size_mb"], 2)
-        row["speedup"] = {k: round(base["latency_ms"][k] / row["latency_ms"][k], 2) for k in SHAPE_KEYS}
-        if lm:
+        if "encoder_ms" in row:  # Whisper
+            row["encoder_speedup"] = round(base["encoder_ms"]["1x30s"] / row["encoder_ms"]["1x30s"], 2)
+            row["rtf_speedup"] = round(base["rtf"] / row["rtf"], 2)
+        else:
+            row["speedup"] = {k: round(v / row["latency_ms"][k], 2) for k, v in base["latency_ms"].items()}
+        if "prefill_ms" in row:
             row["prefill_speedup"] = {k: round(base["prefill_ms"][k] / v, 2) for k, v in row["prefill_ms"].items()}
             row["decode_speedup"] = round(row["decode_tokens_per_s"] / base["decode_tokens_per_s"], 2)
         if task:
@@ -99,9 +120,22 @@ def task_label(task: str, metric: str | None) -> str:
     return f"{task} accuracy" if (metric or "").startswith("accuracy") else task
 
 
+def _speed_columns(rows: list[dict]) -> tuple[list[str], Callable[[dict], list[str]]]:
+    """(titles, row -> cells) of the speed columns: Whisper's encoder and transcription, else the token shapes."""
+    if all("encoder_ms" in r for r in rows):
+        return (["encoder speedup 30 s", "encoder ms 30 s", "transcription speedup", "RTF"],
+                lambda r: [f"{r['encoder_speedup']:.2f}x", f"{r['encoder_ms']['1x30s']:.0f}",
+                           f"{r['rtf_speedup']:.2f}x", f"{r['rtf']:.3f}"])
+    keys = list(rows[0]["latency_ms"])  # SHAPE_KEYS, or an image model's (vision.bench_shapes)
+    return ([*[f"speedup {k}" for k in keys], *[f"ms {k}" for k in keys]],
+            lambda r: [*[f"{r['speedup'][k]:.2f}x" for k in keys], *[f"{r['latency_ms'][k]:.1f}" for k in keys]])
+
+
 def markdown(result: dict) -> str:
     task = result["task"]
-    head = ["method", "size MB", "smaller", *[f"speedup {k}" for k in SHAPE_KEYS], *[f"ms {k}" for k in SHAPE_KEYS]]
+    speed_head, speed_cells = _speed_columns(result["rows"])
+    speech = "RTF" in speed_head
+    head = ["method", "size MB", "smaller", *speed_head]
     if task:
         extra = result.get("extra", [])
         head += [task_label(task, result.get("metric")), "delta [95%]", *[EXTRA_LABELS.get(k, k) for k in extra]]
@@ -113,8 +147,7 @@ def markdown(result: dict) -> str:
         head += ["sentences/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
-        cells = [r["name"], f"{r['size_mb']:.1f}", f"{r['size_ratio']:.2f}x",
-                 *[f"{r['speedup'][k]:.2f}x" for k in SHAPE_KEYS], *[f"{r['latency_ms'][k]:.1f}" for k in SHAPE_KEYS]]
+        cells = [r["name"], f"{r['size_mb']:.1f}", f"{r['size_ratio']:.2f}x", *speed_cells(r)]
         if task:
             lo, hi = r[f"{task}_delta_95"]
             cells += [f"{r[task]:.2f}", f"{r[f'{task}_delta']:+.2f} [{lo:+.2f}, {hi:+.2f}]",
@@ -137,9 +170,14 @@ def markdown(result: dict) -> str:
             "not glibc": "the allocator's default (not glibc)"}.get(m.get("freed_memory"), "")
     lines.append(f"Measured on {m['model']} ({', '.join(m['flags']) or 'no AVX2'}), {m['threads']} threads"
                  + (f", {heap}" if heap else "") + "; "
-                 "latency is the median of the encoder forward at batch x seq, all rows timed in one loop that "
-                 "alternates between them (blocks of back-to-back runs, shuffled each round); speedup and size are "
-                 "ratios to the first row."
+                 + ("the encoder's time is the median of its forward on 30 s of audio at batch 1; RTF is the real-time "
+                    f"factor of transcribing it (the encoder and {DECODE_TOKENS} greedy decoder steps with the KV cache, "
+                    "over 30 s); "
+                    "all rows timed in turns" if speech else
+                    "latency is the median of the encoder forward at batch x seq (an image model: batch x image "
+                    "height, random pixels), all rows timed in one loop that alternates between them (blocks of "
+                    "back-to-back runs, shuffled each round)")
+                 + "; speedup and size are ratios to the first row."
                  + (" The quality delta's 95% interval is a paired bootstrap over the benchmark's examples (1000 "
                     "resamples): where it holds 0, the benchmark cannot tell that row from the first." if task else "")
                  + (" A causal LM's latency columns time the forward with logits at every position (scoring, "
@@ -179,19 +217,20 @@ def report_files(result: dict, model) -> dict[str, str]:
 
 
 def plot(result: dict, path) -> None:
-    """Speedup at 8x128 against quality, one labelled point a row (PNG)."""
+    """Speedup at 8x128 (a speech model: of its encoder) against quality, one labelled point a row (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     task = result["task"]
+    speech = all("encoder_speedup" in r for r in result["rows"])
     fig, ax = plt.subplots(figsize=(8, 5))
     for r in result["rows"]:
-        ax.scatter(r["speedup"]["8x128"], r[task])
-        ax.annotate(r["name"], (r["speedup"]["8x128"], r[task]), fontsize=7, xytext=(4, 2),
-                    textcoords="offset points")
-    ax.set_xlabel("speedup at 8x128 vs torch fp32 (same run)")
+        x = r["encoder_speedup"] if speech else r["speedup"]["8x128"]
+        ax.scatter(x, r[task])
+        ax.annotate(r["name"], (x, r[task]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    ax.set_xlabel(f"speedup {'of the encoder on 30 s of audio' if speech else 'at 8x128'} vs torch fp32 (same run)")
     ax.set_ylabel(f"{task} ({(result.get('metric') or '').replace('_', ' ')})")  # e.g. sst2 (accuracy x100)
     m = result["machine"]
     ax.set_title(f"{m['model']} ({', '.join(m['flags'])}), {m['threads']} threads", fontsize=9)
