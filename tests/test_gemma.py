@@ -10,7 +10,7 @@ import torch
 
 import slimformer
 from slimformer.errors import BudgetError, SlimformerError
-from slimformer.measure.lm import document_nll, lm_speed, perplexity
+from slimformer.measure.lm import document_nll, lm_speeds, perplexity
 from slimformer.measure.tasks import check_task, default_task, evaluate, result_interval
 from slimformer.passes.calib import lm_kl, lm_reference
 from slimformer.passes.structure import slice_ffn, slice_heads
@@ -214,7 +214,7 @@ def test_bench_reports_prefill_and_decode(gemma, monkeypatch):
 
     monkeypatch.setattr(lm, "PREFILL_SHAPES", ((1, 8), (2, 8)))  # the keys follow the shapes; small ones are quick
     monkeypatch.setattr(lm, "DECODE_TOKENS", 4)
-    out = lm_speed(gemma, runs=1)
+    out = lm_speeds({"m": gemma}, runs=1)["m"]
     assert set(out["prefill_ms"]) == {"1x8", "2x8"} and all(v > 0 for v in out["prefill_ms"].values())
     assert out["decode_tokens_per_s"] > 0
 
@@ -392,7 +392,7 @@ def test_prefill_is_time_to_first_token(gemma, monkeypatch):
     monkeypatch.setattr(type(gemma.net), "forward", spy)
     monkeypatch.setattr(lm, "PREFILL_SHAPES", ((2, 8),))
     monkeypatch.setattr(lm, "DECODE_TOKENS", 2)
-    lm_speed(gemma, runs=1)
+    lm_speeds({"m": gemma}, runs=1)
     assert (2, 1, gemma.config.vocab_size) in seen and (2, 8, gemma.config.vocab_size) not in seen
 
 

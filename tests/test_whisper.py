@@ -286,7 +286,8 @@ def whisper_dir(tmp_path_factory) -> Path:
     cfg = T.WhisperConfig(**{**SIZES, "max_source_positions": 50, "max_target_positions": 160})
     T.WhisperForConditionalGeneration(cfg).eval().save_pretrained(path)
     for i in range(3):
-        wavfile.write(path.parent / f"{i}.wav", 16000, (np.sin(np.arange(16000) * (i + 1) / 20) * 9000).astype(np.int16))
+        tone = np.sin(np.arange(16000) * (i + 1) / 20) * 9000
+        wavfile.write(path.parent / f"{i}.wav", 16000, tone.astype(np.int16))
     (path.parent / "set.tsv").write_text("audio\ttext\n" + "".join(f"{i}.wav\tw{i + 5} w{i + 9}\n" for i in range(3)))
     return path
 

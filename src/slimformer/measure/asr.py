@@ -80,8 +80,3 @@ def speech_speeds(models: dict, runs: int = 20) -> dict[str, dict]:
     full = interleaved_ms({n: c[1] for n, c in calls.items()}, max(3, runs // 5), give_up_ms=float("inf"))
     return {n: {"encoder_ms": {"1x30s": round(enc_ms[n], 2)}, "rtf": round(full[n] / 1e3 / AUDIO_S, 4)}
             for n in models}
-
-
-def speech_speed(model, runs: int = 20) -> dict:
-    """speech_speeds of one model: {"encoder_ms": {"1x30s"}, "rtf"}."""
-    return speech_speeds({"m": model}, runs)["m"]

@@ -115,8 +115,3 @@ def lm_speeds(models: dict, runs: int = 20) -> dict[str, dict]:
     return {n: {"prefill_ms": prefill[n],
                 "decode_tokens_per_s": round(DECODE_TOKENS / max(full[n] - first[n], 1e-6) * 1e3, 2)}
             for n in models}
-
-
-def lm_speed(model, runs: int = 20) -> dict:
-    """lm_speeds of one model: {"prefill_ms": {"1x128", "8x128"}, "decode_tokens_per_s"}."""
-    return lm_speeds({"m": model}, runs)["m"]

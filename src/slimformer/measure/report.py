@@ -111,12 +111,15 @@ def measure(models: dict[str, SlimModel], task: str | None = AUTO, runs: int = 2
 
 
 EXTRA_LABELS = {"macro_f1_x100": "macro-F1"}  # column titles of TaskResult.extra figures
+COUNTS = ("tokens", "words")  # extras that count the benchmark itself: one value in every row (the JSON keeps them)
 
 
 def task_label(task: str, metric: str | None) -> str:
-    """The quality column's title: STSB (Spearman), or e.g. "sst2 accuracy"."""
+    """The quality column's title: STSB (Spearman), "WER %", "perplexity", or e.g. "sst2 accuracy"."""
     if task == "stsb":
         return "STSB"
+    if metric in ("wer", "perplexity"):
+        return {"wer": "WER %", "perplexity": "perplexity"}[metric]
     return f"{task} accuracy" if (metric or "").startswith("accuracy") else task
 
 
@@ -137,7 +140,7 @@ def markdown(result: dict) -> str:
     speech = "RTF" in speed_head
     head = ["method", "size MB", "smaller", *speed_head]
     if task:
-        extra = result.get("extra", [])
+        extra = [k for k in result.get("extra", []) if k not in COUNTS]
         head += [task_label(task, result.get("metric")), "delta [95%]", *[EXTRA_LABELS.get(k, k) for k in extra]]
     lm = all("prefill_ms" in r for r in result["rows"])  # a causal LM: time to first token and decoding
     if lm:
@@ -170,16 +173,16 @@ def markdown(result: dict) -> str:
             "not glibc": "the allocator's default (not glibc)"}.get(m.get("freed_memory"), "")
     lines.append(f"Measured on {m['model']} ({', '.join(m['flags']) or 'no AVX2'}), {m['threads']} threads"
                  + (f", {heap}" if heap else "") + "; "
-                 + ("the encoder's time is the median of its forward on 30 s of audio at batch 1; RTF is the real-time "
-                    f"factor of transcribing it (the encoder and {DECODE_TOKENS} greedy decoder steps with the KV cache, "
-                    "over 30 s); "
-                    "all rows timed in turns" if speech else
+                 + ("the encoder's time is the median of its forward on 30 s of audio at batch 1; RTF is the "
+                    f"real-time factor of transcribing it (the encoder and {DECODE_TOKENS} greedy decoder steps with "
+                    "the KV cache, over 30 s); all rows timed in turns" if speech else
                     "latency is the median of the encoder forward at batch x seq (an image model: batch x image "
                     "height, random pixels), all rows timed in one loop that alternates between them (blocks of "
                     "back-to-back runs, shuffled each round)")
                  + "; speedup and size are ratios to the first row."
-                 + (" The quality delta's 95% interval is a paired bootstrap over the benchmark's examples (1000 "
-                    "resamples): where it holds 0, the benchmark cannot tell that row from the first." if task else "")
+                 + (f" Quality: `{task}`; the delta's 95% interval is a paired bootstrap over the benchmark's "
+                    "examples (1000 resamples): where it holds 0, the benchmark cannot tell that row from the first."
+                    if task else "")
                  + (" A causal LM's latency columns time the forward with logits at every position (scoring, "
                     "perplexity); prefill is the time to the first token (the prompt's forward with the last "
                     "position's logits, as generate runs it); decode is greedy tokens/s with the KV cache at batch 1; "
