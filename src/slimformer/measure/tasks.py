@@ -13,11 +13,11 @@ from ..data import read_cls_tsv, read_lines, read_sst2, read_sts_tsv, read_stsb
 from .lm import PPL_BATCH, coverage, document_nll, perplexity, ppl_interval
 from .asr import utterance_errors, wer, wer_interval
 from ..speech import read_speech_tsv
-from ..errors import DataFormatError, SlimformerError
+from ..errors import SlimformerError
+from .labels import SST2_LABELS, fits_sst2, gold_ids, id2label_of, show_labels
 
 AUTO = "auto"  # the model's own task: default_task(model)
 SEQ_CLS = "sequence-classification"  # SlimModel.head of a sequence classifier
-SST2_LABELS = ("negative", "positive")  # SST-2's label ids 0 and 1
 TASKS = "stsb, stsb-dev, sts:PATH, sst2, cls:PATH, ppl, ppl:PATH, wer:PATH"
 SPEECH_SEQ2SEQ = "speech-seq2seq"  # SlimModel.head of Whisper
 CAUSAL_LM = "causal-lm"  # SlimModel.head of a decoder LM
@@ -96,26 +96,6 @@ def inference_fn(model):
     return model.predict if getattr(model, "head", None) else model.encode
 
 
-# ------------------------------------------------------------------------------------------------ the model's labels
-
-def _id2label(model) -> dict[int, str]:
-    return {int(k): str(v) for k, v in model.config.id2label.items()}
-
-
-def _show(id2label: dict[int, str]) -> str:
-    items = [f"{k}={v}" for k, v in sorted(id2label.items())]
-    return ", ".join(items[:8]) + (f", ... ({len(items)} labels)" if len(items) > 8 else "")
-
-
-def _generic(id2label: dict[int, str]) -> bool:
-    """transformers' placeholder names (LABEL_0, LABEL_1, ...): the ids carry the meaning."""
-    return all(v == f"LABEL_{k}" for k, v in id2label.items())
-
-
-def _fits_sst2(id2label: dict[int, str]) -> bool:
-    return len(id2label) == 2 and (_generic(id2label) or {v.lower() for v in id2label.values()} == set(SST2_LABELS))
-
-
 def default_task(model) -> str:
     """The model's own task: stsb for an embedder, sst2 for a 2-label sequence classifier whose labels are SST-2's
     (negative/positive in any order, or LABEL_0/LABEL_1 read as ids); anything else must be named."""
@@ -125,10 +105,10 @@ def default_task(model) -> str:
     if head == CAUSAL_LM:
         return "ppl"
     if head == SEQ_CLS:
-        labels = _id2label(model)
-        if _fits_sst2(labels):
+        labels = id2label_of(model)
+        if fits_sst2(labels):
             return "sst2"
-        raise SlimformerError(f"no built-in task has this classifier's labels ({_show(labels)}): give --task "
+        raise SlimformerError(f"no built-in task has this classifier's labels ({show_labels(labels)}): give --task "
                               "cls:PATH, a TSV with a sentence (or sentence1, sentence2) and a label column")
     if head == SPEECH_SEQ2SEQ:
         raise SlimformerError("a speech recognizer is scored on a speech set: give --task wer:PATH (a TSV with "
@@ -153,38 +133,6 @@ def _check_fits(task: str, model) -> str:
         raise SlimformerError(f"task '{task}' scores sentence embeddings; this model is a {head} model "
                               "(its tasks: sst2, cls:PATH)")
     return kind
-
-
-def gold_ids(task: str, labels: list[str], model) -> np.ndarray:
-    """Each label (a name of the model's id2label, any case, or an id) as the model's label id: (n,) int64.
-    SST-2's gold is negative/positive: a model with placeholder names LABEL_0/LABEL_1 reads them as ids 0/1."""
-    id2label = _id2label(model)
-    if task == "sst2":
-        if not _fits_sst2(id2label):
-            raise SlimformerError(f"sst2: the model's labels ({_show(id2label)}) are not SST-2's (0=negative, "
-                                  "1=positive); give --task cls:PATH with the model's own labels")
-        if _generic(id2label):
-            labels = [str(SST2_LABELS.index(y)) for y in labels]
-    by_name = {v: k for k, v in id2label.items()}
-    lower = {}
-    for k, v in id2label.items():
-        lower.setdefault(v.lower(), set()).add(k)
-    ids = []
-    for y in labels:
-        if y in by_name:
-            ids.append(by_name[y])
-        elif len(lower.get(y.lower(), ())) == 1:
-            ids.append(next(iter(lower[y.lower()])))
-        elif y.isdigit() and int(y) in id2label:
-            ids.append(int(y))
-        else:
-            ids.append(None)
-    bad = sorted({y for y, i in zip(labels, ids) if i is None})
-    if bad:
-        src = task[4:] if task.startswith("cls:") else task
-        raise DataFormatError(f"{src}: label(s) {', '.join(map(repr, bad[:5]))} are not the model's labels "
-                              f"({_show(id2label)}); give an id or a name from its id2label")
-    return np.asarray(ids, dtype=np.int64)
 
 
 def check_task(task: str | None, model) -> str:
@@ -250,9 +198,9 @@ def evaluate(model, task: str | None = AUTO, batch_size: int = 64) -> TaskResult
     examples = cls_examples(task)
     gold = gold_ids(task, [y for _, y in examples], model)  # (n,)
     logits = np.asarray(model.predict([x for x, _ in examples], batch_size=batch_size))  # (n, C)
-    if logits.shape != (len(examples), len(_id2label(model))):
+    if logits.shape != (len(examples), len(id2label_of(model))):
         raise SlimformerError(f"predict gave logits of shape {logits.shape} for {len(examples)} examples and "
-                              f"{len(_id2label(model))} labels")
+                              f"{len(id2label_of(model))} labels")
     pred = logits.argmax(1)
     correct = (pred == gold).astype(np.float64)
     return TaskResult(task, "accuracy_x100", float(correct.mean() * 100), len(examples), correct, None,

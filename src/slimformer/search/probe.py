@@ -10,8 +10,9 @@ from scipy.stats import spearmanr
 
 from ..measure.bench import size_mb, throughput
 from ..measure.report import runnable
-from ..measure.tasks import (cls_examples, delta_interval, evaluate, gold_ids, inference_fn, pair_cosines,
-                             sts_pairs, task_inputs, task_kind)
+from ..measure.labels import gold_ids
+from ..measure.tasks import (cls_examples, delta_interval, evaluate, inference_fn, pair_cosines, sts_pairs,
+                             task_inputs, task_kind)
 from ..timing import SHAPES, latency_ms
 from .space import OBJECTIVES
 
