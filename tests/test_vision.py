@@ -294,5 +294,71 @@ def test_bench_and_peers_time_an_image_model(tmp_path):
         assert r["speedup"]["8x16"] == pytest.approx(rows["torch fp32 eager (original)"]["latency_ms"]["8x16"]
                                                      / r["latency_ms"]["8x16"], abs=0.01)
     assert result["task"] is None and "| speedup 1x16 | speedup 8x16 |" in table
-    with pytest.raises(SlimformerError, match="no quality task"):
+    with pytest.raises(SlimformerError, match="scores sentence embeddings; this model is a image-classification"):
         compare_peers([str(small)], runs=5, out_dir=tmp_path / "peers", task="stsb")
+
+
+def _labelled(tmp_path, names: list[str], per_label: int = 4):
+    """A folder of random PNGs, one subfolder per label name."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for name in names:
+        (tmp_path / "labelled" / name).mkdir(parents=True)
+        for i in range(per_label):
+            pixels = rng.integers(0, 256, (20, 18, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "labelled" / name / f"{i}.png")
+    return tmp_path / "labelled"
+
+
+def test_an_image_classifier_is_scored_on_a_folder_of_labelled_images(tmp_path):
+    """--task cls:FOLDER (one subfolder per label): accuracy x100 of the argmax of the classifier's logits on each
+    image, the same as computed by hand; labels by name (any case) or id; `predict` takes image paths; a compress
+    report and bench --peers get the quality column; a text task, or a folder for a text classifier, is a one-line
+    error."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from slimformer import cli
+    from slimformer.measure.peers import compare_peers
+    from slimformer.measure.tasks import check_task, default_task, evaluate
+
+    folder, images = _image_classifier_dir(tmp_path)
+    model = slimformer.load(folder)
+    labelled = _labelled(tmp_path, ["CLASS_0", "class_1", "2"])  # a name in another case, a name, an id
+    task = f"cls:{labelled}"
+    files = sorted(labelled.glob("*/*.png"))
+    with torch.no_grad():
+        logits = model.logits_batch(dict(model.tokenizer(images=[Image.open(f).convert("RGB") for f in files],
+                                                          return_tensors="pt")))
+    gold = torch.tensor([{"CLASS_0": 0, "class_1": 1, "2": 2}[f.parent.name] for f in files])
+    np.testing.assert_allclose(model.predict([str(f) for f in files]), logits.numpy(), atol=1e-5)
+    result = evaluate(model, task)
+    assert result.n == 12 and result.value == pytest.approx(float((logits.argmax(1) == gold).float().mean()) * 100)
+    with pytest.raises(SlimformerError, match="give --task cls:FOLDER"):
+        default_task(model)
+    with pytest.raises(SlimformerError, match="scores sentence embeddings; this model is a image-classification"):
+        check_task("stsb", model)
+    with pytest.raises(SlimformerError, match="scores an image classifier's predictions"):
+        check_task(task, slimformer.load(build_text_classifier(tmp_path)))
+    out = CliRunner().invoke(cli.app, ["compress", str(folder), "-r", "heads(keep=2)", "-o", str(tmp_path / "h"),
+                                       "--calib", str(images), "--task", task, "--runs", "2"])
+    assert out.exit_code == 0, out.output
+    report = json.loads((tmp_path / "h" / "report.json").read_text())
+    assert report["rows"][0][task] == pytest.approx(result.value) and "speedup" in report["rows"][1]
+    peers, table = compare_peers([str(tmp_path / "h")], runs=2, out_dir=tmp_path / "peers", task=task)
+    rows = {r["name"]: r for r in peers["rows"]}
+    assert rows["ORT fp32"][task] == rows["torch fp32 eager (original)"][task] == pytest.approx(result.value)
+    assert f"{task} accuracy" in table and (tmp_path / "peers" / "peers.png").is_file()
+
+
+def build_text_classifier(tmp_path):
+    """A tiny random BERT sequence classifier folder (3 labels) with MiniLM's tokenizer."""
+    from slimformer.io import default_model_dir
+
+    torch.manual_seed(0)
+    cfg = T.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64, num_labels=3)
+    T.BertForSequenceClassification(cfg).eval().save_pretrained(tmp_path / "txt-cls")
+    T.AutoTokenizer.from_pretrained(default_model_dir()).save_pretrained(tmp_path / "txt-cls")
+    return tmp_path / "txt-cls"

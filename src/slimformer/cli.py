@@ -33,8 +33,8 @@ def compress(model: Optional[str] = MODEL_ARG,
              force: bool = typer.Option(False, "--force", help="overwrite an existing output folder"),
              calib: Optional[Path] = typer.Option(None, "--calib", help="calibration text, one sentence a line"),
              task: str = typer.Option("auto", "--task", help="quality task for the report: auto (the model's own: "
-                                      "stsb for an embedder, sst2 for a 2-label classifier; a speech model has no "
-                                      "report without wer:PATH), a task eval takes, or none"),
+                                      "stsb for an embedder, sst2 for a 2-label classifier; a speech or image model: "
+                                      "no report without wer:PATH or cls:FOLDER), a task eval takes, or none"),
              runs: int = typer.Option(20, "--runs", help="timed runs per shape")):
     """Compress MODEL with RECIPE into OUT, with report.json / report.md against the original."""
     from . import recipe as recipes
@@ -57,12 +57,13 @@ def compress(model: Optional[str] = MODEL_ARG,
     # a training step keeps resumable state beside OUT: the same command after a crash (even kill -9) resumes
     ckpt = Path(out).resolve().parent / f".{Path(out).name}.checkpoint"
     modality = getattr(base, "modality", "text")
-    if modality == "image" or (modality == "speech" and task == "auto"):  # no quality task of its own: no report
+    if modality != "text" and task == "auto":  # an image or speech model has no task of its own: no report
         from .api import compress as compress_model
 
         small = compress_model(base, steps, calib=str(calib) if calib else None, checkpoint_dir=ckpt)
-        why = "an image model has no quality task yet" if modality == "image" else "give --task wer:PATH for one"
-        typer.echo(f"wrote {io.save(small, out, force=force)} (no report: {why}; measure it with bench and eval)")
+        task = "cls:FOLDER (an image classifier)" if modality == "image" else "wer:PATH"
+        typer.echo(f"wrote {io.save(small, out, force=force)} (no report: give --task {task} for one; measure it "
+                   "with bench and eval)")
         return
     # compare() checks that the task fits the model (auto: picks the model's own) before compressing
     result, models = compare({"original": base}, {"compressed": steps}, None if task == "none" else task, runs,
@@ -133,7 +134,8 @@ def eval_(model: Optional[str] = MODEL_ARG,
           task: Optional[str] = typer.Option(None, "--task", help="stsb | stsb-dev | sts:PATH | sst2 | cls:PATH "
                                              "| ppl | ppl:PATH | wer:PATH (default: the model's own: stsb for an "
                                              "embedder, sst2 for a 2-label classifier, ppl (SST-2 dev) for a causal "
-                                             "LM; a speech model: wer:PATH, a TSV audio<TAB>text)"),
+                                             "LM; a speech model: wer:PATH, a TSV audio<TAB>text; an image "
+                                             "classifier: cls:FOLDER, one subfolder of images per label)"),
           as_json: bool = typer.Option(False, "--json")):
     """Quality on a real benchmark (STS-B test: Spearman of cosine x100; classification: accuracy x100)."""
     from . import io

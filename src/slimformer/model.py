@@ -19,6 +19,7 @@ from torch import nn
 from .arch import Adapter, adapter_for, head_of, model_type_of
 from .errors import PoolingError, UnsupportedArchitectureError
 from .runtime.heap import keep_freed_memory
+from .vision import IMAGE, load_pixels
 
 keep_freed_memory()  # before any forward: big activations come from a kept heap, not fresh mmaps (runtime/heap.py)
 POOLING_MODES = ("mean", "cls", "max")
@@ -46,7 +47,10 @@ class SentenceEncoder:
     max_seq_length: int
 
     def tokenize(self, texts: Inputs) -> dict[str, torch.Tensor]:
-        """Sentences, or (first, second) pairs tokenized as pairs (token_type_ids mark the second sentence)."""
+        """Sentences, or (first, second) pairs tokenized as pairs (token_type_ids mark the second sentence); an image
+        model's images (file paths or PIL images) through its image processor: {"pixel_values": (B, C, H, W)}."""
+        if getattr(self, "modality", "text") == IMAGE:
+            return {"pixel_values": load_pixels(texts, self.tokenizer)}
         pairs = bool(texts) and not isinstance(texts[0], str)
         args = (list(t[0] for t in texts), list(t[1] for t in texts)) if pairs else (list(texts),)
         return dict(self.tokenizer(*args, padding=True, truncation=True, max_length=self.max_seq_length,
@@ -63,9 +67,12 @@ class SentenceEncoder:
     def predict(self, inputs: Inputs, batch_size: int = 32) -> np.ndarray | list[np.ndarray]:
         """Logits like sentence-transformers' CrossEncoder.predict without activation: (N, C) for a sequence
         classifier; for a token classifier a list of N (T_i, C) arrays, one row per real token (special tokens
-        included). `inputs`: sentences, or (first, second) pairs. Longest first, padded per batch, in input order."""
+        included). `inputs`: sentences, or (first, second) pairs, or an image classifier's images (file paths or PIL
+        images). Longest first, padded per batch, in input order."""
         items = list(inputs)
-        order = np.argsort([-sum(map(len, (t,) if isinstance(t, str) else t)) for t in items], kind="stable")
+        text = getattr(self, "modality", "text") != IMAGE  # images: one size, in input order
+        order = np.argsort([-sum(map(len, (t,) if isinstance(t, str) else t)) if text else 0 for t in items],
+                           kind="stable")
         out: list = [None] * len(items)
         for i in range(0, len(items), batch_size):
             idx = order[i : i + batch_size]

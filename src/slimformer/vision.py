@@ -44,18 +44,39 @@ def random_pixels(config, n: int = CALIB_IMAGES, seed: int = 0) -> torch.Tensor:
     return torch.randn((n, *pixel_shape(config)), generator=torch.Generator().manual_seed(seed))
 
 
-def folder_pixels(folder: Path, processor) -> torch.Tensor:
-    """Every image file in `folder` (sorted by name) through the model's image processor: (N, C, H, W)."""
+def image_files(folder: Path) -> list[Path]:
+    """The image files in `folder`, sorted by name."""
+    return sorted(f for f in Path(folder).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_pixels(images: list, processor) -> torch.Tensor:
+    """Images (file paths or PIL images) through the model's image processor: (N, C, H, W)."""
     from PIL import Image
 
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    if processor is None:
+        raise SlimformerError("images need the model's image processor (preprocessor_config.json); this model has "
+                              "none: pass preprocessed tensors (pixel_values) instead")
+    images = [Image.open(x).convert("RGB") if isinstance(x, (str, os.PathLike)) else x.convert("RGB") for x in images]
+    return processor(images=images, return_tensors="pt")["pixel_values"].float()
+
+
+def folder_pixels(folder: Path, processor) -> torch.Tensor:
+    """Every image file in `folder` (sorted by name) through the model's image processor: (N, C, H, W)."""
+    files = image_files(folder)
     if not files:
         raise SlimformerError(f"calibration folder {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-    if processor is None:
-        raise SlimformerError("calibration images need the model's image processor (preprocessor_config.json); "
-                              "this model has none: pass preprocessed tensors instead")
-    images = [Image.open(f).convert("RGB") for f in files]
-    return processor(images=images, return_tensors="pt")["pixel_values"].float()
+    return load_pixels(files, processor)
+
+
+def labelled_images(folder: str | Path) -> list[tuple[str, str]]:
+    """(image path, label) of a labelled image folder: one subfolder per label, named as the label (a name of the
+    model's id2label or an id), its image files inside (torchvision's ImageFolder layout)."""
+    folder = Path(folder)
+    pairs = [(str(f), sub.name) for sub in sorted(d for d in folder.iterdir() if d.is_dir()) for f in image_files(sub)]
+    if not pairs:
+        raise SlimformerError(f"{folder}: no labelled images (one subfolder per label, image files inside: "
+                              f"{', '.join(IMAGE_SUFFIXES)})")
+    return pairs
 
 
 def calibration_pixels(calib, model) -> torch.Tensor:

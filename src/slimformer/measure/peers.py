@@ -134,10 +134,9 @@ def compare_peers(paths: list[str], runs: int, out_dir, show_progress: bool = Fa
     if not isinstance(base, SlimModel):
         raise SlimformerError(f"bench --peers: the base {base_dir} is an export; give the torch model it came from")
     text = getattr(base, "modality", "text") == "text"
-    if is_image(base) and task:
-        raise SlimformerError("bench --peers: an image model has no quality task yet; leave out --task")
-    # checked before the peers are built: a task that does not fit fails in seconds
-    task = None if is_image(base) else check_task(task, base)
+    # checked before the peers are built: a task that does not fit fails in seconds. An image model has no task of
+    # its own (an image classifier's is a folder of the user's labelled images: cls:FOLDER)
+    task = None if is_image(base) and not task else check_task(task, base)
     texts = task_inputs(task) if text else None  # throughput: text inputs only
     skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:  # the peers' exports live until they are measured
@@ -165,6 +164,6 @@ def compare_peers(paths: list[str], runs: int, out_dir, show_progress: bool = Fa
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "peers.json").write_text(json.dumps(result, indent=1))
     (out_dir / "peers.md").write_text(table + "\n")
-    if task:  # speed against quality: an image model has no quality column yet
+    if task:  # speed against quality: none without a quality column (an image model without --task)
         plot(result, out_dir / "peers.png")
     return result, table

@@ -220,20 +220,24 @@ def report_files(result: dict, model) -> dict[str, str]:
 
 
 def plot(result: dict, path) -> None:
-    """Speedup at 8x128 (a speech model: of its encoder) against quality, one labelled point a row (PNG)."""
+    """Speedup at a batch shape (8x128; an image model: 8 images; a speech model: its encoder on 30 s of audio)
+    against quality, one labelled point a row (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    task = result["task"]
-    speech = all("encoder_speedup" in r for r in result["rows"])
+    task, rows = result["task"], result["rows"]
+    if all("encoder_speedup" in r for r in rows):
+        xs, what = [r["encoder_speedup"] for r in rows], "of the encoder on 30 s of audio"
+    else:
+        key = "8x128" if "8x128" in rows[0]["speedup"] else list(rows[0]["speedup"])[-1]
+        xs, what = [r["speedup"][key] for r in rows], f"at {key}"
     fig, ax = plt.subplots(figsize=(8, 5))
-    for r in result["rows"]:
-        x = r["encoder_speedup"] if speech else r["speedup"]["8x128"]
+    for r, x in zip(rows, xs):
         ax.scatter(x, r[task])
         ax.annotate(r["name"], (x, r[task]), fontsize=7, xytext=(4, 2), textcoords="offset points")
-    ax.set_xlabel(f"speedup {'of the encoder on 30 s of audio' if speech else 'at 8x128'} vs torch fp32 (same run)")
+    ax.set_xlabel(f"speedup {what} vs torch fp32 (same run)")
     ax.set_ylabel(f"{task} ({(result.get('metric') or '').replace('_', ' ')})")  # e.g. sst2 (accuracy x100)
     m = result["machine"]
     ax.set_title(f"{m['model']} ({', '.join(m['flags'])}), {m['threads']} threads", fontsize=9)

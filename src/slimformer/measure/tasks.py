@@ -5,6 +5,7 @@ examples moves (paired bootstrap)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -13,11 +14,13 @@ from ..data import read_cls_tsv, read_lines, read_sst2, read_sts_tsv, read_stsb
 from .lm import PPL_BATCH, coverage, document_nll, perplexity, ppl_interval
 from .asr import utterance_errors, wer, wer_interval
 from ..speech import read_speech_tsv
+from ..vision import labelled_images
 from ..errors import SlimformerError
 from .labels import SST2_LABELS, fits_sst2, gold_ids, id2label_of, show_labels
 
 AUTO = "auto"  # the model's own task: default_task(model)
 SEQ_CLS = "sequence-classification"  # SlimModel.head of a sequence classifier
+IMAGE_CLS = "image-classification"  # SlimModel.head of ViT / DeiT with their classifier
 TASKS = "stsb, stsb-dev, sts:PATH, sst2, cls:PATH, ppl, ppl:PATH, wer:PATH"
 SPEECH_SEQ2SEQ = "speech-seq2seq"  # SlimModel.head of Whisper
 CAUSAL_LM = "causal-lm"  # SlimModel.head of a decoder LM
@@ -60,9 +63,12 @@ def sts_pairs(task: str) -> list[tuple[str, str, float]]:
 
 
 def cls_examples(task: str) -> list[tuple[str | tuple[str, str], str]]:
-    """(text or (sentence1, sentence2), label as written: an id or a name) of a classification task."""
+    """(text or (sentence1, sentence2), or an image's path; label as written: an id or a name) of a classification
+    task: cls:PATH is a TSV of texts, or a folder of images with one subfolder per label."""
     if task == "sst2":
         return [(s, SST2_LABELS[y]) for s, y in read_sst2("dev")]
+    if task.startswith("cls:") and Path(task[4:]).is_dir():
+        return labelled_images(task[4:])
     if task.startswith("cls:"):
         return read_cls_tsv(task[4:])
     raise SlimformerError(f"unknown classification task '{task}' (tasks: {TASKS})")
@@ -113,6 +119,9 @@ def default_task(model) -> str:
     if head == SPEECH_SEQ2SEQ:
         raise SlimformerError("a speech recognizer is scored on a speech set: give --task wer:PATH (a TSV with "
                               "header audio<TAB>text; benchmarks/speech_set.py makes one)")
+    if head == IMAGE_CLS:
+        raise SlimformerError("an image classifier is scored on labelled images: give --task cls:FOLDER (one "
+                              "subfolder per label, named as the label, its images inside)")
     raise SlimformerError(f"no quality task for a {head} model yet (compress: --task none)")
 
 
@@ -126,12 +135,15 @@ def _check_fits(task: str, model) -> str:
         what = "a causal LM" if head == CAUSAL_LM else f"a {head or 'embedder'} model"
         raise SlimformerError(f"task '{task}': perplexity scores a causal LM and a causal LM takes only perplexity "
                               f"(ppl, ppl:PATH); this model is {what}")
-    if kind == "cls" and (head != SEQ_CLS or not hasattr(model, "predict")):
+    images = kind == "cls" and task.startswith("cls:") and Path(task[4:]).is_dir()
+    if kind == "cls" and head != (IMAGE_CLS if images else SEQ_CLS):
         what = "an embedder (no classification head)" if head is None else f"a {head} model"
-        raise SlimformerError(f"task '{task}' scores a sequence classifier's predictions; this model is {what}")
-    if kind == "sts" and head is not None:
-        raise SlimformerError(f"task '{task}' scores sentence embeddings; this model is a {head} model "
-                              "(its tasks: sst2, cls:PATH)")
+        scores = "an image classifier's predictions (a folder)" if images else "a sequence classifier's predictions"
+        raise SlimformerError(f"task '{task}' scores {scores}; this model is {what}")
+    if kind == "sts" and (head is not None or getattr(model, "modality", "text") != "text"):
+        hint = " (its tasks: sst2, cls:PATH)" if head == SEQ_CLS else ""
+        what = f"a {head} model{hint}" if head else "an image model"
+        raise SlimformerError(f"task '{task}' scores sentence embeddings; this model is {what}")
     return kind
 
 
