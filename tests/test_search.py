@@ -278,3 +278,21 @@ def test_impossible_budget_is_one_line_and_non_zero(tiny_dir, sts_slice, tmp_pat
     assert "below the original's re-measurement noise" in lines[0] and "no trial completed" in lines[0]
     assert json.loads((tmp_path / "out.search.json").read_text())["chosen"] is None
     assert not (tmp_path / "out").exists()
+
+
+def test_search_refuses_a_model_it_cannot_score_yet_in_one_line(tmp_path):
+    """Its trials score a slice of a text task and time token batches: an image model, a speech model or a causal LM
+    is refused before anything is measured."""
+    import torch
+    import transformers as T
+
+    import slimformer
+    from slimformer.model import SlimModel
+
+    torch.manual_seed(0)
+    vit = T.ViTModel(T.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                 image_size=16, patch_size=4)).eval()
+    folder = slimformer.save(SlimModel(vit, None, pooling="cls"), tmp_path / "vit")
+    with pytest.raises(SlimformerError, match="search: not yet for an image model"):
+        studies.search(str(folder), 1.0, tmp_path / "out", n_trials=1)
+    assert not (tmp_path / ".out.search").exists()  # nothing measured

@@ -215,7 +215,8 @@ def search(model: Optional[str] = MODEL_ARG,
         from . import io
         from .measure.tasks import default_task
 
-        own = default_task(io.load(model))
+        base = io.load(model)
+        own = default_task(base) if getattr(base, "modality", "text") == "text" else None  # search refuses the rest
         task = "stsb-dev" if own == "stsb" else own  # never the test split the README reports
     s = run_search(model, max_drop, out, task=task, objective=objective, runtime=runtime, minutes=minutes,
                    n_trials=trials, storage=storage, study_name=study, force=force, tries=tries, runs=runs,

@@ -220,6 +220,11 @@ def search(model: str | None, max_drop: float, out: str | os.PathLike, task: str
     if tries is None and len(runtimes) > 1:  # the original under torch is the reference itself: cost 1, drop 0
         picks = [c for c in picks if c != space.Candidate(None, "torch")]
     base = io.load(model)
+    kind = "a causal LM" if getattr(base, "head", None) == "causal-lm" else {
+        "image": "an image model", "speech": "a speech model"}.get(getattr(base, "modality", "text"))
+    if kind:  # its trials score a slice of a text task and time token batches (search/probe.py)
+        raise SlimformerError(f"search: not yet for {kind} (text encoders and classifiers only); compress it with a "
+                              "recipe and compare with bench --peers")
     task = check_task(task, base)
     n_layers = len(blocks(base.encoder, base.adapter))
     del base
