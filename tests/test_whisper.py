@@ -307,6 +307,8 @@ def test_bench_peers_and_the_compress_report_measure_a_speech_model(whisper_dir,
     assert out.exit_code == 0, out.output
     report = json.loads((tmp_path / "h" / "report.json").read_text())
     assert [r["name"] for r in report["rows"]] == ["original", "compressed"]
+    out = run(cli.app, ["bench", str(tmp_path / "h"), "--runs", "1"])  # one model, as text: its own speed keys
+    assert out.exit_code == 0 and "ms on 30 s of audio" in out.stdout and "rtf " in out.stdout, out.output
     out = run(cli.app, ["bench", str(tmp_path / "h"), "--peers", "--task", task, "--runs", "2", "--json",
                         "--out-dir", str(tmp_path / "peers")])
     assert out.exit_code == 0, out.output
