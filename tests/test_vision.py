@@ -293,7 +293,7 @@ def test_bench_and_peers_time_an_image_model(tmp_path):
         assert set(r["speedup"]) == {"1x16", "8x16"} and r["size_mb"] > 0
         assert r["speedup"]["8x16"] == pytest.approx(rows["torch fp32 eager (original)"]["latency_ms"]["8x16"]
                                                      / r["latency_ms"]["8x16"], abs=0.01)
-    assert result["task"] is None and "| speedup 1x16 | speedup 8x16 |" in table
+    assert result["task"] is None and "| speedup 1x16 | speedup 8x16 |" in table and "batch x image height" in table
     with pytest.raises(SlimformerError, match="scores sentence embeddings; this model is a image-classification"):
         compare_peers([str(small)], runs=5, out_dir=tmp_path / "peers", task="stsb")
 

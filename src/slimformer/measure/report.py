@@ -123,21 +123,27 @@ def task_label(task: str, metric: str | None) -> str:
     return f"{task} accuracy" if (metric or "").startswith("accuracy") else task
 
 
-def _speed_columns(rows: list[dict]) -> tuple[list[str], Callable[[dict], list[str]]]:
-    """(titles, row -> cells) of the speed columns: Whisper's encoder and transcription, else the token shapes."""
+def _speed_columns(rows: list[dict]) -> tuple[list[str], Callable[[dict], list[str]], str]:
+    """(titles, row -> cells, what the times are) of the speed columns: Whisper's encoder and transcription, else
+    the shapes the rows were timed at (token batches, or an image model's images)."""
     if all("encoder_ms" in r for r in rows):
         return (["encoder speedup 30 s", "encoder ms 30 s", "transcription speedup", "RTF"],
                 lambda r: [f"{r['encoder_speedup']:.2f}x", f"{r['encoder_ms']['1x30s']:.0f}",
-                           f"{r['rtf_speedup']:.2f}x", f"{r['rtf']:.3f}"])
+                           f"{r['rtf_speedup']:.2f}x", f"{r['rtf']:.3f}"],
+                "the encoder's time is the median of its forward on 30 s of audio at batch 1; RTF is the real-time "
+                f"factor of transcribing it (the encoder and {DECODE_TOKENS} greedy decoder steps with the KV cache, "
+                "over 30 s); all rows timed in turns")
     keys = list(rows[0]["latency_ms"])  # SHAPE_KEYS, or an image model's (vision.bench_shapes)
+    shape = "seq" if keys == SHAPE_KEYS else "image height (random pixels)"
     return ([*[f"speedup {k}" for k in keys], *[f"ms {k}" for k in keys]],
-            lambda r: [*[f"{r['speedup'][k]:.2f}x" for k in keys], *[f"{r['latency_ms'][k]:.1f}" for k in keys]])
+            lambda r: [*[f"{r['speedup'][k]:.2f}x" for k in keys], *[f"{r['latency_ms'][k]:.1f}" for k in keys]],
+            f"latency is the median of the encoder forward at batch x {shape}, all rows timed in one loop that "
+            "alternates between them (blocks of back-to-back runs, shuffled each round)")
 
 
 def markdown(result: dict) -> str:
     task = result["task"]
-    speed_head, speed_cells = _speed_columns(result["rows"])
-    speech = "RTF" in speed_head
+    speed_head, speed_cells, timed = _speed_columns(result["rows"])
     head = ["method", "size MB", "smaller", *speed_head]
     if task:
         extra = [k for k in result.get("extra", []) if k not in COUNTS]
@@ -173,13 +179,7 @@ def markdown(result: dict) -> str:
             "not glibc": "the allocator's default (not glibc)"}.get(m.get("freed_memory"), "")
     lines.append(f"Measured on {m['model']} ({', '.join(m['flags']) or 'no AVX2'}), {m['threads']} threads"
                  + (f", {heap}" if heap else "") + "; "
-                 + ("the encoder's time is the median of its forward on 30 s of audio at batch 1; RTF is the "
-                    f"real-time factor of transcribing it (the encoder and {DECODE_TOKENS} greedy decoder steps with "
-                    "the KV cache, over 30 s); all rows timed in turns" if speech else
-                    "latency is the median of the encoder forward at batch x seq (an image model: batch x image "
-                    "height, random pixels), all rows timed in one loop that alternates between them (blocks of "
-                    "back-to-back runs, shuffled each round)")
-                 + "; speedup and size are ratios to the first row."
+                 + timed + "; speedup and size are ratios to the first row."
                  + (f" Quality: `{task}`; the delta's 95% interval is a paired bootstrap over the benchmark's "
                     "examples (1000 resamples): where it holds 0, the benchmark cannot tell that row from the first."
                     if task else "")
