@@ -62,12 +62,17 @@ def sts_pairs(task: str) -> list[tuple[str, str, float]]:
     raise SlimformerError(f"unknown STS task '{task}' (tasks: {TASKS})")
 
 
+def images_task(task: str) -> bool:
+    """cls:FOLDER: an image classifier's labelled images (cls:PATH of a file: a text classifier's TSV)."""
+    return task.startswith("cls:") and Path(task[4:]).is_dir()
+
+
 def cls_examples(task: str) -> list[tuple[str | tuple[str, str], str]]:
     """(text or (sentence1, sentence2), or an image's path; label as written: an id or a name) of a classification
     task: cls:PATH is a TSV of texts, or a folder of images with one subfolder per label."""
     if task == "sst2":
         return [(s, SST2_LABELS[y]) for s, y in read_sst2("dev")]
-    if task.startswith("cls:") and Path(task[4:]).is_dir():
+    if images_task(task):
         return labelled_images(task[4:])
     if task.startswith("cls:"):
         return read_cls_tsv(task[4:])
@@ -135,7 +140,7 @@ def _check_fits(task: str, model) -> str:
         what = "a causal LM" if head == CAUSAL_LM else f"a {head or 'embedder'} model"
         raise SlimformerError(f"task '{task}': perplexity scores a causal LM and a causal LM takes only perplexity "
                               f"(ppl, ppl:PATH); this model is {what}")
-    images = kind == "cls" and task.startswith("cls:") and Path(task[4:]).is_dir()
+    images = images_task(task)
     if kind == "cls" and head != (IMAGE_CLS if images else SEQ_CLS):
         what = "an embedder (no classification head)" if head is None else f"a {head} model"
         scores = "an image classifier's predictions (a folder)" if images else "a sequence classifier's predictions"
