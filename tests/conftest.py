@@ -57,6 +57,7 @@ def kernel(request) -> str:
 @pytest.fixture
 def float_tol():
     """float_tol(exported): the tolerance, relative to the outputs' scale, of an fp32 export against torch. 1e-4 where
-    the runtime computes in fp32; 1e-2 where OpenVINO computes in bf16 (its default on CPUs with AVX512-BF16 or AMX:
-    8 significant bits, 2^-7 relative per rounding; measured up to 0.009 of a tiny classifier's largest logit)."""
-    return lambda exported: 1e-4 if exported.encoder.session.precision == "f32" else 1e-2
+    the runtime computes in fp32; 3e-2 where OpenVINO computes in bf16 (its default on CPUs with AVX512-BF16 or AMX:
+    8 significant bits, 2^-8 relative per rounding, compounded over layers; measured up to 0.015 of a tiny DeiT's
+    embeddings and 0.009 of a tiny classifier's largest logit, where the same graphs in f32 are within 1e-6)."""
+    return lambda exported: 1e-4 if exported.encoder.session.precision == "f32" else 3e-2

@@ -167,6 +167,23 @@ def test_onnx_export_matches_eager(kind, pixels, tmp_path):
     assert cosine(int8.embed_batch({"pixel_values": pixels}), ref) > 0.97  # ORT int8, one activation scale
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_openvino_export_matches_eager(kind, pixels, tmp_path, float_tol):
+    """OpenVINO IR of a narrowed image model: fp32 weights within the runtime's float tolerance (bf16 where OpenVINO
+    computes in bf16), and nncf's int8 weights close."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    model = slimformer.compress(build(kind), "heads(keep=2)+ffn(keep=48)", calib=CALIB)
+    ref = embed(model, pixels)
+    exported = slimformer.load(export(model, tmp_path / "fp32", int8=False, runtime="openvino"))
+    assert exported.manifest["runtime"] == "openvino" and exported.modality == "image"
+    got = exported.embed_batch({"pixel_values": pixels})
+    rel = ((got - ref).norm(dim=1) / ref.norm(dim=1)).max()  # each image's embedding, relative to its own size
+    assert rel < float_tol(exported), rel
+    int8 = slimformer.load(export(model, tmp_path / "int8", runtime="openvino"))
+    assert cosine(int8.embed_batch({"pixel_values": pixels}), ref) > 0.99  # int8 weights, float activations
+
+
 @pytest.mark.parametrize("recipe, word", [("fnet", "Fourier"), ("vocab", "vocabulary"), ("freeze", "traced")])
 def test_steps_for_text_refuse_images(recipe, word):
     with pytest.raises(StepNotApplicableError, match=f"image model .*{word}") as e:

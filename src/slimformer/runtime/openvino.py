@@ -52,7 +52,11 @@ class OpenVinoSession:
         self.path = path
         config = {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"}
         self.compiled = ov.Core().compile_model(str(path), "CPU", config)
-        self.input_names = [i.any_name for i in self.compiled.inputs]  # what run's feed holds
+        # what run's feed holds: the graph's own input names. An input can carry several, and any_name may be an
+        # internal one (CLIP's pixel_values came out as '/net/embeddings/Cast_output_0'): a name with no '/' is the
+        # graph's
+        self.input_names = [next((n for n in sorted(i.get_names()) if "/" not in n), i.any_name)
+                            for i in self.compiled.inputs]
         # what the float ops compute in: "bf16" on CPUs with AVX512-BF16 or AMX (OpenVINO's default there), else "f32"
         self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
 
