@@ -125,8 +125,9 @@ def compare_peers(paths: list[str], runs: int, out_dir, show_progress: bool = Fa
                   base: str | None = None, task: str | None = None) -> tuple[dict, str]:
     """The original under each peer's runtime next to the slimformer models at `paths`, in one run, with `task`
     (default: the original's own, tasks.default_task: STS-B test for an embedder, SST-2 dev for a 2-label classifier,
-    perplexity for a causal LM; a speech model needs wer:PATH) and, for text, corpus throughput (the task's inputs
-    run end to end); writes peers.json, peers.md and peers.png to out_dir.
+    perplexity for a causal LM; a speech model needs wer:PATH; an image model has none, an image classifier takes
+    cls:FOLDER) and, for text, corpus throughput (the task's inputs run end to end); writes peers.json, peers.md and
+    (with a task) peers.png to out_dir.
     base: the original every peer row is built from (default: base_of(paths)).
     Returns (measure()'s result plus sentence-transformers' throughput, the markdown table)."""
     base_dir = base_of(paths, base)
