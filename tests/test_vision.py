@@ -311,7 +311,7 @@ def test_bench_and_peers_time_an_image_model(tmp_path):
         assert r["speedup"]["8x16"] == pytest.approx(rows["torch fp32 eager (original)"]["latency_ms"]["8x16"]
                                                      / r["latency_ms"]["8x16"], abs=0.01)
     assert result["task"] is None and "| speedup 1x16 | speedup 8x16 |" in table and "batch x image height" in table
-    with pytest.raises(SlimformerError, match="scores sentence embeddings; this model is a image-classification"):
+    with pytest.raises(SlimformerError, match="scores sentence embeddings; this model is an image-classification"):
         compare_peers([str(small)], runs=5, out_dir=tmp_path / "peers", task="stsb")
 
 
@@ -354,7 +354,7 @@ def test_an_image_classifier_is_scored_on_a_folder_of_labelled_images(tmp_path):
     assert result.n == 12 and result.value == pytest.approx(float((logits.argmax(1) == gold).float().mean()) * 100)
     with pytest.raises(SlimformerError, match="give --task cls:FOLDER"):
         default_task(model)
-    with pytest.raises(SlimformerError, match="scores sentence embeddings; this model is a image-classification"):
+    with pytest.raises(SlimformerError, match="scores sentence embeddings; this model is an image-classification"):
         check_task("stsb", model)
     with pytest.raises(SlimformerError, match="scores an image classifier's predictions"):
         check_task(task, slimformer.load(build_text_classifier(tmp_path)))

@@ -130,25 +130,32 @@ def default_task(model) -> str:
     raise SlimformerError(f"no quality task for a {head} model yet (compress: --task none)")
 
 
+def _what(model) -> str:
+    """What a model is, for the one-line errors: "an embedder", "an image model", "a causal LM", "an
+    image-classification model"..."""
+    head = getattr(model, "head", None)
+    if head is None:
+        return "an embedder" if getattr(model, "modality", "text") == "text" else f"an {model.modality} model"
+    return "a causal LM" if head == CAUSAL_LM else f"{'an' if head[0] in 'aeiou' else 'a'} {head} model"
+
+
 def _check_fits(task: str, model) -> str:
     """The task's kind, or a one-line error when the model cannot be scored on it."""
-    kind, head = task_kind(task), getattr(model, "head", None)
+    kind, head, what = task_kind(task), getattr(model, "head", None), _what(model)
     if (kind == "wer") != (head == SPEECH_SEQ2SEQ):
         raise SlimformerError(f"task '{task}': word error rate (wer:PATH) scores a speech recognizer and a speech "
-                              f"recognizer takes only wer:PATH; this model is a {head or 'embedder'} model")
+                              f"recognizer takes only wer:PATH; this model is {what}")
     if (kind == "ppl") != (head == CAUSAL_LM):
-        what = "a causal LM" if head == CAUSAL_LM else f"a {head or 'embedder'} model"
         raise SlimformerError(f"task '{task}': perplexity scores a causal LM and a causal LM takes only perplexity "
                               f"(ppl, ppl:PATH); this model is {what}")
     images = images_task(task)
     if kind == "cls" and head != (IMAGE_CLS if images else SEQ_CLS):
-        what = "an embedder (no classification head)" if head is None else f"a {head} model"
+        what += " (no classification head)" if head is None else ""
         scores = "an image classifier's predictions (a folder)" if images else "a sequence classifier's predictions"
         raise SlimformerError(f"task '{task}' scores {scores}; this model is {what}")
     if kind == "sts" and (head is not None or getattr(model, "modality", "text") != "text"):
         hint = " (its tasks: sst2, cls:PATH)" if head == SEQ_CLS else ""
-        what = f"a {head} model{hint}" if head else "an image model"
-        raise SlimformerError(f"task '{task}' scores sentence embeddings; this model is {what}")
+        raise SlimformerError(f"task '{task}' scores sentence embeddings; this model is {what}{hint}")
     return kind
 
 
