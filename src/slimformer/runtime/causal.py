@@ -32,6 +32,11 @@ def cache_names(kind: str, layers: int, part: str = "") -> list[str]:
     return [f"{kind}.{i}{'.' + part if part else ''}.{kv}" for i in range(layers) for kv in ("key", "value")]
 
 
+def empty_cache(shapes: list[list[int]], batch: int) -> list[np.ndarray]:
+    """A KV cache with no position yet, key then value per layer: (B, heads_i, 0, head_dim_i) each (cache_shapes)."""
+    return [np.zeros((batch, h, 0, d), np.float32) for h, d in shapes for _ in range(2)]
+
+
 def cache_index(t: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The cache index of each of T queries (the last T of S positions) (T,), and of each key (S,)."""
     return torch.arange(t) + (s - t), torch.arange(s)
@@ -121,14 +126,14 @@ class CausalSession:
 
     def __init__(self, session, shapes: list[list[int]], eos: list[int]):
         self.session, self.shapes, self.eos = session, shapes, eos
+        self.past_names = cache_names("past_key_values", len(shapes))  # the feed's cache names, every step
 
     def _run(self, ids: np.ndarray, mask: np.ndarray, past: list[np.ndarray] | None, keep: int):
         b, t = ids.shape
-        if past is None:  # the prompt: an empty cache
-            past = [np.zeros((b, h, 0, d), np.float32) for h, d in self.shapes for _ in range(2)]
+        past = empty_cache(self.shapes, b) if past is None else past  # the prompt: an empty cache
         pos = np.clip(np.cumsum(mask, 1) - 1, 0, None)[:, -t:]  # left padding: positions count real tokens only
         feed = {"input_ids": ids, "attention_mask": mask, "position_ids": pos, KEEP: np.array(keep, np.int64),
-                **dict(zip(cache_names("past_key_values", len(self.shapes)), past))}
+                **dict(zip(self.past_names, past))}
         out = self.session.run(feed)
         return out[0], out[1:]
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .causal import additive, cache_index, cache_names, cache_shapes
+from .causal import additive, cache_index, cache_names, cache_shapes, empty_cache
 
 GRAPHS = ("encoder_model", "decoder_model")  # onnx/NAME.onnx, or openvino/NAME.xml + .bin
 
@@ -76,13 +76,14 @@ def to_onnx(model, folder: Path) -> list[list[int]]:
     feats = torch.randn(b, cfg.num_mel_bins, 2 * cfg.max_source_positions)  # (B, mels, frames): frames fixed
     batch = {0: "batch_size"}
     cross_out = cache_names("present", n, "encoder")
+    encoder = EncoderGraph(net).eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(EncoderGraph(net).eval(), (feats,), str(folder / "encoder_model.onnx"),
+        torch.onnx.export(encoder, (feats,), str(folder / "encoder_model.onnx"),
                           input_names=["input_features"], output_names=["last_hidden_state", *cross_out],
                           dynamic_axes={name: batch for name in ["input_features", "last_hidden_state", *cross_out]},
                           opset_version=17, dynamo=False)
-        cross = EncoderGraph(net).eval()(feats)[1:]
+        cross = encoder(feats)[1:]
         own = [torch.zeros(b, h, 3, d) for h, d in shapes for _ in range(2)]  # a trace with a cache of 3 tokens
         ids = torch.randint(0, cfg.vocab_size, (b, 2))
         own_in, own_out = cache_names("past_key_values", n, "decoder"), cache_names("present", n, "decoder")
@@ -122,13 +123,14 @@ class SpeechSession:
 
     def decoder_steps(self, features):
         cross = self.get_encoder()(input_features=features)[1:]  # every layer's cross-attention keys and values
-        n, b = len(self.shapes), len(features)
-        state = {"own": [np.zeros((b, h, 0, d), np.float32) for h, d in self.shapes for _ in range(2)]}
+        n = len(self.shapes)
+        state = {"own": empty_cache(self.shapes, len(features))}
         fixed = dict(zip(cache_names("past_key_values", n, "encoder"), cross))
+        own_names = cache_names("past_key_values", n, "decoder")
 
         def step(ids) -> torch.Tensor:
             out = self.decoder.run({"input_ids": np.asarray(ids, dtype=np.int64), **fixed,
-                                    **dict(zip(cache_names("past_key_values", n, "decoder"), state["own"]))})
+                                    **dict(zip(own_names, state["own"]))})
             state["own"] = out[1:]
             return torch.from_numpy(out[0][:, -1]).float()  # (B, V)
 
