@@ -139,7 +139,7 @@ def test_nothing_within_budget_names_the_closest_and_writes_search_json(tmp_path
     assert studies.choose(s, 0.5) is None
     with pytest.raises(BudgetError) as e:
         report.fail(s, {**META, "max_drop": 0.5}, tmp_path / "out", "nothing within --max-drop 0.5")
-    assert "the closest was trial 0 (prune(flops=0.4) @ onnx: drop 1.50 on the whole split" in str(e.value)
+    assert "the closest was trial 0 (prune(flops=0.4) @ onnx: drop 1.50 points on the whole split" in str(e.value)
     assert "\n" not in str(e.value)
     assert len(json.loads((tmp_path / "out.search.json").read_text())["trials"]) == 3
     assert not (tmp_path / "out").exists()
@@ -280,9 +280,9 @@ def test_impossible_budget_is_one_line_and_non_zero(tiny_dir, sts_slice, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
-def test_search_refuses_a_model_it_cannot_score_yet_in_one_line(tmp_path):
-    """Its trials score a slice of a text task and time token batches: an image model, a speech model or a causal LM
-    is refused before anything is measured."""
+def test_search_refuses_a_model_it_cannot_score_in_one_line(tmp_path):
+    """An image model without a head has no task to score: refused before anything is measured (an image classifier,
+    a speech model, a causal LM: tests/test_search_families.py)."""
     import torch
     import transformers as T
 
@@ -293,6 +293,6 @@ def test_search_refuses_a_model_it_cannot_score_yet_in_one_line(tmp_path):
     vit = T.ViTModel(T.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                                  image_size=16, patch_size=4)).eval()
     folder = slimformer.save(SlimModel(vit, None, pooling="cls"), tmp_path / "vit")
-    with pytest.raises(SlimformerError, match="search: not yet for an image model"):
+    with pytest.raises(SlimformerError, match="no quality task for an image model without a head yet"):
         studies.search(str(folder), 1.0, tmp_path / "out", n_trials=1)
     assert not (tmp_path / ".out.search").exists()  # nothing measured

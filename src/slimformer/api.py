@@ -17,6 +17,20 @@ CALIB_SENTENCES = 512  # default calibration size: enough for activation ranges 
 CALIB_SENTENCES_LM, CALIB_BATCH_LM = 128, 8
 
 
+def calibration_of(model: SlimModel, calib: list | str | None) -> tuple[list[str] | None, Calibration]:
+    """(the whole calibration text, or None for speech and images; the calibration batches) of compress's calib
+    argument (its docstring); a one-line error where calib does not fit the model (a missing file, no speech)."""
+    if is_speech(model):  # clips with their transcripts (speech.speech_calibration): no text corpus
+        return None, Calibration(speech_calibration(calib, model))
+    if is_image(model):  # images (a folder, tensors, or random-normal pixels): no text, no vocabulary
+        return None, Calibration.from_pixels(calibration_pixels(calib, model))
+    # the whole calibration text for vocabulary pruning; a sample of it for everything else
+    corpus = calib if isinstance(calib, list) else calibration_texts(None, path=calib)
+    lm = model.head == "causal-lm"
+    return corpus, Calibration.from_texts(model.tokenizer, corpus[:CALIB_SENTENCES_LM if lm else CALIB_SENTENCES],
+                                          batch_size=CALIB_BATCH_LM if lm else 32)
+
+
 def compress(model: SlimModel, recipe: str | list, calib: list | str | None = None,
              progress=None, checkpoint_dir: str | Path | None = None) -> SlimModel:
     """Apply `recipe` (text like "int8" or a list of configs like [Int8()]) to a copy of `model`.
@@ -28,15 +42,7 @@ def compress(model: SlimModel, recipe: str | list, calib: list | str | None = No
     checkpoint_dir: where training steps keep resumable state (the same call after a crash resumes from it). The
     manifest records the recipe as canonical text (recipe.to_text)."""
     steps = steps_of(recipe)  # parsed (text) or checked (configs) once, before anything is copied or read
-    if is_speech(model):  # clips with their transcripts (speech.speech_calibration): no text corpus
-        corpus, calibration = None, Calibration(speech_calibration(calib, model))
-    elif is_image(model):  # images (a folder, tensors, or random-normal pixels): no text, no vocabulary
-        corpus, calibration = None, Calibration.from_pixels(calibration_pixels(calib, model))
-    else:  # the whole calibration text for vocabulary pruning; a sample of it for everything else
-        corpus = calib if isinstance(calib, list) else calibration_texts(None, path=calib)
-        lm = model.head == "causal-lm"
-        calibration = Calibration.from_texts(model.tokenizer, corpus[:CALIB_SENTENCES_LM if lm else CALIB_SENTENCES],
-                                             batch_size=CALIB_BATCH_LM if lm else 32)
+    corpus, calibration = calibration_of(model, calib)
     out = model.clone()
     prior = out.manifest.get("recipe")  # a compressed model compressed again: its manifest keeps both recipes
     out.manifest["recipe"] = "+".join(filter(None, [prior, to_text(steps)]))

@@ -183,13 +183,20 @@ def demo(full: bool = typer.Option(False, "--full", help="the README's table (lo
 @app.command()
 def search(model: Optional[str] = MODEL_ARG,
            max_drop: float = typer.Option(..., "--max-drop", help="quality budget: the most the task's score may "
-                                          "drop (points x100, on the whole split)"),
+                                          "drop on the whole split (points x100; WER points; a causal LM: percent "
+                                          "of its perplexity)"),
            out: Path = typer.Option(..., "--out", "-o", help="the chosen model, with search.json / search.md / "
                                     "pareto.png"),
-           task: Optional[str] = typer.Option(None, "--task", help="stsb-dev | sts:PATH | sst2 | cls:PATH "
-                                              "(default: stsb-dev for an embedder, the model's own for a classifier)"),
-           objective: str = typer.Option("latency@8x128", "--objective", help="latency@1x16 | latency@8x128 | "
-                                         "latency@32x32 | throughput | size"),
+           task: Optional[str] = typer.Option(None, "--task", help="stsb-dev | sts:PATH | sst2 | cls:PATH | ppl:PATH | "
+                                              "wer:PATH (default: stsb-dev for an embedder, the model's own for a "
+                                              "classifier or a causal LM)"),
+           objective: Optional[str] = typer.Option(None, "--objective", help="text: latency@8x128 (default) | "
+                                                   "latency@1x16 | latency@32x32 | throughput | size; a causal LM: "
+                                                   "prefill@8x128 (default) | prefill@1x128 | decode | size; speech: "
+                                                   "rtf (default) | encoder | size; images: latency@8 (default) | "
+                                                   "latency@1 | size"),
+           calib: Optional[str] = typer.Option(None, "--calib", help="what every trial calibrates on, as compress's "
+                                               "--calib (a speech model: required, a TSV of speech)"),
            runtime: str = typer.Option("auto", "--runtime", help="torch | onnx | openvino | auto (search over every "
                                        "runtime installed)"),
            minutes: Optional[float] = typer.Option(None, "--minutes", help="wall-clock budget of this worker, "
@@ -215,16 +222,17 @@ def search(model: Optional[str] = MODEL_ARG,
         from . import io
         from .measure.tasks import default_task
 
-        base = io.load(model)
-        own = default_task(base) if getattr(base, "modality", "text") == "text" else None  # search refuses the rest
+        own = default_task(io.load(model))  # a speech or image model: the one-line error naming the task to give
         task = "stsb-dev" if own == "stsb" else own  # never the test split the README reports
     s = run_search(model, max_drop, out, task=task, objective=objective, runtime=runtime, minutes=minutes,
                    n_trials=trials, storage=storage, study_name=study, force=force, tries=tries, runs=runs,
-                   show_progress=True, peers=peers)
+                   show_progress=True, peers=peers, calib=calib)
+    from .measure.budget import drop_unit
+
     chosen = next(r for r in s["trials"] if r["number"] == s["chosen"])
     typer.echo(f"chosen: trial {chosen['number']}, {chosen['recipe'] or 'original'} @ {chosen['runtime']}: "
-               f"{s['task']} {chosen['quality']:.2f} (drop {chosen['drop']:.2f}), {chosen['cost']:.3f}x the "
-               f"original's {s['objective']}")
+               f"{s['task']} {chosen['quality']:.2f} (drop {chosen['drop']:.2f}{drop_unit(s['metric'])}), "
+               f"{chosen['cost']:.3f}x the original's {s['objective']}")
     typer.echo(f"wrote {Path(out).resolve()}")
 
 

@@ -184,8 +184,9 @@ def speech_calibration(calib, model) -> list[dict]:
     input_features and decoder_input_ids). Keep it disjoint from the WER set. There is no default: no speech is
     shipped with the package."""
     if calib is None:
-        raise SlimformerError("a speech model calibrates on speech: give calib, a TSV with header audio<TAB>text "
-                              "(benchmarks/speech_set.py makes one from the data folder's train sentences)")
+        raise SlimformerError("a speech model calibrates on speech: give calib (--calib), a TSV with header "
+                              "audio<TAB>text (benchmarks/speech_set.py makes one from the data folder's train "
+                              "sentences)")
     if isinstance(calib, (str, os.PathLike)):
         clips, texts = read_speech_tsv(calib)
     else:

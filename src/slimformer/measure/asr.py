@@ -33,10 +33,11 @@ def wer(edits: np.ndarray, words: np.ndarray) -> float:
     return float(100 * np.sum(edits) / max(int(np.sum(words)), 1))
 
 
-def utterance_errors(model, audio: list[np.ndarray], texts: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def utterance_errors(model, audio: list[np.ndarray], texts: list[str],
+                     batch_size: int = 8) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(edits, words, transcripts): each utterance's word errors (n,), its reference word count (n,), and the
-    model's greedy transcripts."""
-    hyps = transcribe(model, audio)
+    model's greedy transcripts (batch_size clips a decode)."""
+    hyps = transcribe(model, audio, batch_size)
     refs = [normalize(t) for t in texts]
     edits = np.array([word_errors(r, normalize(h)) for r, h in zip(refs, hyps)], dtype=np.float64)
     return edits, np.array([len(r) for r in refs], dtype=np.float64), hyps

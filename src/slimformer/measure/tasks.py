@@ -111,6 +111,9 @@ def default_task(model) -> str:
     """The model's own task: stsb for an embedder, sst2 for a 2-label sequence classifier whose labels are SST-2's
     (negative/positive in any order, or LABEL_0/LABEL_1 read as ids); anything else must be named."""
     head = getattr(model, "head", None)
+    if head is None and getattr(model, "modality", "text") != "text":
+        raise SlimformerError(f"no quality task for {_what(model)} without a head yet (an image classifier takes "
+                              "--task cls:FOLDER)")
     if head is None:
         return "stsb"
     if head == CAUSAL_LM:

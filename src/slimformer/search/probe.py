@@ -1,5 +1,7 @@
-"""What a trial measures, inside its subprocess: quality on a slice of the task or on all of it, and the cost of
-the candidate relative to the original timed in the same alternating loop (timing.latency_ms)."""
+"""What a trial measures, inside its subprocess: quality on a slice of the task or on all of it, as a drop from the
+original's in the budget's unit (tasks.drop), and the cost of the candidate relative to the original timed in the
+same alternating loop: token batches (timing.latency_ms), or the family's own speed keys (a causal LM's prefill and
+decoding, Whisper's encoder and real-time factor, an image model's images)."""
 
 from __future__ import annotations
 
@@ -8,15 +10,20 @@ import time
 import numpy as np
 from scipy.stats import spearmanr
 
+from ..measure.asr import speech_speeds, utterance_errors, wer
 from ..measure.bench import size_mb, throughput
-from ..measure.report import runnable
 from ..measure.labels import gold_ids
-from ..measure.tasks import (cls_examples, delta_interval, evaluate, inference_fn, pair_cosines, sts_pairs,
-                             task_inputs, task_kind)
+from ..measure.lm import PPL_BATCH, document_nll, lm_speeds, perplexity
+from ..measure.report import runnable, speeds
+from ..measure.budget import drop, drop_interval
+from ..measure.tasks import (TaskResult, cls_examples, evaluate, inference_fn, pair_cosines, ppl_documents,
+                             result_interval, sts_pairs, task_inputs, task_kind)
+from ..speech import read_speech_tsv
 from ..timing import SHAPES, latency_ms
-from .space import OBJECTIVES
+from .space import OBJECTIVES, family_of
 
 SLICE = 256  # examples of the task a proxy quality is measured on
+SLICES = {"ppl": 128, "wer": 32}  # fewer where one costs more: a document's vocabulary-wide logits, a clip's decoding
 SLOW = 4.0  # a candidate this many times slower than the original in one call is timed by that call alone
 THROUGHPUT_TEXTS = 256  # inputs of the task timed end to end for the throughput objective
 
@@ -26,13 +33,27 @@ def strided(n: int, k: int) -> list[int]:
     return list(range(n)) if n <= k else [round(i * (n - 1) / (k - 1)) for i in range(k)]
 
 
-def slice_score(model, task: str, k: int = SLICE, batch_size: int = 64) -> float:
-    """The task's metric (x100) on k examples spread over its split: the no-training proxy of quality."""
-    if task_kind(task) == "sts":
+def slice_score(model, task: str, k: int | None = None, batch_size: int = 64) -> float:
+    """The task's metric on k examples spread over its split (default SLICES, else SLICE): the no-training proxy of
+    quality. A perplexity or WER slice runs batch_size / 8 documents or clips a forward."""
+    kind = task_kind(task)
+    k = k or SLICES.get(kind, SLICE)
+    if kind == "sts":
         pairs = sts_pairs(task)
         pairs = [pairs[i] for i in strided(len(pairs), k)]
         cos = pair_cosines(model.encode, pairs, batch_size)
         return float(spearmanr(cos, [p[2] for p in pairs]).statistic * 100)
+    if kind == "ppl":
+        docs = ppl_documents(task)
+        nll, tokens = document_nll(model, [docs[i] for i in strided(len(docs), k)],
+                                   max(1, min(PPL_BATCH, batch_size // 8)))
+        return perplexity(nll, tokens)
+    if kind == "wer":
+        clips, texts = read_speech_tsv(task[4:])
+        idx = strided(len(clips), k)
+        edits, words, _ = utterance_errors(model, [clips[i] for i in idx], [texts[i] for i in idx],
+                                           max(1, batch_size // 8))
+        return wer(edits, words)
     examples = cls_examples(task)
     examples = [examples[i] for i in strided(len(examples), k)]
     gold = gold_ids(task, [y for _, y in examples], model)
@@ -42,13 +63,14 @@ def slice_score(model, task: str, k: int = SLICE, batch_size: int = 64) -> float
 
 def reference(model, task: str) -> dict:
     """The original's figures every trial is compared with: its full score (per example, for paired intervals),
-    its slice score, and its re-measurement noise: how far the slice's score moves when scored again with another
-    batch size (padding changes the float sums), the floor under any reachable --max-drop."""
+    its slice score, and its re-measurement noise: how far the slice's score moves (as a drop: the budget's unit)
+    when scored again with another batch size (padding changes the float sums), the floor under any reachable
+    --max-drop."""
     full = evaluate(model, task)
     sliced = slice_score(model, task)
     return {"task": full.task, "metric": full.metric, "value": full.value, "n": full.n,
             "per_example": full.per_example.tolist(), "gold": None if full.gold is None else full.gold.tolist(),
-            "slice": sliced, "noise": abs(sliced - slice_score(model, task, batch_size=16)),
+            "slice": sliced, "noise": abs(drop(full.metric, sliced, slice_score(model, task, batch_size=16))),
             "size_mb": size_mb(runnable(model))}
 
 
@@ -56,17 +78,20 @@ def other_fidelity(base, model, calib: str | None = None) -> float | None:
     """The compress report's transfer check (measure/fidelity.py): Spearman x100 of the candidate's pairwise
     similarities against the original's (a classifier: % equal classes) on text no pass fitted on, the shipped
     corpus's held-out news and Wikipedia. The task's drop says what the search budgeted; this, what may not transfer.
-    None where there is no such text (a custom --calib that holds it all)."""
+    None where there is no such text (a custom --calib that holds it all), and for the other families (a causal LM,
+    speech, images: their calibration is not the shipped corpus's kind of text, or not text)."""
     from ..measure.fidelity import transfer_risk
 
-    return transfer_risk(base, model, calib).get("other")
+    return transfer_risk(base, model, calib).get("other") if family_of(base) == "text" else None
 
 
 def full_quality(model, task: str, ref: dict) -> dict:
-    """The score on the whole split and the 95% paired-bootstrap interval of its drop from the original's."""
+    """The score on the whole split, its drop from the original's and the 95% paired-bootstrap interval of it."""
     r = evaluate(model, task)
-    lo, hi = delta_interval(ref["gold"], np.asarray(ref["per_example"]), r.per_example)  # of cand - original
-    return {"quality": r.value, "drop": ref["value"] - r.value, "drop_95": [-hi, -lo]}
+    gold = None if ref["gold"] is None else np.asarray(ref["gold"])
+    base = TaskResult(ref["task"], ref["metric"], ref["value"], ref["n"], np.asarray(ref["per_example"]), gold)
+    return {"quality": r.value, "drop": drop(r.metric, ref["value"], r.value),
+            "drop_95": list(drop_interval(r.metric, ref["value"], *result_interval(base, r)))}
 
 
 def _times(base, cand, shapes, runs: int) -> dict[str, dict[str, float]]:
@@ -81,11 +106,47 @@ def _times(base, cand, shapes, runs: int) -> dict[str, dict[str, float]]:
     return latency_ms(runners, vocab, shapes, runs=runs)
 
 
+def own_speeds(base, cand, family: str, runs: int) -> dict[str, dict]:
+    """{"original": {...}, "candidate": {...}}: the family's own speed keys, as `bench` reports them, both models
+    timed in turns: a causal LM's prefill_ms and decode_tokens_per_s, Whisper's encoder_ms and rtf, an image
+    model's latency_ms at one image and a batch."""
+    models = {"original": base, "candidate": cand}
+    if family == "causal-lm":
+        return lm_speeds(models, runs)
+    if family == "speech":
+        return speech_speeds(models, runs)
+    return {n: {"latency_ms": s["latency_ms"]} for n, s in speeds(models, runs)[0].items()}
+
+
+def objective_time(figures: dict, objective: str) -> float:
+    """What a family's objective compares (lower is faster), out of one model's own_speeds figures."""
+    what, _, at = objective.partition("@")
+    if what == "prefill":
+        return figures["prefill_ms"][at]
+    if what == "decode":
+        return 1 / figures["decode_tokens_per_s"]
+    if what == "encoder":
+        return figures["encoder_ms"]["1x30s"]
+    if what == "rtf":
+        return figures["rtf"]
+    return next(v for k, v in figures["latency_ms"].items() if k.split("x")[0] == at)  # images: latency@B
+
+
 def cost(base, cand, objective: str, runs: int, task: str, all_shapes: bool) -> dict:
     """{"cost": candidate relative to the original (lower is better), and the figures behind it}. all_shapes: the
-    latency at every shape the README reports (the full measurement), else at the objective's shape only."""
+    latency at every shape the README reports (the full measurement), else at the objective's shape only (the other
+    families: their own speed keys, all of them, unless the objective is size)."""
     t0 = time.perf_counter()
     out = {"size_mb": round(size_mb(runnable(cand)), 3)}
+    family = family_of(base)
+    if family != "text":
+        if objective != "size" or all_shapes:
+            own = own_speeds(base, cand, family, runs)
+            out.update(own["candidate"], original_speeds=own["original"])
+        out["cost"] = (out["size_mb"] / size_mb(runnable(base)) if objective == "size" else
+                       objective_time(out, objective) / objective_time(out["original_speeds"], objective))
+        out["seconds"] = round(time.perf_counter() - t0, 1)
+        return out
     shape = OBJECTIVES[objective]
     if shape is not None or all_shapes:
         shapes = SHAPES if all_shapes or shape is None else (shape,)

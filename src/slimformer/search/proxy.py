@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..errors import SlimformerError
 from ..recipe import parse
-from .space import OBJECTIVES, Candidate
+from .space import FAMILIES, OBJECTIVES, Candidate, family_of
 
 TABLE_RUNS = 10  # timed runs of each of the four models: a proxy, not a benchmark
 
@@ -35,6 +35,8 @@ def table_key(objective: str) -> str:
     """What the table is measured in: ms at the objective's shape ("8x128" for throughput) or MB ("size")."""
     if objective == "size":
         return "size"
+    if objective not in OBJECTIVES:  # another family's objective: no table is measured for it (measure_table)
+        return objective
     b, t = OBJECTIVES[objective] or (8, 128)
     return f"{b}x{t}"
 
@@ -46,6 +48,9 @@ def measure_table(model, objective: str, runs: int = TABLE_RUNS) -> dict:
     from ..passes.structure import drop_layers, ffn_per_layer, heads_per_layer, slice_ffn, slice_heads
     from ..timing import latency_ms
 
+    family = FAMILIES[family_of(model)]
+    if family is not FAMILIES["text"]:  # their costs are not token batches: prefill and decoding, audio, images
+        raise SlimformerError(f"no latency table for {family.what} yet: every candidate is built and measured")
     enc, adapter = model.encoder, model.adapter
     heads, ffn = heads_per_layer(enc, adapter), ffn_per_layer(enc, adapter)
     n = len(heads)

@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 from ..errors import BudgetError
+from ..measure.budget import drop_unit, worst_allowed
 
 ROW_KEYS = ("recipe", "runtime", "stage", "quality", "drop", "drop_95", "other_fidelity", "slice_quality",
-            "slice_drop", "cost", "latency_ms", "original_ms", "size_mb", "sentences_per_s", "worker", "wall_s",
-            "error", "predicted_cost", "pruned")
+            "slice_drop", "cost", "latency_ms", "original_ms", "prefill_ms", "decode_tokens_per_s", "encoder_ms", "rtf",
+            "original_speeds", "size_mb", "sentences_per_s", "worker", "wall_s", "error", "predicted_cost", "pruned")
 
 
 def read_reference(path: Path) -> dict | None:
@@ -60,7 +61,8 @@ def closest(summary_: dict) -> str:
     r = min(done, key=lambda r: (r["stage"] != "full", r["drop"]))
     where = "on the whole split" if r["stage"] == "full" else "on a slice"
     return (f"the closest was trial {r['number']} ({r['recipe'] or 'original'} @ {r['runtime']}: drop "
-            f"{r['drop']:.2f} {where}, {r['cost']:.2f}x the original's {summary_['objective']})")
+            f"{r['drop']:.2f}{drop_unit(summary_['metric'])} {where}, {r['cost']:.2f}x the original's "
+            f"{summary_['objective']})")
 
 
 def fail(study, meta: dict, out: Path, why: str):
@@ -72,43 +74,51 @@ def fail(study, meta: dict, out: Path, why: str):
     raise BudgetError(f"search: {why}; {closest(s)}; trials in {path}")
 
 
-def _ms(r: dict, shape: str) -> str:
-    v = r.get("latency_ms", {}).get(shape)
-    return "" if v is None else f"{v:.1f}"
+def speed_cells(r: dict) -> dict[str, str]:
+    """A fully measured row's speed figures by column title: ms per token shape (an image model: per batch of
+    images), a causal LM's prefill ms and decoding tokens/s, Whisper's encoder ms on 30 s and real-time factor."""
+    cells = {f"ms {k}": f"{v:.1f}" for k, v in r.get("latency_ms", {}).items()}
+    cells.update({f"prefill ms {k}": f"{v:.1f}" for k, v in r.get("prefill_ms", {}).items()})
+    if "decode_tokens_per_s" in r:
+        cells["decode tokens/s"] = f"{r['decode_tokens_per_s']:.1f}"
+    if "encoder_ms" in r:
+        cells["encoder ms 30 s"] = f"{r['encoder_ms']['1x30s']:.1f}"
+    if "rtf" in r:
+        cells["RTF"] = f"{r['rtf']:.4f}"
+    return cells
 
 
-def _measured(r: dict, shapes: list[str]) -> str:
-    """A fully measured row's cells: quality | drop (95%) | other-text fidelity | cost | ms per shape | MB (a
+def _measured(r: dict, speeds: list[str]) -> str:
+    """A fully measured row's cells: quality | drop (95%) | other-text fidelity | cost | speed columns | MB (a
     trial's or a peer's)."""
     lo, hi = r["drop_95"]
-    fid = r.get("other_fidelity")
+    fid, cells = r.get("other_fidelity"), speed_cells(r)
     return (f"{r['quality']:.2f} | {r['drop']:.2f} ({lo:.2f}, {hi:.2f}) | {'' if fid is None else f'{fid:.2f}'} | "
-            f"{r['cost']:.3f} | "
-            + " | ".join(_ms(r, k) for k in shapes) + f" | {r['size_mb']:.1f}")
+            f"{r['cost']:.3f} | " + " | ".join(cells.get(k, "") for k in speeds) + f" | {r['size_mb']:.1f}")
 
 
 def markdown(s: dict) -> str:
-    from ..timing import SHAPES
-
-    shapes = [f"{b}x{t}" for b, t in SHAPES]
+    front = sorted((r for r in s["trials"] if r.get("pareto")), key=lambda r: r["cost"])
+    speeds = list(dict.fromkeys(k for r in [*front, *s.get("peers", [])] for k in speed_cells(r)))
     o = s["original"]
     lines = [f"# search: {s['model']} on {s['task']}, objective {s['objective']}, max drop {s['max_drop']}", "",
              f"Original: {s['metric']} {o['value']:.2f} (re-measurement noise {o['noise']:.4f}), {o['size_mb']:.1f} "
              f"MB. Cost: the candidate's {s['objective']} relative to the original's, timed in the same alternating "
-             "loop (lower is better). Drop: on the whole split, with its 95% paired-bootstrap interval. Other-text "
-             "fidelity: label-free, on text no pass fitted on (the compress report's transfer check; 100: behaves as "
-             "the original); well below 100 where the drop is small, the budget may not hold on other data.", "",
+             f"loop (lower is better). Drop: how much worse than the original on the whole split (unit: "
+             f"{drop_unit(s['metric']).strip()}), with its 95% paired-bootstrap interval. Other-text "
+             "fidelity (text encoders and classifiers): label-free, on text no pass fitted on (the compress report's "
+             "transfer check; 100: behaves as the original); well below 100 where the drop is small, the budget may "
+             "not hold on other data.", "",
              "| trial | recipe | runtime | quality | drop (95%) | other-text fidelity | cost | "
-             + " | ".join(f"ms {k}" for k in shapes) + " | MB | chosen |", "|" + "---|" * (10 + len(shapes) - 1)]
-    front = sorted((r for r in s["trials"] if r.get("pareto")), key=lambda r: r["cost"])
+             + "".join(f"{k} | " for k in speeds) + "MB | chosen |", "|" + "---|" * (9 + len(speeds))]
     for r in front:
-        lines.append(f"| {r['number']} | {r['recipe'] or 'original'} | {r['runtime']} | {_measured(r, shapes)} | "
+        lines.append(f"| {r['number']} | {r['recipe'] or 'original'} | {r['runtime']} | {_measured(r, speeds)} | "
                      + ("**yes**" if r["number"] == s["chosen"] else "") + " |")
     if s.get("peers"):
         lines += ["", "Peers (`bench --peers`' rows: the original under each peer's runtime), measured the same way on "
                   "this machine:", "", "| peer | quality | drop (95%) | other-text fidelity | cost | "
-                  + " | ".join(f"ms {k}" for k in shapes) + " | MB |", "|" + "---|" * (6 + len(shapes))]
-        lines += [f"| {r['name']} | {_measured(r, shapes)} |" for r in s["peers"]]
+                  + "".join(f"{k} | " for k in speeds) + "MB |", "|" + "---|" * (6 + len(speeds))]
+        lines += [f"| {r['name']} | {_measured(r, speeds)} |" for r in s["peers"]]
     states = {}
     for r in s["trials"]:
         key = r["state"] if r["state"] != "COMPLETE" else f"complete ({r['stage']})"
@@ -139,7 +149,8 @@ def plot(s: dict, path: Path) -> None:
         ax.scatter([r["cost"]], [r["quality"]], marker="x", color="gray", label="peers" if i == 0 else None)
         ax.annotate(r["name"], (r["cost"], r["quality"]), fontsize=6, color="gray", xytext=(3, 3),
                     textcoords="offset points")
-    ax.axhline(s["original"]["value"] - s["max_drop"], ls="--", color="gray", lw=1, label="budget")
+    ax.axhline(worst_allowed(s["metric"], s["original"]["value"], s["max_drop"]), ls="--", color="gray", lw=1,
+               label="budget")
     for r in full:
         if r["number"] == s["chosen"]:
             ax.scatter([r["cost"]], [r["quality"]], marker="*", s=220, color="tab:red", label="chosen", zorder=3)

@@ -117,10 +117,10 @@ def choose(study, max_drop: float):
                default=None)
 
 
-def _candidate(t, n_layers: int, runtimes, minutes, max_distill) -> space.Candidate:
+def _candidate(t, n_layers: int, runtimes, minutes, max_distill, family: str) -> space.Candidate:
     if "try_runtime" in t.user_attrs:  # enqueued hand pick
         return space.Candidate(t.user_attrs.get("try_recipe"), t.user_attrs["try_runtime"])
-    return space.suggest(t, n_layers, runtimes, minutes, max_distill)
+    return space.suggest(t, n_layers, runtimes, minutes, max_distill, family)
 
 
 def latency_table(spec: dict, work: Path) -> dict:
@@ -164,7 +164,8 @@ def run_one(study, spec: dict, work: Path, n_layers: int, runtimes, minutes, dea
 
     left = None if deadline is None else max(0.0, deadline - time.time())
     t = study.ask()
-    cand = _candidate(t, n_layers, runtimes, minutes, None if left is None else left / 60 / 2)
+    cand = _candidate(t, n_layers, runtimes, minutes, None if left is None else left / 60 / 2,
+                      spec.get("family", "text"))
     t.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     t.set_user_attr("recipe", cand.recipe)
     t.set_user_attr("runtime", cand.runtime)
@@ -193,20 +194,24 @@ def run_one(study, spec: dict, work: Path, n_layers: int, runtimes, minutes, dea
 
 
 def search(model: str | None, max_drop: float, out: str | os.PathLike, task: str | None = None,
-           objective: str = "latency@8x128", runtime: str = "auto", minutes: float | None = None,
+           objective: str | None = None, runtime: str = "auto", minutes: float | None = None,
            n_trials: int | None = None, storage: str | None = None, study_name: str | None = None,
            force: bool = False, tries: list[str] | None = None, runs: int = 20, show_progress: bool = False,
-           peers: bool = False) -> dict:
-    """Search for the lowest-cost model whose quality drop on `task` is at most `max_drop`; write it to OUT with
-    search.json / search.md / pareto.png and return search.json's content. Nothing found: search.json goes beside
-    OUT (OUT.search.json) and a BudgetError names the closest trial. peers: also measure `bench --peers`' rows once
-    on this machine (kept beside OUT like the original's figures), as reference points in search.md and pareto.png."""
+           peers: bool = False, calib: str | None = None) -> dict:
+    """Search for the lowest-cost model whose quality drop on `task` is at most `max_drop` (tasks.drop: points, WER
+    points, or percent of the perplexity); write it to OUT with search.json / search.md / pareto.png and return
+    search.json's content. Nothing found: search.json goes beside OUT (OUT.search.json) and a BudgetError names the
+    closest trial. objective: one of the model family's (space.FAMILIES; None: its first). calib: what every trial
+    compresses with (api.compress's calib; a speech model's TSV is required). peers: also measure `bench --peers`'
+    rows once on this machine (kept beside OUT like the original's figures), as reference points in search.md and
+    pareto.png."""
     from .. import io
-    from ..arch import blocks
+    from ..api import calibration_of
+    from ..arch import LAYER_STACK, blocks
+    from ..measure.budget import drop_unit
     from ..measure.tasks import check_task
 
     out = check_output(out, force, source=model)
-    space.check_objective(objective)
     runtimes = space.available_runtimes(runtime)
     if not (isinstance(max_drop, (int, float)) and math.isfinite(max_drop)):
         raise SlimformerError(f"search: --max-drop must be a number, got {max_drop!r}")
@@ -220,17 +225,16 @@ def search(model: str | None, max_drop: float, out: str | os.PathLike, task: str
     if tries is None and len(runtimes) > 1:  # the original under torch is the reference itself: cost 1, drop 0
         picks = [c for c in picks if c != space.Candidate(None, "torch")]
     base = io.load(model)
-    kind = "a causal LM" if getattr(base, "head", None) == "causal-lm" else {
-        "image": "an image model", "speech": "a speech model"}.get(getattr(base, "modality", "text"))
-    if kind:  # its trials score a slice of a text task and time token batches (search/probe.py)
-        raise SlimformerError(f"search: not yet for {kind} (text encoders and classifiers only); compress it with a "
-                              "recipe and compare with bench --peers")
+    family = space.family_of(base)
+    objective = space.check_objective(objective, family)
     task = check_task(task, base)
-    n_layers = len(blocks(base.encoder, base.adapter))
+    if calib is not None or family == "speech":  # a bad --calib fails here, not in every trial
+        calibration_of(base, calib)
+    n_layers = len(blocks(base.encoder, LAYER_STACK.get(base.model_type, base.adapter)))  # what layers(keep=) counts
     del base
     work = out.parent / f".{out.name}.search"
     deadline = None if minutes is None else time.time() + minutes * 60
-    spec = {"model": model, "task": task, "objective": objective, "runs": runs,
+    spec = {"model": model, "task": task, "objective": objective, "runs": runs, "calib": calib, "family": family,
             "reference": str(work / "reference" / "result.json"), "table": str(work / "reference" / "latency.json")}
     ref = report.read_reference(work / "reference" / "result.json")  # measured once per machine, kept beside OUT
     if ref is None or (ref.get("model"), ref["task"]) != (model, task):
@@ -239,14 +243,15 @@ def search(model: str | None, max_drop: float, out: str | os.PathLike, task: str
             raise SlimformerError(f"search: measuring the original failed: {ref['error']}")
     table = latency_table(spec, work)
     settings = {"model": str(model or "all-MiniLM-L6-v2"), "task": task, "objective": objective,
-                "max_drop": max_drop, "runtimes": list(runtimes)}
+                "max_drop": max_drop, "runtimes": list(runtimes), **({"calib": calib} if calib else {})}
     name = study_name or report.study_name(settings)
     meta = {**settings, "metric": ref["metric"], "study": name, "storage": storage or "sqlite (beside OUT)",
             "original": {k: ref[k] for k in ("value", "noise", "size_mb", "n")}, "peers": [],
             "latency_table": table, "prune_above": NEAR}
     if max_drop < ref["noise"]:
         return report.fail(None, meta, out, f"--max-drop {max_drop} is below the original's re-measurement noise "
-                           f"({ref['noise']:.4f} points: a slice of {task} scored again with another batch size)")
+                           f"({ref['noise']:.4f}{drop_unit(ref['metric'])}: a slice of {task} scored again with "
+                           "another batch size)")
     if peers:  # measured once per machine, task and objective, like the reference (after the budget check: minutes)
         got = report.read_reference(work / "peers" / "result.json")
         if got is None or (got.get("model"), got["task"], got["objective"]) != (model, task, objective):

@@ -89,6 +89,7 @@ def measure_trial(spec: dict) -> dict:
     """Compress + export, then the proxy (quality on a slice, cost at the objective's shape); the full measurement
     (whole split with its interval, every shape) only when the proxy is near the front (spec["full_if"])."""
     from .. import io
+    from ..measure.budget import drop
     from . import probe
 
     ref = json.loads(Path(spec["reference"]).read_text())
@@ -100,9 +101,10 @@ def measure_trial(spec: dict) -> dict:
            "build_s": round(time.perf_counter() - t0, 1)}
     t1 = time.perf_counter()
     slice_q = probe.slice_score(cand, spec["task"])
+    slice_drop = drop(ref["metric"], ref["slice"], slice_q)
     proxy = probe.cost(base, cand, spec["objective"], max(3, spec["runs"] // 4), spec["task"], all_shapes=False)
-    out.update(slice_quality=slice_q, slice_drop=ref["slice"] - slice_q, proxy_cost=proxy["cost"], **proxy,
-               drop=ref["slice"] - slice_q, proxy_s=round(time.perf_counter() - t1, 1))
+    out.update(slice_quality=slice_q, slice_drop=slice_drop, proxy_cost=proxy["cost"], **proxy, drop=slice_drop,
+               proxy_s=round(time.perf_counter() - t1, 1))
     full_if = spec["full_if"]
     if out["slice_drop"] <= full_if["drop"] and proxy["cost"] <= full_if["cost"]:
         t2 = time.perf_counter()
