@@ -1,5 +1,5 @@
 """What a trial measures, inside its subprocess: quality on a slice of the task or on all of it, as a drop from the
-original's in the budget's unit (tasks.drop), and the cost of the candidate relative to the original timed in the
+original's in the budget's unit (measure/budget.py), and the cost of the candidate relative to the original timed in the
 same alternating loop: token batches (timing.latency_ms), or the family's own speed keys (a causal LM's prefill and
 decoding, Whisper's encoder and real-time factor, an image model's images)."""
 
@@ -12,10 +12,10 @@ from scipy.stats import spearmanr
 
 from ..measure.asr import speech_speeds, utterance_errors, wer
 from ..measure.bench import size_mb, throughput
+from ..measure.budget import drop, drop_interval
 from ..measure.labels import gold_ids
 from ..measure.lm import PPL_BATCH, document_nll, lm_speeds, perplexity
 from ..measure.report import runnable, speeds
-from ..measure.budget import drop, drop_interval
 from ..measure.tasks import (TaskResult, cls_examples, evaluate, inference_fn, pair_cosines, ppl_documents,
                              result_interval, sts_pairs, task_inputs, task_kind)
 from ..speech import read_speech_tsv

@@ -198,13 +198,13 @@ def search(model: str | None, max_drop: float, out: str | os.PathLike, task: str
            n_trials: int | None = None, storage: str | None = None, study_name: str | None = None,
            force: bool = False, tries: list[str] | None = None, runs: int = 20, show_progress: bool = False,
            peers: bool = False, calib: str | None = None) -> dict:
-    """Search for the lowest-cost model whose quality drop on `task` is at most `max_drop` (tasks.drop: points, WER
-    points, or percent of the perplexity); write it to OUT with search.json / search.md / pareto.png and return
-    search.json's content. Nothing found: search.json goes beside OUT (OUT.search.json) and a BudgetError names the
-    closest trial. objective: one of the model family's (space.FAMILIES; None: its first). calib: what every trial
-    compresses with (api.compress's calib; a speech model's TSV is required). peers: also measure `bench --peers`'
-    rows once on this machine (kept beside OUT like the original's figures), as reference points in search.md and
-    pareto.png."""
+    """Search for the lowest-cost model whose quality drop on `task` is at most `max_drop` (measure/budget.py:
+    points, WER points, or percent of the perplexity); write it to OUT with search.json / search.md / pareto.png and
+    return search.json's content. Nothing found: search.json goes beside OUT (OUT.search.json) and a BudgetError
+    names the closest trial. objective: one of the model family's (space.FAMILIES; None: its first). calib: what
+    every trial compresses with (api.compress's calib; a speech model's TSV is required). peers: also measure `bench
+    --peers`' rows once on this machine (kept beside OUT like the original's figures), as reference points in
+    search.md and pareto.png."""
     from .. import io
     from ..api import calibration_of
     from ..arch import LAYER_STACK, blocks
