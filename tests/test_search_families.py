@@ -128,7 +128,8 @@ def test_search_on_whisper_budgets_wer_points_and_times_transcription(whisper_di
     assert p.returncode == 2 and p.stderr.strip().endswith("sentences)") and "give calib (--calib)" in p.stderr
     p = cli(*common, "--trials", 1, "--calib", sets, "--objective", "prefill@8x128")
     assert p.returncode == 2 and "unknown objective 'prefill@8x128' for a speech model" in p.stderr
-    p = cli(*common, "--calib", sets, "--trials", 2, "--try", "original@torch", "--try", "layers(keep=1)+int8@onnx")
+    p = cli(*common, "--calib", sets, "--trials", 2, "--try", "original@torch", "--try", "layers(keep=1)+int8@onnx",
+            "--peers")
     assert p.returncode == 0, p.stderr
     assert "WER points), " in p.stdout and "x the original's rtf" in p.stdout
     s = json.loads((tmp_path / "out" / "search.json").read_text())
@@ -139,6 +140,8 @@ def test_search_on_whisper_budgets_wer_points_and_times_transcription(whisper_di
     small = by["layers(keep=1)+int8"]
     assert small["drop"] == pytest.approx(small["quality"] - s["original"]["value"])  # WER points
     assert small["cost"] == pytest.approx(small["rtf"] / small["original_speeds"]["rtf"])
+    peers = {r["name"]: r for r in s["peers"]}  # bench --peers' rows, measured as a trial is
+    assert peers["ORT fp32"]["drop"] == 0 and peers["ORT fp32"]["cost"] > 0 and "rtf" in peers["torch.ao dynamic int8"]
     assert "| encoder ms 30 s | RTF | MB |" in (tmp_path / "out" / "search.md").read_text()
     m = slimformer.load(tmp_path / "out")
     from slimformer.speech import transcribe
