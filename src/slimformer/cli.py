@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from .errors import SlimformerError
+from .search.space import FAMILIES  # torch-free: the objectives --help lists
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Make transformer encoders smaller and faster; measure them honestly.")
@@ -190,11 +191,9 @@ def search(model: Optional[str] = MODEL_ARG,
            task: Optional[str] = typer.Option(None, "--task", help="stsb-dev | sts:PATH | sst2 | cls:PATH | ppl:PATH | "
                                               "wer:PATH (default: stsb-dev for an embedder, the model's own for a "
                                               "classifier or a causal LM)"),
-           objective: Optional[str] = typer.Option(None, "--objective", help="text: latency@8x128 (default) | "
-                                                   "latency@1x16 | latency@32x32 | throughput | size; a causal LM: "
-                                                   "prefill@8x128 (default) | prefill@1x128 | decode | size; speech: "
-                                                   "rtf (default) | encoder | size; images: latency@8 (default) | "
-                                                   "latency@1 | size"),
+           objective: Optional[str] = typer.Option(None, "--objective", help="the first of the model family's is "
+                                                   "the default: " + "; ".join(f"{f.what}: {' | '.join(f.objectives)}"
+                                                                              for f in FAMILIES.values())),
            calib: Optional[str] = typer.Option(None, "--calib", help="what every trial calibrates on, as compress's "
                                                "--calib (a speech model: required, a TSV of speech)"),
            runtime: str = typer.Option("auto", "--runtime", help="torch | onnx | openvino | auto (search over every "

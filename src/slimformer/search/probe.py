@@ -10,7 +10,7 @@ import time
 import numpy as np
 from scipy.stats import spearmanr
 
-from ..measure.asr import speech_speeds, utterance_errors, wer
+from ..measure.asr import utterance_errors, wer
 from ..measure.bench import size_mb, throughput
 from ..measure.budget import drop, drop_interval
 from ..measure.labels import gold_ids
@@ -111,11 +111,10 @@ def own_speeds(base, cand, family: str, runs: int) -> dict[str, dict]:
     timed in turns: a causal LM's prefill_ms and decode_tokens_per_s, Whisper's encoder_ms and rtf, an image
     model's latency_ms at one image and a batch."""
     models = {"original": base, "candidate": cand}
-    if family == "causal-lm":
+    if family == "causal-lm":  # report.speeds would also time its scoring forwards (token batches, every logit)
         return lm_speeds(models, runs)
-    if family == "speech":
-        return speech_speeds(models, runs)
-    return {n: {"latency_ms": s["latency_ms"]} for n, s in speeds(models, runs)[0].items()}
+    stats, own = speeds(models, runs)  # Whisper: its own keys; an image model: its images, as latency_ms
+    return own or {n: {"latency_ms": s["latency_ms"]} for n, s in stats.items()}
 
 
 def objective_time(figures: dict, objective: str) -> float:

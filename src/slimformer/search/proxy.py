@@ -48,9 +48,10 @@ def measure_table(model, objective: str, runs: int = TABLE_RUNS) -> dict:
     from ..passes.structure import drop_layers, ffn_per_layer, heads_per_layer, slice_ffn, slice_heads
     from ..timing import latency_ms
 
-    family = FAMILIES[family_of(model)]
-    if family is not FAMILIES["text"]:  # their costs are not token batches: prefill and decoding, audio, images
-        raise SlimformerError(f"no latency table for {family.what} yet: every candidate is built and measured")
+    family = family_of(model)
+    if family != "text":  # their costs are not token batches: prefill and decoding, audio, images
+        raise SlimformerError(f"no latency table for {FAMILIES[family].what} yet: every candidate is built and "
+                              "measured")
     enc, adapter = model.encoder, model.adapter
     heads, ffn = heads_per_layer(enc, adapter), ffn_per_layer(enc, adapter)
     n = len(heads)
