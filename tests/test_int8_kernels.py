@@ -12,7 +12,8 @@ from slimformer.passes.int8_kernels import KERNELS, Int8Linear
 from slimformer.passes import freeze
 
 # the op each kernel's matmul must appear as in the profiler
-KERNEL_OPS = {"intmm": "aten::_int_mm", "fbgemm": "quantized::linear_dynamic", "w8": "aten::_weight_int8pack_mm",
+KERNEL_OPS = {"intmm": "aten::_int_mm", "fbgemm": "quantized::linear_with_input_q_dq_qweight_dq_output_fp32",
+              "w8": "aten::_weight_int8pack_mm",
               "fp16": "quantized::linear_dynamic_fp16", "fp32": "aten::linear"}
 
 
@@ -101,8 +102,8 @@ def test_small_and_large_calls_run_their_own_kernel(layer_and_inputs):
     int8_kernels.set_kernel(lin, "fp32/fbgemm")
     assert int8_kernels.summary(nn.Sequential(lin)) == {"fp32/fbgemm": 1}
     big = x.repeat(-(-(int8_kernels.SMALL_ROWS + 1) // len(x)), 1)  # more than SMALL_ROWS rows
-    for rows, op, other in ((x[:16], "aten::linear", "quantized::linear_dynamic"),
-                            (big, "quantized::linear_dynamic", "aten::linear")):
+    for rows, op, other in ((x[:16], "aten::linear", KERNEL_OPS["fbgemm"]),
+                            (big, KERNEL_OPS["fbgemm"], "aten::linear")):
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             lin(rows)
         ops = {e.key for e in prof.key_averages()}
@@ -161,7 +162,7 @@ def test_freeze_traces_the_batch_kernel_and_keeps_the_eager_choice(tiny_int8, se
     int8_kernels.choose(model.encoder, "fp32/fbgemm")
     freeze.apply(model, "trace")
     graph = model.__dict__["frozen"].graph.inlined_graph
-    assert "quantized::linear_dynamic" in str(graph)  # the batch kernel, though the trace example is small
+    assert KERNEL_OPS["fbgemm"] in str(graph)  # the batch kernel, though the trace example is small
     assert int8_kernels.summary(model.encoder) == {"fp32/fbgemm": 13}  # eager fallback: as chosen
 
 

@@ -2,11 +2,10 @@
 
 Kernels (none couples a row to its batch-mates: activation scales, where there are any, are per token):
   intmm   q8(x) per token, torch._int_mm (int8 x int8 -> int32), rescale. Exact int32 accumulation.
-  fbgemm  torch.ao's fbgemm dynamic int8 GEMM (per-channel weights). It picks one activation scale per *tensor*
-          from the tensor's min/max, so each row is first scaled to max |x| = 127 and one constant row
-          [128, 0, ..., 0, -128] is appended: the tensor's range is then always [-128, 128], its scale a constant,
-          and each row is quantized on its own. fbgemm's AVX2 path needs reduce_range (7-bit activations, against int16
-          saturation), so activations get 127 levels per token instead of 255.
+  fbgemm  fbgemm's int8 GEMM (torch.ao's, per-channel weights), called with the activation scale given instead of
+          the one per tensor it would pick: each row is first scaled to max |x| = 63.5 and quantized at scale 1 and
+          zero point 64, so each row gets its own scale. 7-bit activations ([0, 128], fbgemm's AVX2 `reduce_range`
+          range: a pair of u8 x s8 products must fit int16), so 127 levels per token instead of 255.
   w8      weight-only int8 (torch._weight_int8pack_mm): float activations, int8 weights.
   fp16    fbgemm's fp16-weight GEMM on the dequantized weights (fp32 activations, fp32 accumulation): one op and
           half the weight bytes of fp32, which is what a 16-token call is bound by.
@@ -27,8 +26,10 @@ def _rows(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def row_absmax(x: torch.Tensor) -> torch.Tensor:
-    """max |x| per row, floored at 1e-8: (M, K) -> (M, 1). From amax and amin: two reads of x and no |x| temporary
-    (half the time of abs().amax() at 1024 rows)."""
+    """max |x| per row, floored at 1e-8: (M, K) -> (M, 1). A few rows: abs().amax(), the fewest ops (eager pays per
+    op); many: amax and amin, two reads of x and no |x| temporary (half the time of abs().amax() at 1024 rows)."""
+    if x.shape[0] <= 128:
+        return x.abs().amax(-1, keepdim=True).clamp_min_(1e-8)
     return torch.maximum(x.amax(-1, keepdim=True), x.amin(-1, keepdim=True).neg_()).clamp_min_(1e-8)
 
 
@@ -46,6 +47,11 @@ def _intmm(lin, x: torch.Tensor) -> torch.Tensor:
     return y.view(*shape[:-1], lin.out_features)
 
 
+def _fbgemm_op(x, scale: float, zero_point: int, packed) -> torch.Tensor:
+    """fbgemm's dynamic int8 linear with the activation's (per-tensor) quantization given: (M, K) -> (M, N) fp32."""
+    return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x, scale, zero_point, packed)
+
+
 def _prepare_fbgemm(lin) -> dict:
     w = lin.weight  # (N, K) int8, symmetric: zero point 0
     with warnings.catch_warnings():
@@ -53,26 +59,20 @@ def _prepare_fbgemm(lin) -> dict:
         qw = torch._make_per_channel_quantized_tensor(w, lin.weight_scale.double(),
                                                       torch.zeros(len(w), dtype=torch.long), 0)
         packed = torch.ops.quantized.linear_prepack(qw, None)
-    # (K,): pins the tensor's range to [-128, 128], just outside every scaled row (max |x| = 127 up to rounding)
-    anchor = torch.zeros(lin.in_features)
-    anchor[0], anchor[-1] = 128.0, -128.0
-    return {"packed": packed, "anchor": anchor}
+    _fbgemm_op(torch.zeros(1, lin.in_features), 1.0, 64, packed)  # weights another engine packed lack it: fail here
+    return {"packed": packed}
 
 
 def _fbgemm(lin, x: torch.Tensor) -> torch.Tensor:
-    # Written for few passes over the activations and one fresh (M + 1, K) buffer: at 1024 tokens each extra
-    # temporary costs page faults that can outweigh the int8 gain (torch.linalg.vector_norm(inf) was 10x amax+amin).
+    # One fresh (M, K) buffer and no pass of fbgemm's own over x for a per-tensor range: at 1024 tokens each extra
+    # pass or temporary costs about as much as the int8 gain (torch.ao's one-liner, one scale a tensor, has neither)
     shape, x = x.shape, _rows(x, lin.in_features)
-    m = x.shape[0]
-    buf = torch.empty(m + 1, lin.in_features)  # (M + 1, K): the rows scaled to max |x| = 127, then the anchor row
-    xs = buf[:m]
     if lin.inv_smooth is not None:
-        x = torch.mul(x, lin.inv_smooth, out=xs)
-    scale = row_absmax(x).mul_(1.0 / 127.0)  # (M, 1)
-    torch.div(x, scale, out=xs)  # in place when smoothed (x is xs), else the copy and the scaling in one pass
-    buf[m] = lin._kernel_fbgemm_anchor
-    y = torch.ops.quantized.linear_dynamic(buf, lin._kernel_fbgemm_packed, True)[:m]  # (M, N), weight scales in
-    y = torch.addcmul(lin.bias, y, scale, out=y) if lin.bias is not None else y.mul_(scale)  # in place: one pass
+        x = x * lin.inv_smooth  # a fresh (M, K): scaled in place below
+    scale = row_absmax(x).mul_(1.0 / 63.5)  # (M, 1): each row to max |x| = 63.5, then q = round(x) + 64 in [0, 128]
+    xs = x.div_(scale) if lin.inv_smooth is not None else torch.div(x, scale)
+    y = _fbgemm_op(xs, 1.0, 64, lin._kernel_fbgemm_packed)  # (M, N): q = round(xs / 1.0) + 64, weight scales in
+    y = torch.addcmul(lin.bias, y, scale, out=y) if lin.bias is not None else y.mul_(scale)  # (M, N), in place
     return y.view(*shape[:-1], lin.out_features)
 
 
