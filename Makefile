@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-full test test-slow mpnet peers finetune ecosystem peers-static gemma whisper whisper-wer clean
+.PHONY: install demo demo-full test test-slow mpnet peers finetune ecosystem peers-static gemma whisper whisper-wer \
+  vit-digits clean
 
 install: $(STAMP)
 
@@ -76,6 +77,13 @@ whisper: install
 # disjoint calibration set from STS-B train (benchmarks/out/speech/calib.tsv)
 whisper-wer: whisper
 	$(BIN)/python benchmarks/speech_set.py benchmarks/out/speech
+
+# A ViT classifier for the README's vision section, trained here (no pretrained ViT weights install here) on the
+# handwritten digits scikit-learn ships (this target's own dependency): the labelled images in benchmarks/out/digits
+# (train: what --calib reads; test: --task cls:FOLDER), the model in models/vit-digits (benchmarks/vit_digits.py)
+vit-digits: install
+	$(BIN)/python -m pip install -q scikit-learn
+	$(BIN)/python benchmarks/vit_digits.py benchmarks/out/digits models/vit-digits
 
 # Exports load in sentence-transformers with optimum (ONNX Runtime) and with optimum-intel (OpenVINO) without
 # slimformer: each checked in a venv of its own (optimum's ONNX backend installs only with transformers<4.58; the

@@ -221,6 +221,19 @@ def _image_classifier_dir(tmp_path, labels: int = 3):
     return tmp_path / "vit-cls", images
 
 
+def test_calibration_folder_may_hold_labelled_subfolders(tmp_path):
+    """A training set in the ImageFolder layout calibrates as it is: the images of every subfolder, by path."""
+    from slimformer.vision import calibration_pixels
+
+    folder, images = _image_classifier_dir(tmp_path)
+    model = slimformer.load(folder)
+    flat = calibration_pixels(str(images), model)  # (8, 3, 16, 16)
+    for f in sorted(images.iterdir()):
+        (images / ("a" if int(f.stem) < 4 else "b")).mkdir(exist_ok=True)
+        f.rename(images / ("a" if int(f.stem) < 4 else "b") / f.name)
+    assert flat.shape == (8, 3, 16, 16) and torch.equal(calibration_pixels(str(images), model), flat)
+
+
 @torch.no_grad()  # logits_batch runs the net as it is (compress's own passes enable grad where they need it)
 def test_image_classifier_loads_compresses_saves_and_exports(tmp_path):
     folder, images = _image_classifier_dir(tmp_path)

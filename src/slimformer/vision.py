@@ -45,8 +45,9 @@ def random_pixels(config, n: int = CALIB_IMAGES, seed: int = 0) -> torch.Tensor:
 
 
 def image_files(folder: Path) -> list[Path]:
-    """The image files in `folder`, sorted by name."""
-    return sorted(f for f in Path(folder).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    """The image files in `folder` and its subfolders (an ImageFolder layout's labels: calibration ignores them),
+    sorted by path."""
+    return sorted(f for f in Path(folder).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
 
 
 def load_pixels(images: list, processor) -> torch.Tensor:
@@ -61,7 +62,7 @@ def load_pixels(images: list, processor) -> torch.Tensor:
 
 
 def folder_pixels(folder: Path, processor) -> torch.Tensor:
-    """Every image file in `folder` (sorted by name) through the model's image processor: (N, C, H, W)."""
+    """Every image file under `folder` (sorted by path) through the model's image processor: (N, C, H, W)."""
     files = image_files(folder)
     if not files:
         raise SlimformerError(f"calibration folder {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
