@@ -67,10 +67,11 @@ def test_embedding_independent_of_batch_mates(minilm_int8, sentences):
     np.testing.assert_allclose(mixed, alone, atol=5e-3)
 
 
-@pytest.mark.parametrize("kernel", ["intmm", "fp32"])
-def test_identity_on_the_int8_grid(kernel):
-    """Weights and inputs that int8 represents exactly give exactly the float result (fbgemm's 7-bit activations
-    and w8's re-rounded weights have another grid)."""
+@pytest.mark.parametrize("kernel, top", [("intmm", 127), ("fp32", 127), ("fbgemm", 63)])
+def test_identity_on_the_int8_grid(kernel, top):
+    """Weights and inputs that int8 represents exactly give exactly the float result: activations on a grid of
+    2 * top + 1 levels per token (fbgemm's are 7-bit: 127 levels), every row reaching +-top (w8's re-rounded
+    weights have another grid)."""
     torch.manual_seed(0)
     lin = nn.Linear(48, 20)
     scale = torch.rand(20) + 0.5
@@ -78,8 +79,8 @@ def test_identity_on_the_int8_grid(kernel):
     q[:, 0] = 127  # each row reaches the full range, so its scale is exactly `scale`
     with torch.no_grad():
         lin.weight.copy_(q * scale[:, None])
-    x = torch.randint(-127, 128, (5, 48)).float()
-    x[:, 0] = 127  # per-token scale 1
+    x = torch.randint(-top, top + 1, (5, 48)).float()
+    x[:, 0], x[:2, 1] = top, -top  # per-token scale 1; both ends of the grid
     ref = (x.double() @ (q * scale[:, None]).double().T + lin.bias.detach().double()).numpy()  # exact in fp64
     qlin = Int8Linear.from_linear(lin)
     int8_kernels.set_kernel(qlin, kernel)

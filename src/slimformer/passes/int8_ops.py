@@ -3,8 +3,8 @@
 Kernels (none couples a row to its batch-mates: activation scales, where there are any, are per token):
   intmm   q8(x) per token, torch._int_mm (int8 x int8 -> int32), rescale. Exact int32 accumulation.
   fbgemm  fbgemm's int8 GEMM (torch.ao's, per-channel weights), called with the activation scale given instead of
-          the one per tensor it would pick: each row is first scaled to max |x| = 63.5 and quantized at scale 1 and
-          zero point 64, so each row gets its own scale. 7-bit activations ([0, 128], fbgemm's AVX2 `reduce_range`
+          the one per tensor it would pick: each row is first scaled to max |x| = 63 and quantized at scale 1 and
+          zero point 64, so each row gets its own scale. 7-bit activations ([1, 127], fbgemm's AVX2 `reduce_range`
           range: a pair of u8 x s8 products must fit int16), so 127 levels per token instead of 255.
   w8      weight-only int8 (torch._weight_int8pack_mm): float activations, int8 weights.
   fp16    fbgemm's fp16-weight GEMM on the dequantized weights (fp32 activations, fp32 accumulation): one op and
@@ -69,7 +69,7 @@ def _fbgemm(lin, x: torch.Tensor) -> torch.Tensor:
     shape, x = x.shape, _rows(x, lin.in_features)
     if lin.inv_smooth is not None:
         x = x * lin.inv_smooth  # a fresh (M, K): scaled in place below
-    scale = row_absmax(x).mul_(1.0 / 63.5)  # (M, 1): each row to max |x| = 63.5, then q = round(x) + 64 in [0, 128]
+    scale = row_absmax(x).mul_(1.0 / 63.0)  # (M, 1): each row to max |x| = 63, then q = round(x) + 64 in [1, 127]
     xs = x.div_(scale) if lin.inv_smooth is not None else torch.div(x, scale)
     y = _fbgemm_op(xs, 1.0, 64, lin._kernel_fbgemm_packed)  # (M, N): q = round(xs / 1.0) + 64, weight scales in
     y = torch.addcmul(lin.bias, y, scale, out=y) if lin.bias is not None else y.mul_(scale)  # (M, N), in place
