@@ -15,9 +15,7 @@ the CPU, so every pass can be scored on a trained model's accuracy instead of on
 
 import argparse
 import math
-import random
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,9 @@ import torch.nn.functional as F
 from PIL import Image
 from sklearn.datasets import load_digits
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+from slimformer.folder import atomic_folder
+from slimformer.vision import labelled_images, load_pixels
 
 SIZE, PATCH = 32, 4
 
@@ -48,9 +49,9 @@ def write_images(out: Path) -> None:
 
 
 def pixels(folder: Path, processor) -> tuple[torch.Tensor, torch.Tensor]:
-    paths = sorted(folder.glob("*/*.png"))
-    x = processor([Image.open(p) for p in paths], return_tensors="pt")["pixel_values"]  # (N, 3, 32, 32)
-    return x, torch.tensor([int(p.parent.name) for p in paths])
+    """A labelled folder as `--task cls:FOLDER` reads it: (pixels (N, 3, 32, 32), labels (N,))."""
+    pairs = labelled_images(folder)
+    return load_pixels([p for p, _ in pairs], processor), torch.tensor([int(label) for _, label in pairs])
 
 
 def shifted(x: torch.Tensor, gen: torch.Generator, most: int = 3) -> torch.Tensor:
@@ -62,7 +63,6 @@ def shifted(x: torch.Tensor, gen: torch.Generator, most: int = 3) -> torch.Tenso
 
 def train(out: Path, model_dir: Path, epochs: int) -> None:
     torch.manual_seed(0)
-    random.seed(0)
     processor = ViTImageProcessor(size={"height": SIZE, "width": SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     config = ViTConfig(image_size=SIZE, patch_size=PATCH, hidden_size=192, num_hidden_layers=6, num_attention_heads=3,
                        intermediate_size=768, num_labels=10, id2label={i: str(i) for i in range(10)},
@@ -91,11 +91,9 @@ def train(out: Path, model_dir: Path, epochs: int) -> None:
                 acc = (model(pixel_values=x_test).logits.argmax(-1) == y_test).float().mean().item()
             print(f"epoch {epoch + 1}: loss {loss.item():.3f}, test accuracy {100 * acc:.2f}", flush=True)
     model.eval()
-    tmp = Path(tempfile.mkdtemp(dir=model_dir.parent, prefix=f".{model_dir.name}."))
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    shutil.rmtree(model_dir, ignore_errors=True)
-    tmp.rename(model_dir)
+    with atomic_folder(model_dir, force=True) as tmp:  # a run killed mid-save leaves the previous model
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
 
 
 def main() -> None:
@@ -106,7 +104,6 @@ def main() -> None:
     a = ap.parse_args()
     shutil.rmtree(a.out_dir, ignore_errors=True)
     write_images(a.out_dir)
-    a.model_dir.parent.mkdir(parents=True, exist_ok=True)
     train(a.out_dir, a.model_dir, a.epochs)
 
 

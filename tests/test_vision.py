@@ -229,8 +229,9 @@ def test_calibration_folder_may_hold_labelled_subfolders(tmp_path):
     model = slimformer.load(folder)
     flat = calibration_pixels(str(images), model)  # (8, 3, 16, 16)
     for f in sorted(images.iterdir()):
-        (images / ("a" if int(f.stem) < 4 else "b")).mkdir(exist_ok=True)
-        f.rename(images / ("a" if int(f.stem) < 4 else "b") / f.name)
+        sub = images / ("a" if int(f.stem) < 4 else "b")  # a/0..3, b/4..7: the same order by path
+        sub.mkdir(exist_ok=True)
+        f.rename(sub / f.name)
     assert flat.shape == (8, 3, 16, 16) and torch.equal(calibration_pixels(str(images), model), flat)
 
 
