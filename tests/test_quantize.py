@@ -149,3 +149,26 @@ def test_sensitive_linears_kept_in_fp32(tiny, sentences):
     assert len(decisions["fp32_kept"]) == 2
     for fqn in decisions["fp32_kept"]:
         assert type(tiny.encoder.get_submodule(fqn)) is nn.Linear
+
+
+def test_a_layer_pruned_to_nothing_quantizes_round_trips_and_exports(tiny, sentences, tmp_path):
+    """A block whose heads and neurons were all pruned keeps Linear(0, H)s (their output is their bias): `int8` with
+    its calibrated smoothing leaves them as they are and quantizes the rest (it used to fail on their empty input)."""
+    from slimformer.passes import structure as S
+    from slimformer.runtime.export import export
+
+    S.slice_heads(tiny.encoder, tiny.adapter, [[], [0, 1, 2, 3]])
+    S.slice_ffn(tiny.encoder, tiny.adapter, [[], list(range(128))])
+    small = slimformer.compress(tiny, "int8", calib=sentences[:16])
+    empty = [tiny.encoder.encoder.layer[0].attention.output.dense, tiny.encoder.encoder.layer[0].output.dense]
+    assert [m.in_features for m in empty] == [0, 0]
+    for fqn in ("encoder.layer.0.attention.output.dense", "encoder.layer.0.output.dense"):
+        assert type(small.encoder.get_submodule(fqn)) is nn.Linear
+    layer1 = small.encoder.encoder.layer[1]
+    assert isinstance(layer1.attention.output.dense, Int8Linear) and isinstance(layer1.output.dense, Int8Linear)
+    cos = cosines(tiny.encode(sentences), small.encode(sentences))
+    assert cos.min() > 0.99, cos.min()
+    back = slimformer.load(slimformer.save(small, tmp_path / "int8"))
+    np.testing.assert_array_equal(back.encode(sentences), small.encode(sentences))
+    served = slimformer.load(export(back, tmp_path / "ort"))  # ORT's int8: one activation scale per tensor
+    assert cosines(served.encode(sentences), small.encode(sentences)).mean() > 0.98

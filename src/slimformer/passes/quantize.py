@@ -167,6 +167,12 @@ def float_act_layers(model: nn.Module, cfg: Int8, calib: Calibration | None, dam
     return order[:hi]
 
 
+def _has_weights(m: nn.Module) -> bool:
+    """A Linear to quantize: not a Linear(0, H) (a layer whose heads or neurons were all pruned: its output is its
+    bias) nor a Linear(K, 0)."""
+    return isinstance(m, nn.Linear) and m.weight.numel() > 0
+
+
 def int8(model: nn.Module, cfg: Int8, calib: Calibration | None = None, damage=None, skip: tuple[str, ...] = ()
          ) -> tuple[nn.Module, dict]:
     """Quantize `model` in place; returns it and the decisions made (recorded in the manifest). `damage`: what
@@ -174,7 +180,7 @@ def int8(model: nn.Module, cfg: Int8, calib: Calibration | None = None, damage=N
     float_act=auto holds to a budget. `skip`: name suffixes of embeddings left in float (their owner reads `.weight`
     itself: arch.Adapter.float_modules)."""
     make_quantizable(model)  # stock nn.MultiheadAttention hides its projections from a Linear swap
-    linears = {fqn for fqn, m in model.named_modules() if isinstance(m, nn.Linear)}
+    linears = {fqn for fqn, m in model.named_modules() if _has_weights(m)}
     needs_calib = cfg.smooth > 0 or cfg.fp32 > 0
     if needs_calib and calib is None:
         raise RecipeError("int8: smooth/fp32 need calibration text")
@@ -191,7 +197,7 @@ def int8(model: nn.Module, cfg: Int8, calib: Calibration | None = None, damage=N
         smooth = _smoothing(absmax[fqn], lin, cfg.smooth) if cfg.smooth > 0 else None
         return Int8Linear.from_linear(lin, smooth)
 
-    quantized = replace_modules(model, lambda m, fqn: isinstance(m, nn.Linear) and fqn not in keep_fp32, swap)
+    quantized = replace_modules(model, lambda m, fqn: _has_weights(m) and fqn not in keep_fp32, swap)
     embedded = []
     if cfg.embeddings:
         token = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
