@@ -65,4 +65,4 @@ def risk_md(risk: dict) -> str:
     kinds = ", ".join(f"{k} text {v:.2f}" for k, v in risk.items() if k != "metric")
     return (f"Fidelity to the original, label-free ({what}; 100: behaves the same): {kinds}. A lower value on other "
             "text than on calibration-like text means the task's delta may not hold on other data (pass --calib "
-            "with text like yours).")
+            "with text like yours, or give a narrowed model a minute of distill before int8).")
