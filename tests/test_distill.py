@@ -20,6 +20,7 @@ def test_a_few_steps_reduce_the_loss_on_held_out_text(tiny, sentences):
     assert step["steps"] == 15 and step["loss_last"] < step["loss_first"] and step["batch_size"] == 8
     default = slimformer.compress(tiny, "ffn(keep=0.25)+distill(steps=1)", calib=train).manifest["steps"][-1]
     assert default["batch_size"] == 32 and default["sentences"] == 32  # a text model's default
+    assert default["lr"] == 3e-4 and step["lr"] == 1e-3
 
 
 def test_deterministic_for_a_seed(tiny, sentences):

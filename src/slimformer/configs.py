@@ -179,7 +179,7 @@ class Distill:
     phase: ClassVar[int] = DISTILL
     minutes: float | None = None  # wall-clock budget
     steps: int | None = None  # or a number of optimizer steps
-    lr: float = 3e-4  # AdamW peak (warm-up, then linear decay); beat 1e-4 by 2 STS-B points on low-rank
+    lr: float | None = None  # AdamW peak (warm-up, then linear decay); None: distill.LR by kind
     # items per step; None: BATCH_SIZE by kind (a causal LM's logits are vocabulary-wide, a speech item is 30 s)
     batch_size: int | None = None
     seed: int = 0
@@ -187,7 +187,8 @@ class Distill:
     temperature: float = 2.0  # of the KL term on a classifier's logits (softmax(z / T), scaled by T^2)
 
     def __post_init__(self):
-        require(is_real(self.lr) and self.lr > 0, self.step, f"lr must be a number > 0, got {self.lr!r}")
+        require(self.lr is None or is_real(self.lr) and self.lr > 0, self.step,
+                f"lr must be a number > 0, got {self.lr!r}")
         require(is_real(self.temperature) and self.temperature > 0, self.step,
                 f"temperature must be a number > 0, got {self.temperature!r}")
         if self.batch_size is not None:
