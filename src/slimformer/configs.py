@@ -70,10 +70,12 @@ class Heads:
     keep: float | int  # fraction of all heads (placed by importance), or a count kept in every layer
     tune: bool = False  # least-squares mask tuning of what is kept (Kwon et al. 2022); off: it cost STS-B here
     fisher: str = "states"  # an embedder's importance target (FISHER_TARGETS); a classifier's is its logits
+    compensate: bool = False  # dropped units' constant parts into the biases (compensate.py); off: cost STS-B here
 
     def __post_init__(self):
         check_keep(self.step, self.keep)
         check_bool(self.step, "tune", self.tune)
+        check_bool(self.step, "compensate", self.compensate)
         check_fisher(self.step, self.fisher)
 
 
@@ -84,10 +86,12 @@ class Ffn:
     keep: float | int  # fraction of all FFN neurons (placed by importance), or a count kept in every layer
     tune: bool = False  # least-squares mask tuning of what is kept
     fisher: str = "states"  # an embedder's importance target (FISHER_TARGETS); a classifier's is its logits
+    compensate: bool = False  # dropped units' constant parts into the biases (compensate.py); off: cost STS-B here
 
     def __post_init__(self):
         check_keep(self.step, self.keep)
         check_bool(self.step, "tune", self.tune)
+        check_bool(self.step, "compensate", self.compensate)
         check_fisher(self.step, self.fisher)
 
 
@@ -114,11 +118,13 @@ class Prune:
     flops: float  # target fraction of the original encoder's FLOPs, heads and FFN neurons chosen jointly
     tune: bool = False  # least-squares mask tuning of what is kept
     fisher: str = "states"  # an embedder's importance target (FISHER_TARGETS); a classifier's is its logits
+    compensate: bool = False  # dropped units' constant parts into the biases (compensate.py); off: cost STS-B here
     head_weight: float | None = None  # head vs neuron importance exchange rate; None: measured among HEAD_WEIGHTS
 
     def __post_init__(self):
         check_fraction(self.step, "flops", self.flops)
         check_bool(self.step, "tune", self.tune)
+        check_bool(self.step, "compensate", self.compensate)
         check_fisher(self.step, self.fisher)
         require(self.head_weight is None or is_real(self.head_weight) and self.head_weight > 0, self.step,
                 f"head_weight must be a positive number, got {self.head_weight!r}")

@@ -23,6 +23,7 @@ from ..configs import HEAD_WEIGHTS, Ffn, Heads, Layers, Prune
 from ..errors import BudgetError
 from ..surgery import set_module
 from .calib import Calibration, has_head, output_distance, pooled, rows, sentence_output
+from .compensate import compensate, constant_parts
 from .masktune import fold_masks, tune_masks
 from .stacks import at_least, joined, owns_ffn, record_all, split, stack_importance
 from .structure import (REF_TOKENS, drop_layers, encoder_flops, ffn_per_layer, flops_tokens, has_attention,
@@ -126,11 +127,16 @@ def even_groups(encoder: nn.Module, adapter, fisher_h: torch.Tensor, keep_heads:
     return out
 
 
-def narrow(model, teacher, calib: Calibration, keep_heads, keep_neurons, tune: bool, adapter=None) -> dict:
-    """Mask-tune (if `tune`: every config's default is off), then slice `adapter`'s stack (default: the model's
-    one). Returns the decisions for the manifest."""
+def narrow(model, teacher, calib: Calibration, keep_heads, keep_neurons, tune: bool, compensated: bool,
+           adapter=None, parts: dict | None = None) -> dict:
+    """Compensate the dropped units' constant parts in the biases (if `compensated`: compensate.py; `parts`, when
+    already measured on this model), mask-tune (if `tune`: every config's default is off), then slice `adapter`'s
+    stack (default: the model's one). Returns the decisions for the manifest."""
     enc, adapter = model.encoder, adapter or model.adapter
     before = encoder_flops(enc, adapter)
+    if compensated:
+        compensate(model, adapter, constant_parts(model, adapter, calib) if parts is None else parts, keep_heads,
+                   keep_neurons)
     if tune:
         head_mask, neuron_mask = tune_masks(model, teacher, calib, keep_heads, keep_neurons)
         fold_masks(enc, adapter, head_mask, neuron_mask)
@@ -138,7 +144,7 @@ def narrow(model, teacher, calib: Calibration, keep_heads, keep_neurons, tune: b
     slice_ffn(enc, adapter, keep_neurons)
     return {"heads_per_layer": heads_per_layer(enc, adapter), "ffn_per_layer": ffn_per_layer(enc, adapter),
             "kept_heads": keep_heads, "flops_fraction": round(encoder_flops(enc, adapter) / before, 4),
-            "mask_tuning": tune}
+            "mask_tuning": tune, "compensated": compensated}
 
 
 @torch.no_grad()
@@ -182,13 +188,14 @@ def _keep_lists(scores: torch.Tensor, keep_: float | int, what: str) -> list[lis
     return [sorted(row.argsort(descending=True)[:keep_].tolist()) for row in scores]
 
 
-def _per_stack(model, ctx, tune: bool, decide) -> dict:
+def _per_stack(model, ctx, cfg, decide) -> dict:
     """Run `decide(adapter, keep) -> (keep_heads, keep_neurons)` for every stack (arch.STACKS) and narrow each.
     One stack: its decisions; several: {stack name: decisions}."""
     fit, _ = ctx.calib.split()
     adapters = stacks(model.model_type)
     # decided stack by stack, after the ones before were sliced: stacks on the same blocks see the widths as they are
-    out = {a.name: narrow(model, ctx.teacher, fit, *decide(a, i), tune, a) for i, a in enumerate(adapters)}
+    out = {a.name: narrow(model, ctx.teacher, fit, *decide(a, i), cfg.tune, cfg.compensate, a)
+           for i, a in enumerate(adapters)}
     return next(iter(out.values())) if len(out) == 1 else out
 
 
@@ -197,7 +204,7 @@ def heads(model, cfg: Heads, ctx) -> dict:
     fisher_h = [t[0] for t in stack_importance(model, ctx.calib.split()[0], fisher=cfg.fisher)]
     kept = split(_keep_lists(joined(fisher_h), cfg.keep, "heads"), fisher_h)
     enc = model.encoder
-    return _per_stack(model, ctx, cfg.tune, lambda a, i: (
+    return _per_stack(model, ctx, cfg, lambda a, i: (
         at_least(model, a, fisher_h[i], even_groups(enc, a, fisher_h[i], kept[i])),
         [list(range(f)) for f in ffn_per_layer(enc, a)]))
 
@@ -209,7 +216,7 @@ def ffn(model, cfg: Ffn, ctx) -> dict:
     tables = stack_importance(model, ctx.calib.split()[0], fisher=cfg.fisher)
     fisher_n = [t[1] for t, o in zip(tables, own) if o]
     kept = iter(split(_keep_lists(joined(fisher_n), cfg.keep, "FFN neurons"), fisher_n))
-    return _per_stack(model, ctx, cfg.tune, lambda a, i: (
+    return _per_stack(model, ctx, cfg, lambda a, i: (
         [list(range(h)) for h in heads_per_layer(enc, a)],
         next(kept) if own[i] else [list(range(f)) for f in ffn_per_layer(enc, a)]))
 
@@ -227,14 +234,18 @@ def prune(model, cfg: Prune, ctx) -> dict:
                                  flops_tokens(enc, adapter))
         return even_groups(enc, adapter, fisher_h, kh), kn
 
+    parts = constant_parts(model, adapter, fit) if cfg.compensate else None
     if cfg.head_weight is not None:  # given (the search samples it): nothing to measure
         keep_heads, keep_neurons = choose(cfg.head_weight)
-        return {**narrow(model, ctx.teacher, fit, keep_heads, keep_neurons, cfg.tune), "head_weight": cfg.head_weight}
+        return {**narrow(model, ctx.teacher, fit, keep_heads, keep_neurons, cfg.tune, cfg.compensate, parts=parts),
+                "head_weight": cfg.head_weight}
     score = fidelity_of(ctx.teacher, held)
 
     def trial(weight: float) -> float:
         kh, kn = choose(weight)
         candidate = model.clone()
+        if parts is not None:  # each exchange rate is scored as it will be made
+            compensate(candidate, adapter, parts, kh, kn)
         slice_heads(candidate.encoder, adapter, kh)
         slice_ffn(candidate.encoder, adapter, kn)
         return score(candidate)
@@ -242,7 +253,7 @@ def prune(model, cfg: Prune, ctx) -> dict:
     fidelity = {w: trial(w) for w in HEAD_WEIGHTS}
     weight = max(fidelity, key=fidelity.get)
     keep_heads, keep_neurons = choose(weight)
-    decisions = narrow(model, ctx.teacher, fit, keep_heads, keep_neurons, cfg.tune)
+    decisions = narrow(model, ctx.teacher, fit, keep_heads, keep_neurons, cfg.tune, cfg.compensate, parts=parts)
     return {**decisions, "head_weight": weight, "fidelity": {str(w): round(f, 4) for w, f in fidelity.items()}}
 
 
