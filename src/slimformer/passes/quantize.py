@@ -131,8 +131,10 @@ def input_noise(model: nn.Module, calib: Calibration) -> dict[str, float]:
 
 def float_act_layers(model: nn.Module, cfg: Int8, calib: Calibration | None, damage) -> list[str]:
     """The Int8Linears that keep float activations: float_act=N, the N noisiest inputs (input_noise); "auto", for a
-    next-token model (`damage`: its KL in nats per token), the fewest of that order whose float activations keep the
-    KL within ACT_KL of int8 weights alone (all float), by bisection (a forward of the few ranking batches each)."""
+    next-token model (`damage`: its KL in nats per token), the fewest FLOPs of float activations that keep the KL
+    within ACT_KL of int8 weights alone (all float): each layer's own KL with int8 activations (the rest float) per
+    FLOP it would run in int8 orders them, and the longest cheapest-first run within the budget keeps int8
+    activations, found by bisection (a forward of the few ranking batches each)."""
     if cfg.float_act == 0 or (cfg.float_act == "auto" and (damage is None or calib is None)):
         return []
     if calib is None:
@@ -141,30 +143,33 @@ def float_act_layers(model: nn.Module, cfg: Int8, calib: Calibration | None, dam
     order = sorted(noise, key=noise.__getitem__, reverse=True)
     if cfg.float_act != "auto":
         return order[: cfg.float_act]
-    layers = [model.get_submodule(fqn) for fqn in order]
-    chosen = [m.__dict__["kernel"] for m in layers]
+    layers = {fqn: model.get_submodule(fqn) for fqn in order}
+    chosen = {fqn: m.__dict__["kernel"] for fqn, m in layers.items()}
     # the kernels are chosen again at every load, on every machine (this process may have picked float ones, which
     # hide the activation noise), so the budget holds for the coarsest activations a machine may run: fbgemm's 7 bits
     # (intmm's 8 then keep it too), or the kernel forced
     act = int8_kernels.forced() or ("fbgemm" if int8_kernels.available("fbgemm") else "intmm")
 
-    def kl_with(k: int) -> float:  # the first k of `order` on fp32 compute, the rest with int8 activations
-        for i, m in enumerate(layers):
-            int8_kernels.ensure(m, "fp32" if i < k else act)
+    def kl_with(int8_act: set[str]) -> float:  # these Linears on int8 activations, the rest on fp32 compute
+        for fqn, m in layers.items():
+            int8_kernels.ensure(m, act if fqn in int8_act else "fp32")
         return damage()
 
-    budget = kl_with(len(order)) + ACT_KL
-    lo, hi = -1, len(order)  # kl_with(hi) keeps the budget (all float: by definition); kl_with(lo) breaks it
-    if kl_with(0) <= budget:
-        hi = 0
-    else:
-        lo = 0
+    weights_only = kl_with(set())
+    budget = weights_only + ACT_KL
+    cheap, lo, hi = order, len(order), len(order) + 1  # all int8 (Whisper base: within budget), else rank them
+    if kl_with(set(order)) > budget:
+        # a layer's KL alone per FLOP of a token: the big GEMMs (an FFN's up and gate) stay int8 where they cost little
+        alone = {fqn: max(kl_with({fqn}) - weights_only, 0.0) / (m.in_features * m.out_features)
+                 for fqn, m in layers.items()}
+        cheap, lo, hi = sorted(order, key=alone.__getitem__), 0, len(order)
+    # kl_with(cheap[:lo]) keeps the budget (none: by definition), cheap[:hi] breaks it
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if kl_with(mid) <= budget else (mid, hi)
-    for m, spec in zip(layers, chosen):
-        int8_kernels.ensure(m, spec)  # the kernels as chosen
-    return order[:hi]
+        lo, hi = (mid, hi) if kl_with(set(cheap[:mid])) <= budget else (lo, mid)
+    for fqn, m in layers.items():
+        int8_kernels.ensure(m, chosen[fqn])  # the kernels as chosen
+    return sorted(cheap[lo:], key=order.index)
 
 
 def _has_weights(m: nn.Module) -> bool:
