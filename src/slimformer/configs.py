@@ -220,8 +220,8 @@ class Int8:
     embeddings: bool = True  # int8 embedding tables (token, position, type) with per-row scales
     embedding_bits: int = 8  # bits of the token table: 8, or 4 (half the size again; for the last step to 10x)
     # Linears that keep float activations (int8 weights, a float kernel): N, the N with the noisiest int8 inputs on
-    # calibration text; "auto", as few as keep a next-token model's KL within quantize.ACT_KL of weights-only int8
-    # (none for other models: their activation int8 measured harmless)
+    # calibration text; "auto", as little compute as keeps a next-token model's KL within quantize.ACT_KL of
+    # weights-only int8, the Linears ranked by KL per FLOP (none for other models: their activation int8 harmless)
     float_act: int | str = "auto"
 
     def __post_init__(self):

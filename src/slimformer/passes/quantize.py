@@ -131,19 +131,19 @@ def input_noise(model: nn.Module, calib: Calibration) -> dict[str, float]:
 
 def float_act_layers(model: nn.Module, cfg: Int8, calib: Calibration | None, damage) -> list[str]:
     """The Int8Linears that keep float activations: float_act=N, the N noisiest inputs (input_noise); "auto", for a
-    next-token model (`damage`: its KL in nats per token), the fewest FLOPs of float activations that keep the KL
-    within ACT_KL of int8 weights alone (all float): each layer's own KL with int8 activations (the rest float) per
-    FLOP it would run in int8 orders them, and the longest cheapest-first run within the budget keeps int8
-    activations, found by bisection (a forward of the few ranking batches each)."""
+    next-token model (`damage`: its KL in nats per token), greedily as little compute on float activations as keeps
+    the KL within ACT_KL of int8 weights alone (all float): each layer's own KL with int8 activations (the rest
+    float) per FLOP it would run in int8 orders them, and the longest cheapest-first run within the budget keeps int8
+    activations, found by bisection (a forward of the few ranking batches each). Returned in the model's order."""
     if cfg.float_act == 0 or (cfg.float_act == "auto" and (damage is None or calib is None)):
         return []
     if calib is None:
         raise RecipeError("int8: float_act needs calibration text")
-    noise = input_noise(model, calib)
-    order = sorted(noise, key=noise.__getitem__, reverse=True)
     if cfg.float_act != "auto":
-        return order[: cfg.float_act]
-    layers = {fqn: model.get_submodule(fqn) for fqn in order}
+        noise = input_noise(model, calib)
+        return sorted(noise, key=noise.__getitem__, reverse=True)[: cfg.float_act]
+    layers = {fqn: m for fqn, m in model.named_modules() if isinstance(m, Int8Linear)}
+    order = list(layers)  # the model's own order
     chosen = {fqn: m.__dict__["kernel"] for fqn, m in layers.items()}
     # the kernels are chosen again at every load, on every machine (this process may have picked float ones, which
     # hide the activation noise), so the budget holds for the coarsest activations a machine may run: fbgemm's 7 bits
@@ -169,7 +169,8 @@ def float_act_layers(model: nn.Module, cfg: Int8, calib: Calibration | None, dam
         lo, hi = (mid, hi) if kl_with(set(cheap[:mid])) <= budget else (lo, mid)
     for fqn, m in layers.items():
         int8_kernels.ensure(m, chosen[fqn])  # the kernels as chosen
-    return sorted(cheap[lo:], key=order.index)
+    floats = set(cheap[lo:])
+    return [fqn for fqn in order if fqn in floats]
 
 
 def _has_weights(m: nn.Module) -> bool:
