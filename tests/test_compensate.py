@@ -41,7 +41,8 @@ def test_dropping_constant_units_is_exact_with_compensation(family, sentences):
     out = {}
     for compensated in (True, False):
         m = model.clone()
-        decisions = narrow(m, model, calib, keep_heads, keep_neurons, tune=False, compensated=compensated)
+        parts = constant_parts(m, m.adapter, calib) if compensated else None
+        decisions = narrow(m, model, calib, keep_heads, keep_neurons, tune=False, parts=parts)
         assert decisions["compensated"] is compensated
         assert S.heads_per_layer(m.encoder, m.adapter)[0] == heads[0] - 1  # the structure really shrank
         assert S.ffn_per_layer(m.encoder, m.adapter)[0] == ffn[0] - 1

@@ -116,7 +116,7 @@ def test_folded_masks_compute_what_the_hooks_compute(tiny, calib):
 
     # and so does the pass's whole path: tune, fold, slice
     sliced = tiny.clone()
-    decisions = narrow(sliced, teacher, calib, KEEP_HEADS, KEEP_NEURONS, tune=True, compensated=False)
+    decisions = narrow(sliced, teacher, calib, KEEP_HEADS, KEEP_NEURONS, tune=True)
     assert decisions["heads_per_layer"] == [1, 1] and decisions["ffn_per_layer"] == [16, 16]
     assert decisions["mask_tuning"] is True
     with torch.inference_mode():

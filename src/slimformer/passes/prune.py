@@ -127,16 +127,15 @@ def even_groups(encoder: nn.Module, adapter, fisher_h: torch.Tensor, keep_heads:
     return out
 
 
-def narrow(model, teacher, calib: Calibration, keep_heads, keep_neurons, tune: bool, compensated: bool,
-           adapter=None, parts: dict | None = None) -> dict:
-    """Compensate the dropped units' constant parts in the biases (if `compensated`: compensate.py; `parts`, when
-    already measured on this model), mask-tune (if `tune`: every config's default is off), then slice `adapter`'s
-    stack (default: the model's one). Returns the decisions for the manifest."""
+def narrow(model, teacher, calib: Calibration, keep_heads, keep_neurons, tune: bool, adapter=None,
+           parts: dict | None = None) -> dict:
+    """Put the dropped units' constant parts into the biases (where `parts`, compensate.constant_parts of this
+    model, are given), mask-tune (if `tune`: every config's default is off), then slice `adapter`'s stack (default:
+    the model's one). Returns the decisions for the manifest."""
     enc, adapter = model.encoder, adapter or model.adapter
     before = encoder_flops(enc, adapter)
-    if compensated:
-        compensate(model, adapter, constant_parts(model, adapter, calib) if parts is None else parts, keep_heads,
-                   keep_neurons)
+    if parts is not None:
+        compensate(model, adapter, parts, keep_heads, keep_neurons)
     if tune:
         head_mask, neuron_mask = tune_masks(model, teacher, calib, keep_heads, keep_neurons)
         fold_masks(enc, adapter, head_mask, neuron_mask)
@@ -144,7 +143,7 @@ def narrow(model, teacher, calib: Calibration, keep_heads, keep_neurons, tune: b
     slice_ffn(enc, adapter, keep_neurons)
     return {"heads_per_layer": heads_per_layer(enc, adapter), "ffn_per_layer": ffn_per_layer(enc, adapter),
             "kept_heads": keep_heads, "flops_fraction": round(encoder_flops(enc, adapter) / before, 4),
-            "mask_tuning": tune, "compensated": compensated}
+            "mask_tuning": tune, "compensated": parts is not None}
 
 
 @torch.no_grad()
@@ -193,8 +192,10 @@ def _per_stack(model, ctx, cfg, decide) -> dict:
     One stack: its decisions; several: {stack name: decisions}."""
     fit, _ = ctx.calib.split()
     adapters = stacks(model.model_type)
-    # decided stack by stack, after the ones before were sliced: stacks on the same blocks see the widths as they are
-    out = {a.name: narrow(model, ctx.teacher, fit, *decide(a, i), cfg.tune, cfg.compensate, a)
+    # decided (and their constant parts measured) stack by stack, after the ones before were sliced: stacks on the
+    # same blocks see the widths as they are
+    out = {a.name: narrow(model, ctx.teacher, fit, *decide(a, i), cfg.tune, a,
+                          constant_parts(model, a, fit) if cfg.compensate else None)
            for i, a in enumerate(adapters)}
     return next(iter(out.values())) if len(out) == 1 else out
 
@@ -237,7 +238,7 @@ def prune(model, cfg: Prune, ctx) -> dict:
     parts = constant_parts(model, adapter, fit) if cfg.compensate else None
     if cfg.head_weight is not None:  # given (the search samples it): nothing to measure
         keep_heads, keep_neurons = choose(cfg.head_weight)
-        return {**narrow(model, ctx.teacher, fit, keep_heads, keep_neurons, cfg.tune, cfg.compensate, parts=parts),
+        return {**narrow(model, ctx.teacher, fit, keep_heads, keep_neurons, cfg.tune, parts=parts),
                 "head_weight": cfg.head_weight}
     score = fidelity_of(ctx.teacher, held)
 
@@ -253,7 +254,7 @@ def prune(model, cfg: Prune, ctx) -> dict:
     fidelity = {w: trial(w) for w in HEAD_WEIGHTS}
     weight = max(fidelity, key=fidelity.get)
     keep_heads, keep_neurons = choose(weight)
-    decisions = narrow(model, ctx.teacher, fit, keep_heads, keep_neurons, cfg.tune, cfg.compensate, parts=parts)
+    decisions = narrow(model, ctx.teacher, fit, keep_heads, keep_neurons, cfg.tune, parts=parts)
     return {**decisions, "head_weight": weight, "fidelity": {str(w): round(f, 4) for w, f in fidelity.items()}}
 
 
