@@ -1,3 +1,5 @@
+import time
+
 import pytest
 import torch
 
@@ -36,6 +38,7 @@ def test_resume_after_interruption_loses_nothing(tiny, sentences, tmp_path, monk
     whole = slimformer.compress(tiny, recipe, calib=sentences)
 
     monkeypatch.setattr(D, "CHECKPOINT_SECONDS", 0.0)  # checkpoint after every step
+    monkeypatch.setattr(D, "SAVE_SHARE", 0)
     calls = {"n": 0}
     real_loss = D.loss_fn
 
@@ -57,3 +60,24 @@ def test_resume_after_interruption_loses_nothing(tiny, sentences, tmp_path, monk
     assert not ckpt.exists()  # removed once the run is done
     for (k, va), vb in zip(whole.encoder.state_dict().items(), resumed.encoder.state_dict().values()):
         torch.testing.assert_close(va, vb, atol=1e-6, rtol=1e-5, msg=k)
+
+
+def test_checkpoints_take_a_bounded_share_of_the_time(tiny, sentences, tmp_path, monkeypatch):
+    """A save comes CHECKPOINT_SECONDS after the last, and never sooner than SAVE_SHARE times that save's own
+    duration: a large model's checkpoint (Gemma 3 270M's weights and AdamW moments: 3.2 GB) must not eat a budget
+    given in minutes."""
+    monkeypatch.setattr(D, "CHECKPOINT_SECONDS", 0.0)
+    saves, save = [], D._Checkpoint.save
+
+    def slow_save(self, *args):  # (start, end) of every save; each takes at least 20 ms
+        t0 = time.perf_counter()
+        time.sleep(0.02)
+        save(self, *args)
+        saves.append((t0, time.perf_counter()))
+
+    monkeypatch.setattr(D._Checkpoint, "save", slow_save)
+    slimformer.compress(tiny, "ffn(keep=0.5)+distill(minutes=0.03, batch_size=8)", calib=sentences,
+                        checkpoint_dir=tmp_path / "ckpt")
+    assert len(saves) >= 2
+    for (a0, a1), (b0, _) in zip(saves, saves[1:]):
+        assert b0 - a1 >= D.SAVE_SHARE * (a1 - a0)

@@ -3,6 +3,7 @@ identity exact, slicing equal to masking, save -> load equal, int8 close), group
 
 import copy
 import functools
+import json
 
 import numpy as np
 import pytest
@@ -374,6 +375,63 @@ def test_distill_runs_on_a_decoder(gemma, batch, sentences):
     assert v.manifest["steps"][-1]["batch_size"] == 8  # a causal LM's default: vocabulary-wide logits
     assert v.manifest["steps"][-1]["lr"] == 1e-4 and step["lr"] == 1e-3  # a causal LM's default rate; the recipe's
     assert v.net.get_output_embeddings().proj.weight is v.net.get_input_embeddings().embedding.weight
+
+
+def test_distill_computes_a_decoders_logits_at_its_real_tokens_only(gemma, batch, sentences, monkeypatch):
+    """A causal LM's distillation loss runs lm_head on the real tokens only (a padded batch: the padding's
+    vocabulary-wide rows are never computed) and equals the loss from the net's own forward over every position,
+    the padding dropped after; a vocabulary-pruned student (KL over its kept tokens) too."""
+    from slimformer.passes import distill as D
+
+    real = batch["attention_mask"].bool()
+    assert not real.all()  # padded
+    for recipe in ("layers(keep=3)", "vocab+layers(keep=3)"):
+        student = slimformer.compress(gemma, recipe, calib=sentences[:16])
+        lmap, rows = D.layer_map(student, gemma), []
+        hooks = [m.net.get_output_embeddings().register_forward_hook(lambda mod, args, out: rows.append(args[0].shape))
+                 for m in (student, gemma)]
+        with torch.no_grad():
+            got = D.loss_fn(student, gemma, batch, lmap)
+        for h in hooks:
+            h.remove()
+        assert rows == [(int(real.sum()), 64)] * 2  # teacher and student: (N real tokens, hidden)
+        with torch.no_grad():
+            t, s = (m.net(**batch, output_hidden_states=True) for m in (gemma, student))
+        kept = D.kept_tokens(student.net)
+        s_logits, t_logits = (s.logits, t.logits) if kept is None else (s.logits[..., kept], t.logits[..., kept])
+        pooled = [m.pool(o.hidden_states[-1], batch["attention_mask"]) for m, o in ((student, s), (gemma, t))]
+        want = ((1 - torch.cosine_similarity(*pooled, dim=-1)).mean()
+                + D.states_loss(s.hidden_states[1:], t.hidden_states[1:], lmap, real)
+                + D.logit_kl(s_logits, t_logits, real, 2.0))
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_distill_of_a_tied_decoder_resumes_from_its_checkpoint(gemma, sentences, tmp_path, monkeypatch):
+    """The checkpoint of a model whose token table and lm_head share one tensor (safetensors refuses shared storage)
+    saves, and a run killed mid-way resumes to the uninterrupted run's weights, the tie kept."""
+    from slimformer.passes import distill as D
+
+    recipe = "layers(keep=3)+distill(steps=4, lr=1e-3)"
+    whole = slimformer.compress(gemma, recipe, calib=sentences[:16])
+    monkeypatch.setattr(D, "CHECKPOINT_SECONDS", 0.0)  # a checkpoint after every step
+    monkeypatch.setattr(D, "SAVE_SHARE", 0)
+    real_loss, calls = D.loss_fn, []
+
+    def dying_loss(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # dies in step 3, after two checkpoints
+        return real_loss(*args)
+
+    monkeypatch.setattr(D, "loss_fn", dying_loss)
+    with pytest.raises(KeyboardInterrupt):
+        slimformer.compress(gemma, recipe, calib=sentences[:16], checkpoint_dir=tmp_path / "ckpt")
+    assert json.loads((tmp_path / "ckpt" / "progress.json").read_text())["step"] == 2
+    monkeypatch.setattr(D, "loss_fn", real_loss)
+    resumed = slimformer.compress(gemma, recipe, calib=sentences[:16], checkpoint_dir=tmp_path / "ckpt")
+    assert resumed.net.get_output_embeddings().weight is resumed.net.get_input_embeddings().weight
+    for (k, a), b in zip(whole.net.state_dict().items(), resumed.net.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=k)
 
 
 # ------------------------------------------------------------------------------------------------- bench of an LM

@@ -272,7 +272,7 @@ def manifest_of(model: SlimModel) -> dict:
             "modules": changed_modules(model.net, _skeleton(config, model.head))}
 
 
-def _state_for_safetensors(module: nn.Module) -> dict[str, torch.Tensor]:
+def state_for_safetensors(module: nn.Module) -> dict[str, torch.Tensor]:
     """state_dict with every tensor contiguous and owning its memory (safetensors refuses shared storage)."""
     seen, out = set(), {}
     for k, v in module.state_dict().items():
@@ -291,7 +291,7 @@ def save(model: SlimModel, out_dir: str | os.PathLike, force: bool = False,
         return model.save(out_dir, force, extra_files)
     out = Path(out_dir).resolve()
     with atomic_folder(out, force, source=model.manifest.get("source")) as tmp:
-        save_file(_state_for_safetensors(model.net), tmp / WEIGHTS, metadata={"format": "pt"})
+        save_file(state_for_safetensors(model.net), tmp / WEIGHTS, metadata={"format": "pt"})
         (tmp / MANIFEST).write_text(json.dumps(manifest_of(model), indent=1))
         if model.tokenizer is not None:  # an image model built in code has no image processor
             model.tokenizer.save_pretrained(tmp)
