@@ -36,7 +36,7 @@ from .vocab import kept_tokens
 
 CHECKPOINT_SECONDS = 30.0
 # and at least this many times as long as the last save took: a checkpoint of Gemma 3 270M (weights and AdamW's two
-# moments, 3.2 GB) takes seconds, which every 30 s would eat into a budget given in minutes
+# moments, 3.6 GB on disk) took 2-10 s here, which every 30 s would eat into a budget given in minutes
 SAVE_SHARE = 20
 WARMUP_STEPS = 50
 MAX_LENGTH = 128
