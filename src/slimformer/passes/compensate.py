@@ -17,6 +17,7 @@ import torch
 from ..arch import Adapter, blocks, head_size
 from ..surgery import hooks
 from .calib import Calibration, sentence_output
+from .structure import head_channels
 
 ROLES = ("o", "ffn_out")  # the projections whose inputs are the units pruning drops: head contexts, FFN activations
 
@@ -73,7 +74,7 @@ def compensate(model, adapter: Adapter, parts: dict, keep_heads: list[list[int]]
         c = parts.get((i, role))
         if c is None or len(c) != lin.in_features:
             continue
-        kept = [h * hs + j for h in keep_heads[i] for j in range(hs)] if role == "o" else keep_neurons[i]
+        kept = head_channels(keep_heads[i], hs) if role == "o" else keep_neurons[i]
         dropped = torch.ones(lin.in_features, dtype=torch.bool)
         dropped[kept] = False
         lin.bias += (lin.weight[:, dropped].float() @ c[dropped]).to(lin.bias.dtype)

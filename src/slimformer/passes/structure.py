@@ -129,6 +129,11 @@ def _set_kv_groups(block: nn.Module, adapter: Adapter, hs: int) -> None:
                 block.get_submodule(adapter.o).in_features // hs // n_kv)
 
 
+def head_channels(heads: list[int], hs: int) -> torch.Tensor:
+    """The channels of the listed heads in a projection laid out head by head: (len(heads) * hs,)."""
+    return torch.tensor([h * hs + i for h in heads for i in range(hs)], dtype=torch.long)
+
+
 def _kv_index(block: nn.Module, adapter: Adapter, kept: list[int], hs: int) -> torch.Tensor | None:
     """Grouped-query attention: the k/v rows of the key/value heads that keep a query head, (n_kv' * hs,); None
     without grouped-query attention. Query head h reads key/value head h // g (g query heads per group, contiguous,
@@ -141,7 +146,7 @@ def _kv_index(block: nn.Module, adapter: Adapter, kept: list[int], hs: int) -> t
     if len({n for n in per_group if n}) > 1:
         raise BudgetError(f"grouped-query attention: every kept key/value group needs the same number of query "
                           f"heads, got {per_group} per group")
-    return torch.tensor([j * hs + i for j in range(n_kv) if per_group[j] for i in range(hs)], dtype=torch.long)
+    return head_channels([j for j in range(n_kv) if per_group[j]], hs)
 
 
 def _select_position_bias(attn: nn.Module, idx: torch.Tensor) -> None:
@@ -170,7 +175,7 @@ def slice_heads(encoder: nn.Module, adapter: Adapter, keep_heads: list[list[int]
         attn = block.get_submodule(adapter.attn)
         if not has_attention(block, adapter):
             continue
-        idx = torch.tensor([h * hs + i for h in kept for i in range(hs)], dtype=torch.long)  # (len(kept) * hs,)
+        idx = head_channels(kept, hs)  # (len(kept) * hs,)
         o = block.get_submodule(adapter.o)
         hidden = o.out_features
         if not kept:
