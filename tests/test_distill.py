@@ -64,7 +64,7 @@ def test_resume_after_interruption_loses_nothing(tiny, sentences, tmp_path, monk
 
 def test_checkpoints_take_a_bounded_share_of_the_time(tiny, sentences, tmp_path, monkeypatch):
     """A save comes CHECKPOINT_SECONDS after the last, and never sooner than SAVE_SHARE times that save's own
-    duration: a large model's checkpoint (Gemma 3 270M's weights and AdamW moments: 3.2 GB) must not eat a budget
+    duration: a large model's checkpoint (Gemma 3 270M's weights and AdamW moments: 3.6 GB on disk) must not eat a budget
     given in minutes."""
     monkeypatch.setattr(D, "CHECKPOINT_SECONDS", 0.0)
     saves, save = [], D._Checkpoint.save

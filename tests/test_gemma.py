@@ -377,7 +377,7 @@ def test_distill_runs_on_a_decoder(gemma, batch, sentences):
     assert v.net.get_output_embeddings().proj.weight is v.net.get_input_embeddings().embedding.weight
 
 
-def test_distill_computes_a_decoders_logits_at_its_real_tokens_only(gemma, batch, sentences, monkeypatch):
+def test_distill_computes_a_decoders_logits_at_its_real_tokens_only(gemma, batch, sentences):
     """A causal LM's distillation loss runs lm_head on the real tokens only (a padded batch: the padding's
     vocabulary-wide rows are never computed) and equals the loss from the net's own forward over every position,
     the padding dropped after; a vocabulary-pruned student (KL over its kept tokens) too."""
