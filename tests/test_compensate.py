@@ -1,4 +1,4 @@
-"""Bias compensation of pruned units (passes/compensate.py): a dropped unit's constant part goes into the bias."""
+"""Compensation of pruned units (passes/compensate.py): a dropped unit, regressed on the kept ones, is folded into\nits output projection."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ import slimformer
 from slimformer.arch import blocks
 from slimformer.passes import structure as S
 from slimformer.passes.calib import Calibration
-from slimformer.passes.compensate import constant_parts
+from slimformer.passes.compensate import input_moments
 from slimformer.passes.prune import narrow
 from test_prune import FAMILIES, states, tiny_hf
 
@@ -41,8 +41,8 @@ def test_dropping_constant_units_is_exact_with_compensation(family, sentences):
     out = {}
     for compensated in (True, False):
         m = model.clone()
-        parts = constant_parts(m, m.adapter, calib) if compensated else None
-        decisions = narrow(m, model, calib, keep_heads, keep_neurons, tune=False, parts=parts)
+        moments = input_moments(m, m.adapter, calib) if compensated else None
+        decisions = narrow(m, model, calib, keep_heads, keep_neurons, tune=False, moments=moments)
         assert decisions["compensated"] is compensated
         assert S.heads_per_layer(m.encoder, m.adapter)[0] == heads[0] - 1  # the structure really shrank
         assert S.ffn_per_layer(m.encoder, m.adapter)[0] == ffn[0] - 1
@@ -51,12 +51,50 @@ def test_dropping_constant_units_is_exact_with_compensation(family, sentences):
     assert (out[False] - ref).abs().max() > 1e-2  # without it the dropped constants are missing
 
 
-def test_constant_parts_shrink_a_unit_that_fires_on_few_tokens(minilm, sentences):
-    """c_j = E[a]^3 / E[a^2] is E[a] for a constant unit and much less than E[a] for one whose mass sits on a few
-    tokens: checked against the activations themselves on real sentences."""
+def duplicate_units(model) -> None:
+    """Layer 0's head HEAD and FFN neuron NEURON copy head 0 and neuron 0: the same query, key and value rows (so the
+    same context at every token) and the same input row (so the same activation)."""
+    block = blocks(model.encoder, model.adapter)[0]
+    hs = S.head_size(model.encoder, model.adapter)
+    with torch.no_grad():
+        for role in ("q", "k", "v"):
+            lin = block.get_submodule(getattr(model.adapter, role))
+            lin.weight[HEAD * hs : (HEAD + 1) * hs] = lin.weight[:hs]
+            lin.bias[HEAD * hs : (HEAD + 1) * hs] = lin.bias[:hs]
+        up = block.get_submodule(model.adapter.ffn_in)
+        up.weight[NEURON], up.bias[NEURON] = up.weight[0], up.bias[0]
+
+
+def test_a_dropped_copy_of_a_kept_unit_goes_exactly_without_the_ridge(sentences, monkeypatch):
+    """A dropped unit equal to a kept one is regressed onto it (coefficient 1): exact with DAMP = 0; the default
+    ridge shrinks the coefficient a little, still far closer than without compensation."""
+    import slimformer.passes.compensate as C
+
+    model = tiny_hf("bert")
+    duplicate_units(model)
+    batch = model.tokenize(sentences[:16])
+    ref = states(model, batch)
+    heads, ffn = S.heads_per_layer(model.encoder, model.adapter), S.ffn_per_layer(model.encoder, model.adapter)
+    keep_heads = [[h for h in range(heads[0]) if h != HEAD], list(range(heads[1]))]
+    keep_neurons = [[n for n in range(ffn[0]) if n != NEURON], list(range(ffn[1]))]
+    calib = Calibration.from_texts(model.tokenizer, sentences[16:64], batch_size=8)
+    err = {}
+    for damp in (0.0, C.DAMP, None):
+        monkeypatch.setattr(C, "DAMP", damp or 0.0)
+        m = model.clone()
+        narrow(m, model, calib, keep_heads, keep_neurons, tune=False,
+               moments=None if damp is None else input_moments(m, m.adapter, calib))
+        assert S.ffn_per_layer(m.encoder, m.adapter)[0] == ffn[0] - 1
+        err[damp] = float((states(m, batch) - ref).abs().max())
+    assert err[0.0] < 1e-4, err
+    assert err[C.DAMP] < err[None] / 3, err
+
+
+def test_moments_are_those_of_the_projection_inputs_on_real_tokens(minilm, sentences):
+    """E[z z^T] of z = (a, 1), a the FFN output projection's input: checked against the activations themselves."""
     calib = Calibration.from_texts(minilm.tokenizer, sentences[:32])
-    parts = constant_parts(minilm, minilm.adapter, calib)
-    assert set(parts) == {(i, r) for i in range(6) for r in ("o", "ffn_out")}
+    moments = input_moments(minilm, minilm.adapter, calib)
+    assert set(moments) == {(i, r) for i in range(6) for r in ("o", "ffn_out")}
     a = []
     block = blocks(minilm.encoder, minilm.adapter)[0].get_submodule(minilm.adapter.ffn_out)
     handle = block.register_forward_pre_hook(lambda _m, args: a.append(args[0]))
@@ -67,9 +105,39 @@ def test_constant_parts_shrink_a_unit_that_fires_on_few_tokens(minilm, sentences
     finally:
         handle.remove()
     x = torch.cat([t[b["attention_mask"].bool()] for t, b in zip(a, calib.batches)]).double()  # (tokens, 1536)
-    mean, second = x.mean(0), (x * x).mean(0)
-    torch.testing.assert_close(parts[(0, "ffn_out")].double(), mean ** 3 / second, atol=1e-5, rtol=1e-4)
-    assert (parts[(0, "ffn_out")].abs() <= mean.abs() + 1e-6).all()  # never more than the mean
+    z = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    got = moments[(0, "ffn_out")]
+    assert got.shape == (1537, 1537) and got.dtype == torch.float64
+    torch.testing.assert_close(got, z.T @ z / len(z), atol=1e-5, rtol=1e-4)
+
+
+def test_a_projection_without_a_bias_is_compensated_in_its_weights(minilm, sentences, monkeypatch):
+    """A decoder's output projections have no bias (Gemma's): the regression has no constant, and a dropped copy of
+    a kept FFN neuron still goes exactly (DAMP = 0)."""
+    import slimformer.passes.compensate as C
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=minilm.tokenizer.vocab_size, hidden_size=64, intermediate_size=96,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                           max_position_embeddings=256, layer_types=["full_attention"] * 2)
+    model = slimformer.SlimModel(Gemma3ForCausalLM(cfg).eval(), minilm.tokenizer, "mean", False, 64)
+    mlp = model.encoder.layers[0].mlp
+    with torch.no_grad():
+        mlp.gate_proj.weight[NEURON], mlp.up_proj.weight[NEURON] = mlp.gate_proj.weight[0], mlp.up_proj.weight[0]
+    batch = model.tokenize(sentences[:8])
+    with torch.inference_mode():
+        ref = model(**batch).logits
+    calib = Calibration.from_texts(model.tokenizer, sentences[8:40], batch_size=8)
+    moments = input_moments(model, model.adapter, calib)
+    assert moments[(0, "ffn_out")].shape == (97, 97)
+    monkeypatch.setattr(C, "DAMP", 0.0)
+    m = model.clone()
+    narrow(m, model, calib, [list(range(4))] * 2, [[n for n in range(96) if n != NEURON], list(range(96))],
+           tune=False, moments=moments)
+    assert m.encoder.layers[0].mlp.down_proj.in_features == 95 and m.encoder.layers[0].mlp.down_proj.bias is None
+    with torch.inference_mode():
+        torch.testing.assert_close(m(**batch).logits, ref, atol=1e-4, rtol=1e-4)
 
 
 def test_a_recipe_option_off_by_default_recorded_in_the_manifest(tiny, sentences):

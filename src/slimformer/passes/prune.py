@@ -23,7 +23,7 @@ from ..configs import HEAD_WEIGHTS, Ffn, Heads, Layers, Prune
 from ..errors import BudgetError
 from ..surgery import set_module
 from .calib import Calibration, has_head, output_distance, pooled, rows, sentence_output
-from .compensate import compensate, constant_parts
+from .compensate import compensate, input_moments
 from .masktune import fold_masks, tune_masks
 from .stacks import at_least, joined, owns_ffn, record_all, split, stack_importance
 from .structure import (REF_TOKENS, drop_layers, encoder_flops, ffn_per_layer, flops_tokens, has_attention,
@@ -128,14 +128,14 @@ def even_groups(encoder: nn.Module, adapter, fisher_h: torch.Tensor, keep_heads:
 
 
 def narrow(model, teacher, calib: Calibration, keep_heads, keep_neurons, tune: bool, adapter=None,
-           parts: dict | None = None) -> dict:
-    """Put the dropped units' constant parts into the biases (where `parts`, compensate.constant_parts of this
-    model, are given), mask-tune (if `tune`: every config's default is off), then slice `adapter`'s stack (default:
+           moments: dict | None = None) -> dict:
+    """Fold the dropped units into the kept ones (where `moments`, compensate.input_moments of this model, are
+    given), mask-tune (if `tune`: every config's default is off), then slice `adapter`'s stack (default:
     the model's one). Returns the decisions for the manifest."""
     enc, adapter = model.encoder, adapter or model.adapter
     before = encoder_flops(enc, adapter)
-    if parts is not None:
-        compensate(model, adapter, parts, keep_heads, keep_neurons)
+    if moments is not None:
+        compensate(model, adapter, moments, keep_heads, keep_neurons)
     if tune:
         head_mask, neuron_mask = tune_masks(model, teacher, calib, keep_heads, keep_neurons)
         fold_masks(enc, adapter, head_mask, neuron_mask)
@@ -143,7 +143,7 @@ def narrow(model, teacher, calib: Calibration, keep_heads, keep_neurons, tune: b
     slice_ffn(enc, adapter, keep_neurons)
     return {"heads_per_layer": heads_per_layer(enc, adapter), "ffn_per_layer": ffn_per_layer(enc, adapter),
             "kept_heads": keep_heads, "flops_fraction": round(encoder_flops(enc, adapter) / before, 4),
-            "mask_tuning": tune, "compensated": parts is not None}
+            "mask_tuning": tune, "compensated": moments is not None}
 
 
 @torch.no_grad()
@@ -192,10 +192,10 @@ def _per_stack(model, ctx, cfg, decide) -> dict:
     One stack: its decisions; several: {stack name: decisions}."""
     fit, _ = ctx.calib.split()
     adapters = stacks(model.model_type)
-    # decided (and their constant parts measured) stack by stack, after the ones before were sliced: stacks on the
+    # decided (and their input moments measured) stack by stack, after the ones before were sliced: stacks on the
     # same blocks see the widths as they are
     out = {a.name: narrow(model, ctx.teacher, fit, *decide(a, i), cfg.tune, a,
-                          constant_parts(model, a, fit) if cfg.compensate else None)
+                          input_moments(model, a, fit) if cfg.compensate else None)
            for i, a in enumerate(adapters)}
     return next(iter(out.values())) if len(out) == 1 else out
 
@@ -235,18 +235,18 @@ def prune(model, cfg: Prune, ctx) -> dict:
                                  flops_tokens(enc, adapter))
         return even_groups(enc, adapter, fisher_h, kh), kn
 
-    parts = constant_parts(model, adapter, fit) if cfg.compensate else None
+    moments = input_moments(model, adapter, fit) if cfg.compensate else None
     if cfg.head_weight is not None:  # given (the search samples it): nothing to measure
         keep_heads, keep_neurons = choose(cfg.head_weight)
-        return {**narrow(model, ctx.teacher, fit, keep_heads, keep_neurons, cfg.tune, parts=parts),
+        return {**narrow(model, ctx.teacher, fit, keep_heads, keep_neurons, cfg.tune, moments=moments),
                 "head_weight": cfg.head_weight}
     score = fidelity_of(ctx.teacher, held)
 
     def trial(weight: float) -> float:
         kh, kn = choose(weight)
         candidate = model.clone()
-        if parts is not None:  # each exchange rate is scored as it will be made
-            compensate(candidate, adapter, parts, kh, kn)
+        if moments is not None:  # each exchange rate is scored as it will be made
+            compensate(candidate, adapter, moments, kh, kn)
         slice_heads(candidate.encoder, adapter, kh)
         slice_ffn(candidate.encoder, adapter, kn)
         return score(candidate)
@@ -254,7 +254,7 @@ def prune(model, cfg: Prune, ctx) -> dict:
     fidelity = {w: trial(w) for w in HEAD_WEIGHTS}
     weight = max(fidelity, key=fidelity.get)
     keep_heads, keep_neurons = choose(weight)
-    decisions = narrow(model, ctx.teacher, fit, keep_heads, keep_neurons, cfg.tune, parts=parts)
+    decisions = narrow(model, ctx.teacher, fit, keep_heads, keep_neurons, cfg.tune, moments=moments)
     return {**decisions, "head_weight": weight, "fidelity": {str(w): round(f, 4) for w, f in fidelity.items()}}
 
 
