@@ -140,9 +140,9 @@ def test_a_projection_without_a_bias_is_compensated_in_its_weights(minilm, sente
         torch.testing.assert_close(m(**batch).logits, ref, atol=1e-4, rtol=1e-4)
 
 
-def test_a_recipe_option_off_by_default_recorded_in_the_manifest(tiny, sentences):
-    on = slimformer.compress(tiny, "prune(flops=0.7, compensate=true)", calib=sentences)
-    off = slimformer.compress(tiny, "prune(flops=0.7)", calib=sentences)
+def test_a_recipe_option_on_by_default_recorded_in_the_manifest(tiny, sentences):
+    on = slimformer.compress(tiny, "prune(flops=0.7)", calib=sentences)
+    off = slimformer.compress(tiny, "prune(flops=0.7, compensate=false)", calib=sentences)
     assert on.manifest["steps"][0]["compensated"] is True and off.manifest["steps"][0]["compensated"] is False
     o_on = blocks(on.encoder, on.adapter)[0].get_submodule(on.adapter.ffn_out).bias
     o_off = blocks(off.encoder, off.adapter)[0].get_submodule(off.adapter.ffn_out).bias
