@@ -1,4 +1,5 @@
-"""Compensation of pruned units (passes/compensate.py): a dropped unit, regressed on the kept ones, is folded into\nits output projection."""
+"""Compensation of pruned units (passes/compensate.py): a dropped unit, regressed on the kept ones, is folded into
+its output projection."""
 
 import pytest
 import torch

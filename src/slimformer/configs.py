@@ -70,7 +70,7 @@ class Heads:
     keep: float | int  # fraction of all heads (placed by importance), or a count kept in every layer
     tune: bool = False  # least-squares mask tuning of what is kept (Kwon et al. 2022); off: it cost STS-B here
     fisher: str = "states"  # an embedder's importance target (FISHER_TARGETS); a classifier's is its logits
-    compensate: bool = True  # fold dropped units into kept ones by regression (compensate.py); README, Methods
+    compensate: bool = True  # fold dropped units into the kept ones by regression (compensate.py); false: off
 
     def __post_init__(self):
         check_keep(self.step, self.keep)
@@ -86,7 +86,7 @@ class Ffn:
     keep: float | int  # fraction of all FFN neurons (placed by importance), or a count kept in every layer
     tune: bool = False  # least-squares mask tuning of what is kept
     fisher: str = "states"  # an embedder's importance target (FISHER_TARGETS); a classifier's is its logits
-    compensate: bool = True  # fold dropped units into kept ones by regression (compensate.py); README, Methods
+    compensate: bool = True  # fold dropped units into the kept ones by regression (compensate.py); false: off
 
     def __post_init__(self):
         check_keep(self.step, self.keep)
@@ -118,7 +118,7 @@ class Prune:
     flops: float  # target fraction of the original encoder's FLOPs, heads and FFN neurons chosen jointly
     tune: bool = False  # least-squares mask tuning of what is kept
     fisher: str = "states"  # an embedder's importance target (FISHER_TARGETS); a classifier's is its logits
-    compensate: bool = True  # fold dropped units into kept ones by regression (compensate.py); README, Methods
+    compensate: bool = True  # fold dropped units into the kept ones by regression (compensate.py); false: off
     head_weight: float | None = None  # head vs neuron importance exchange rate; None: measured among HEAD_WEIGHTS
 
     def __post_init__(self):

@@ -46,6 +46,8 @@ def input_moments(model, adapter: Adapter, calib: Calibration) -> dict[tuple[int
     over real tokens (a batch's mask of the input's (B, T) shape picks them; none: every position). The last row holds
     the means. A projection its block never calls as a module (a stock nn.MultiheadAttention's) is missing."""
     targets = _targets(model, adapter)
+    if not targets:
+        return {}
     sums: dict[tuple[int, str], torch.Tensor] = {}
     masks: list[torch.Tensor] = []
 
