@@ -12,7 +12,7 @@ from slimformer.passes.compensate import input_moments
 from slimformer.passes.prune import narrow
 from test_prune import FAMILIES, states, tiny_hf
 
-HEAD, NEURON = 1, 5  # in layer 0: made constant below, then dropped
+HEAD, NEURON = 1, 5  # in layer 0: made constant, or copies of head 0 and neuron 0, below; then dropped
 
 
 def constant_units(model) -> None:
@@ -29,27 +29,31 @@ def constant_units(model) -> None:
         up.bias[NEURON] = 1.0
 
 
+def narrowed(model, sentences, compensated: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(states of `model` with layer 0's head HEAD and neuron NEURON dropped, the original's states) on real
+    sentences; calibrated on others. Checks that the structure really shrank and that the manifest says so."""
+    batch = model.tokenize(sentences[:16])
+    heads, ffn = S.heads_per_layer(model.encoder, model.adapter), S.ffn_per_layer(model.encoder, model.adapter)
+    keep_heads = [[h for h in range(heads[0]) if h != HEAD], list(range(heads[1]))]
+    keep_neurons = [[n for n in range(ffn[0]) if n != NEURON], list(range(ffn[1]))]
+    calib = Calibration.from_texts(model.tokenizer, sentences[16:64], batch_size=8)
+    m = model.clone()
+    moments = input_moments(m, m.adapter, calib) if compensated else None
+    decisions = narrow(m, model, calib, keep_heads, keep_neurons, tune=False, moments=moments)
+    assert decisions["compensated"] is compensated
+    assert S.heads_per_layer(m.encoder, m.adapter)[0] == heads[0] - 1
+    assert S.ffn_per_layer(m.encoder, m.adapter)[0] == ffn[0] - 1
+    return states(m, batch), states(model, batch)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_dropping_constant_units_is_exact_with_compensation(family, sentences):
     model = tiny_hf(family)
     constant_units(model)
-    batch = model.tokenize(sentences[:16])
-    ref = states(model, batch)
-    heads, ffn = S.heads_per_layer(model.encoder, model.adapter), S.ffn_per_layer(model.encoder, model.adapter)
-    keep_heads = [[h for h in range(heads[0]) if h != HEAD], list(range(heads[1]))]
-    keep_neurons = [[n for n in range(ffn[0]) if n != NEURON], list(range(ffn[1]))]
-    calib = Calibration.from_texts(model.tokenizer, sentences[16:48], batch_size=8)
-    out = {}
-    for compensated in (True, False):
-        m = model.clone()
-        moments = input_moments(m, m.adapter, calib) if compensated else None
-        decisions = narrow(m, model, calib, keep_heads, keep_neurons, tune=False, moments=moments)
-        assert decisions["compensated"] is compensated
-        assert S.heads_per_layer(m.encoder, m.adapter)[0] == heads[0] - 1  # the structure really shrank
-        assert S.ffn_per_layer(m.encoder, m.adapter)[0] == ffn[0] - 1
-        out[compensated] = states(m, batch)
-    torch.testing.assert_close(out[True], ref, atol=2e-5, rtol=2e-5)
-    assert (out[False] - ref).abs().max() > 1e-2  # without it the dropped constants are missing
+    on, ref = narrowed(model, sentences, True)
+    off, _ = narrowed(model, sentences, False)
+    torch.testing.assert_close(on, ref, atol=2e-5, rtol=2e-5)
+    assert (off - ref).abs().max() > 1e-2  # without it the dropped constants are missing
 
 
 def duplicate_units(model) -> None:
@@ -73,22 +77,13 @@ def test_a_dropped_copy_of_a_kept_unit_goes_exactly_without_the_ridge(sentences,
 
     model = tiny_hf("bert")
     duplicate_units(model)
-    batch = model.tokenize(sentences[:16])
-    ref = states(model, batch)
-    heads, ffn = S.heads_per_layer(model.encoder, model.adapter), S.ffn_per_layer(model.encoder, model.adapter)
-    keep_heads = [[h for h in range(heads[0]) if h != HEAD], list(range(heads[1]))]
-    keep_neurons = [[n for n in range(ffn[0]) if n != NEURON], list(range(ffn[1]))]
-    calib = Calibration.from_texts(model.tokenizer, sentences[16:64], batch_size=8)
-    err = {}
-    for damp in (0.0, C.DAMP, None):
-        monkeypatch.setattr(C, "DAMP", damp or 0.0)
-        m = model.clone()
-        narrow(m, model, calib, keep_heads, keep_neurons, tune=False,
-               moments=None if damp is None else input_moments(m, m.adapter, calib))
-        assert S.ffn_per_layer(m.encoder, m.adapter)[0] == ffn[0] - 1
-        err[damp] = float((states(m, batch) - ref).abs().max())
-    assert err[0.0] < 1e-4, err
-    assert err[C.DAMP] < err[None] / 3, err
+    off, ref = narrowed(model, sentences, False)
+    on = narrowed(model, sentences, True)[0]
+    monkeypatch.setattr(C, "DAMP", 0.0)
+    exact = narrowed(model, sentences, True)[0]
+    err = {k: float((v - ref).abs().max()) for k, v in (("exact", exact), ("on", on), ("off", off))}
+    assert err["exact"] < 1e-4, err
+    assert err["on"] < err["off"] / 3, err
 
 
 def test_moments_are_those_of_the_projection_inputs_on_real_tokens(minilm, sentences):
