@@ -106,6 +106,29 @@ def test_ffn_pass_and_identity(gemma, batch, sentences):
     assert n == sum(p.numel() for p in gemma.net.parameters()) - 3 * 2 * 96 * 64  # gate, up, down
 
 
+def test_a_projection_without_a_bias_is_compensated_in_its_weights(gemma, batch, sentences, monkeypatch):
+    """Gemma's output projections have no bias: compensation's regression has no constant, and a dropped copy of a
+    kept FFN neuron still goes exactly (DAMP = 0: no ridge)."""
+    import slimformer.passes.compensate as C
+    from slimformer.passes.calib import Calibration
+    from slimformer.passes.prune import narrow
+
+    neuron = 5
+    mlp = gemma.encoder.layers[0].mlp
+    with torch.no_grad():
+        mlp.gate_proj.weight[neuron], mlp.up_proj.weight[neuron] = mlp.gate_proj.weight[0], mlp.up_proj.weight[0]
+    ref = logits(gemma, batch)
+    calib = Calibration.from_texts(gemma.tokenizer, sentences[8:40], batch_size=8)
+    moments = C.input_moments(gemma, gemma.adapter, calib)
+    assert moments[(0, "ffn_out")].shape == (97, 97)
+    monkeypatch.setattr(C, "DAMP", 0.0)
+    m = gemma.clone()
+    narrow(m, gemma, calib, [list(range(4))] * 4, [[n for n in range(96) if n != neuron]] + [list(range(96))] * 3,
+           tune=False, moments=moments)
+    assert m.encoder.layers[0].mlp.down_proj.in_features == 95 and m.encoder.layers[0].mlp.down_proj.bias is None
+    torch.testing.assert_close(logits(m, batch), ref, atol=1e-4, rtol=1e-4)
+
+
 def test_grouped_query_heads(gemma, batch, tmp_path):
     """4 query heads on 2 key/value heads: group 0 = heads 0, 1; group 1 = heads 2, 3. Dropping a whole group drops
     its key/value head; dropping query heads keeps both key/value heads; uneven groups are refused."""
