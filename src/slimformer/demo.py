@@ -20,8 +20,7 @@ ROWS = [
     ("low-rank + distill", "lowrank(ratio=0.5, fisher=true)+distill(minutes={m})", 10),
     # FNet in the 3 layers whose attention matters least: the most layers that keep >=95% of STS-B (README curve)
     ("FNet + distill", "fnet(layers=3)+distill(minutes={m}, lr=0.001)", 15),
-    # compensation off: it made this distilled student worse (README, "Not for deep narrowing followed by distill")
-    ("combined", "vocab+prune(flops=0.35,compensate=false)+distill(minutes={m})+int8(embedding_bits=4)+freeze", 15),
+    ("combined", "vocab+prune(flops=0.35)+distill(minutes={m})+int8(embedding_bits=4)+freeze", 15),
 ]
 SHORT_MINUTES = 1
 
