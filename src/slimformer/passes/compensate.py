@@ -76,7 +76,7 @@ def input_moments(model, adapter: Adapter, calib: Calibration) -> dict[tuple[int
         for b in calib.batches:
             masks[:] = [v.bool() for k, v in b.items() if k.endswith("attention_mask")]
             sentence_output(model, b)
-    return {key: s / s[-1, -1] for key, s in sums.items()}  # s[-1, -1]: the sum of the weights
+    return {key: s / s[-1, -1].clamp_min(1e-300) for key, s in sums.items()}  # s[-1, -1]: the weights' sum (> 0)
 
 
 def regression(moments: torch.Tensor, kept: torch.Tensor, intercept: bool) -> tuple[torch.Tensor, torch.Tensor]:
