@@ -116,7 +116,6 @@ def test_massive_activations_do_not_rule_the_fit(minilm):
     0.15 against 0.76 on these 64 sentences of the default text, mostly short SST-2 phrases): a few [CLS] / [SEP]
     tokens with huge FFN outputs ruled the fit."""
     from slimformer.data import calibration_texts
-    from slimformer.passes.compensate import compensate
     from slimformer.passes.prune import choose_by_flops, fidelity_of, importance
 
     calib = Calibration.from_texts(minilm.tokenizer, calibration_texts(64), batch_size=16)
@@ -129,10 +128,7 @@ def test_massive_activations_do_not_rule_the_fit(minilm):
     fidelity = {}
     for on in (False, True):
         m = minilm.clone()
-        if on:
-            compensate(m, ad, moments, *keep)
-        S.slice_heads(m.encoder, ad, keep[0])
-        S.slice_ffn(m.encoder, ad, keep[1])
+        narrow(m, minilm, fit, *keep, tune=False, moments=moments if on else None)
         fidelity[on] = score(m)
     assert fidelity[True] > fidelity[False] + 0.02, fidelity
 

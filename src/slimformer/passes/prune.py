@@ -243,12 +243,8 @@ def prune(model, cfg: Prune, ctx) -> dict:
     score = fidelity_of(ctx.teacher, held)
 
     def trial(weight: float) -> float:
-        kh, kn = choose(weight)
-        candidate = model.clone()
-        if moments is not None:  # each exchange rate is scored as it will be made
-            compensate(candidate, adapter, moments, kh, kn)
-        slice_heads(candidate.encoder, adapter, kh)
-        slice_ffn(candidate.encoder, adapter, kn)
+        candidate = model.clone()  # each exchange rate is scored as it will be made (compensated, untuned)
+        narrow(candidate, ctx.teacher, fit, *choose(weight), tune=False, moments=moments)
         return score(candidate)
 
     fidelity = {w: trial(w) for w in HEAD_WEIGHTS}
