@@ -396,7 +396,7 @@ def test_distill_runs_on_a_decoder(gemma, batch, sentences):
     v = slimformer.compress(gemma, "vocab+distill(steps=3)", calib=sentences[:16])
     assert all(np.isfinite(v.manifest["steps"][-1][k]) for k in ("loss_first", "loss_last"))
     assert v.manifest["steps"][-1]["batch_size"] == 8  # a causal LM's default: vocabulary-wide logits
-    assert v.manifest["steps"][-1]["lr"] == 1e-4 and step["lr"] == 1e-3  # a causal LM's default rate; the recipe's
+    assert v.manifest["steps"][-1]["lr"] == 3e-5 and step["lr"] == 1e-3  # a causal LM's default rate; the recipe's
     assert v.net.get_output_embeddings().proj.weight is v.net.get_input_embeddings().embedding.weight
 
 
