@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .data import calibration_texts
+from .measure.fidelity import N_TEXTS as REPORT_SENTENCES
 from .model import SlimModel
 from .passes import Context, run_passes
 from .passes.calib import Calibration
@@ -26,6 +27,9 @@ def calibration_of(model: SlimModel, calib: list | str | None) -> tuple[list[str
         return None, Calibration.from_pixels(calibration_pixels(calib, model))
     # the whole calibration text for vocabulary pruning; a sample of it for everything else
     corpus = calib if isinstance(calib, list) else calibration_texts(None, path=calib)
+    # the REPORT_SENTENCES after the sample are the compress report's "calibration-like" check text (measure/
+    # fidelity.py): no pass reads them, `vocab` and `distill` (which read the rest of the text) included
+    corpus = corpus[:CALIB_SENTENCES] + corpus[CALIB_SENTENCES + REPORT_SENTENCES:]
     lm = model.head == "causal-lm"
     return corpus, Calibration.from_texts(model.tokenizer, corpus[:CALIB_SENTENCES_LM if lm else CALIB_SENTENCES],
                                           batch_size=CALIB_BATCH_LM if lm else 32)
