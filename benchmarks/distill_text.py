@@ -18,8 +18,9 @@ import tempfile
 from pathlib import Path
 
 import slimformer
+from slimformer.api import REPORT_SENTENCES
 from slimformer.data import calibration_texts, default_calibration, shipped_corpus
-from slimformer.measure.fidelity import N_TEXTS, fidelity
+from slimformer.measure.fidelity import fidelity
 from slimformer.measure.tasks import delta_interval, evaluate, sts_pairs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,7 +46,7 @@ def main(steps: int, recipe: str, which: list[str]) -> None:
     recipe = recipe.format(steps=steps)
     other = shipped_corpus(held_out=True)
     random.Random(0).shuffle(other)
-    other = other[:N_TEXTS]
+    other = other[:REPORT_SENTENCES]
     with tempfile.TemporaryDirectory() as tmp:
         tasks = {"stsb": "stsb", **write_test_sets(Path(tmp))}
         ref = {t: evaluate(base, task) for t, task in tasks.items()}

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from .data import calibration_texts
-from .measure.fidelity import N_TEXTS as REPORT_SENTENCES
 from .model import SlimModel
 from .passes import Context, run_passes
 from .passes.calib import Calibration
@@ -14,6 +13,9 @@ from .speech import is_speech, speech_calibration
 from .vision import calibration_pixels, is_image
 
 CALIB_SENTENCES = 512  # default calibration size: enough for activation ranges and importance, seconds to run
+# the compress report's calibration-like check text, the sentences after those (measure/fidelity.py): 32,640 pairs,
+# a fraction of a second to score
+REPORT_SENTENCES = 256
 # a causal LM's: every forward ends in (B, T, vocabulary) logits (Gemma 3: 262k tokens), so fewer, in smaller batches
 CALIB_SENTENCES_LM, CALIB_BATCH_LM = 128, 8
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import spearmanr
 
-N_TEXTS = 256  # sentences per text kind: 32,640 pairs, a fraction of a second to score
-
 
 def _pair_cosines(model, texts: list[str]) -> np.ndarray:
     """Cosine of every pair of sentences' embeddings: (N (N - 1) / 2,)."""
@@ -33,10 +31,10 @@ def fidelity(base, model, texts: list[str]) -> float:
     return float(100 * spearmanr(_pair_cosines(base, texts), _pair_cosines(model, texts)).statistic)
 
 
-def risk_texts(corpus: list[str], other: list[str], used: int, n: int = N_TEXTS) -> dict[str, list[str]]:
+def risk_texts(corpus: list[str], other: list[str], used: int, n: int) -> dict[str, list[str]]:
     """The two texts a report compares on: "calibration-like", sentences of the calibration corpus that no pass
-    fitted on (those after the first `used`), and "other", sentences of `other` (a different corpus) that are not
-    in the calibration corpus. A kind with fewer than 16 sentences is left out."""
+    fitted on (the `n` after the first `used`), and "other", `n` sentences of `other` (a different corpus) that are
+    not in the calibration corpus. A kind with fewer than 16 sentences is left out."""
     seen = set(corpus)
     kinds = {"calibration-like": corpus[used : used + n], "other": [s for s in other if s not in seen][:n]}
     return {k: v for k, v in kinds.items() if len(v) >= 16}
@@ -48,12 +46,12 @@ def transfer_risk(base, model, calib: str | None = None) -> dict:
     and Wikipedia (data.HELD_OUT_LINES; shuffled, seeded), minus anything in the calibration text."""
     import random
 
-    from ..api import CALIB_SENTENCES
+    from ..api import CALIB_SENTENCES, REPORT_SENTENCES
     from ..data import calibration_texts, shipped_corpus
 
     other = shipped_corpus(held_out=True)
     random.Random(0).shuffle(other)
-    kinds = risk_texts(calibration_texts(None, path=calib), other, CALIB_SENTENCES)
+    kinds = risk_texts(calibration_texts(None, path=calib), other, CALIB_SENTENCES, REPORT_SENTENCES)
     metric = "agreement_pct" if getattr(base, "head", None) == "sequence-classification" else "similarity_spearman_x100"
     return {"metric": metric, **{k: round(fidelity(base, model, t), 2) for k, t in kinds.items()}}
 
