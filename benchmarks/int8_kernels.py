@@ -1,5 +1,6 @@
 """Each int8 kernel on this CPU: `int8` of the embedded all-MiniLM-L6-v2 forced onto every kernel in turn (and the
-automatic choice, eager and traced by `freeze`), beside fp32 and torch.ao's one-liner: median ms at 1x16, 8x128,
+automatic choice, eager and traced by `freeze`, and each layer's choice timed alone, before the whole model settles
+it), beside fp32 and torch.ao's one-liner: median ms at 1x16, 8x128,
 32x32 (alternated, one run) and STS-B test. `--caps` runs the same again in a child process under every library's
 AVX2 cap (oneDNN, fbgemm, MKL, ATen: int_mm_caps.AVX2), to see how far those caps make an AVX-512 VNNI machine
 behave like an AVX2-only one.
@@ -40,6 +41,10 @@ def measure(runs: int, quality: bool) -> dict:
     models = {"fp32 (original)": base, "torch.ao dynamic int8 one-liner": torch_ao_dynamic(base)}
     auto = int8_kernels.summary(small.encoder)
     models[f"int8, auto ({', '.join(f'{k} x{n}' for k, n in auto.items())})"] = small
+    alone = small.clone()
+    int8_kernels.choose(alone.encoder)  # each layer's kernels as timed alone, before the whole model settled them
+    per_layer = int8_kernels.summary(alone.encoder)
+    models[f"int8, per layer ({', '.join(f'{k} x{n}' for k, n in per_layer.items())})"] = alone
     frozen = small.clone()
     freeze.apply(frozen, "trace")  # traced with each Linear's batch kernel
     models["int8 + freeze (traced, batch kernels)"] = frozen

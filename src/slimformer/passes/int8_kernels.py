@@ -71,26 +71,34 @@ def drop_cache(lin) -> None:
         del lin.__dict__[key]
 
 
-def set_kernel(lin, spec: str) -> None:
+def set_kernel(lin, spec: str, keep: bool = False) -> None:
     """Serve `lin` (an Int8Linear) with `spec` ("name" or "small/large"); its run-time cache is built now, from the
-    stored weights, in plain attributes `_kernel_<kernel>_<key>` (not buffers: never saved; a trace finds them)."""
+    stored weights, in plain attributes `_kernel_<kernel>_<key>` (not buffers: never saved; a trace finds them).
+    keep: other kernels' caches stay, and one already built is reused (a race switching back and forth; a prepack
+    of all MiniLM's layers took up to 0.1 s)."""
     small, large = parse(spec)
-    drop_cache(lin)
+    if not keep:
+        drop_cache(lin)
+    built = lin.__dict__.setdefault("_kernel_built", set())
     for name in dict.fromkeys((small, large)):
+        if name in built:
+            continue
         try:
             cache = KERNELS[name][0](lin)
         except RuntimeError as e:  # a kernel this build or CPU lacks (e.g. no fbgemm on ARM)
             raise KernelUnavailableError(f"int8 kernel '{name}' cannot run here: {str(e).splitlines()[0]}") from e
         for key, value in cache.items():
             lin.__dict__[f"_kernel_{name}_{key}"] = value
+        built.add(name)
     lin.__dict__["_kernel_small"], lin.__dict__["_kernel_large"] = KERNELS[small][1], KERNELS[large][1]
     lin.__dict__["kernel"] = join(small, large)
 
 
-def ensure(lin, spec: str) -> None:
-    """set_kernel(lin, spec) unless lin already runs spec with its cache built: a switch costs a prepack per layer."""
+def ensure(lin, spec: str, keep: bool = False) -> None:
+    """set_kernel(lin, spec, keep) unless lin already runs spec with its cache built: a switch costs a prepack per
+    layer."""
     if lin.__dict__.get("kernel") != spec or "_kernel_small" not in lin.__dict__:
-        set_kernel(lin, spec)
+        set_kernel(lin, spec, keep)
 
 
 def available(name: str) -> bool:

@@ -1,17 +1,23 @@
-"""The int8 kernel choice checked on the whole model: the batch kernel among close rivals, by the model's own speed.
+"""The int8 kernel choice checked on the whole model: each layer's kernel among close rivals, by the model's speed.
 
 int8_kernels.measure() times each weight shape alone. Inside a model a kernel also pays for what surrounds its GEMM
 (its input's quantization passes, fresh buffers, caches another op just filled), and alone that does not show: on an
 AVX-512 VNNI CPU `intmm` and `fbgemm` timed within 5% of each other layer by layer while all-MiniLM-L6-v2 ran 11-17%
-faster at 8x128 with `intmm` (README, "int8 on every CPU"). So where layers have rivals for their batch kernel (each
-beating fp32 by MIN_GAIN at 1,024 rows, within RIVAL of the layer's best), a text model is timed at one batch of
-1,024 tokens with each rival serving every layer it is a rival for, in turns; the fastest plan stays. Calls of up to
-SMALL_ROWS tokens keep their kernel. Not for forced kernels, nor for speech, image or causal-LM models (no plain
-batch of token ids to time them on; each keeps the per-layer choice).
+faster at 8x128 with `intmm` (README, "int8 on every CPU"). At 16 rows it is the weights: a layer timed alone keeps
+its weights in cache, where in the model each call reads them afresh, so kernels with fewer weight bytes gain in the
+model what they do not show alone (the same CPU: fp32 timed fastest alone on MiniLM's 384x384 layers at 16 tokens,
+while the model with an int8 kernel there ran 1.48-1.64x faster than fp32 at 1x16 against 1.40x as measured).
+So a text model is timed with each rival kernel serving every layer it is a rival for, in turns, and the fastest
+plan stays: first the batch kernel (rivals: each beats fp32 by MIN_GAIN at 1,024 rows, within RIVAL of the layer's
+best; timed at one batch of 1,024 tokens), then, with it fixed, the one-query kernel (rivals: within SMALL_RIVAL of
+the layer's best at 16 rows, fp32 included; timed at one query of 16 and of 64 tokens, the geometric mean, so that
+the kernel serves the range of calls up to SMALL_ROWS). Not for forced kernels, nor for speech, image or causal-LM
+models (no plain batch of token ids to time them on; each keeps the per-layer choice).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
@@ -21,23 +27,30 @@ from ..speech import is_speech
 from ..timing import example_inputs
 from ..vision import is_image
 from .calib import is_causal_lm
-from .int8_kernels import MIN_GAIN, Int8Linear, ensure, forced, join, measure, paired_ratios, parse, summary
+from .int8_kernels import (MIN_GAIN, Int8Linear, ensure, forced, join, measure, paired_ratios, parse, set_kernel,
+                           summary)
 
-SHAPE = (8, 128)  # one batch of TIMING_TOKENS' 1,024 rows
+LARGE, SMALL = 1, 0  # the index of a kernel spec's part ("small/large") and of measure()'s ratios ([16, 1024 rows])
+SHAPES = {LARGE: ((8, 128),), SMALL: ((1, 16), (1, 64))}  # what each race times a plan at (batch, tokens)
 # a rival's ratio to fp32 may be this much above the layer's best: timed alone, one layer's ratio moved that much
 # between runs on the VNNI machine (intmm on a 384x384 layer: 0.33-0.42 of fp32), more than the 11-17% by which the
 # whole model told intmm and fbgemm apart
 RIVAL = 0.25
-TURNS = 7  # timed forwards per plan, alternated (the first round, a warm-up, is not counted)
+# at 16 rows: alone, fbgemm and fp16 timed 1.57x and 1.24x fp32's time on that 384x384 layer, and won in the model
+SMALL_RIVAL = 1.0
+TURNS = {LARGE: 7, SMALL: 9}  # timed forwards per plan and shape, alternated (after a warm-up round)
 _SETTLED: dict[tuple, list[str]] = {}  # (layer specs and their per-layer choices, threads) -> the fastest plan
 
 
-def rivals(lin: Int8Linear) -> list[str]:
-    """The batch kernels that could serve `lin` as well as its own: each beats fp32 by MIN_GAIN at 1,024 rows and is
-    within RIVAL of the best, by measure()'s paired ratios (its own choice among them)."""
-    ratios = measure(lin)[1]
-    best = min(r[1] for r in ratios.values())
-    return [n for n, r in ratios.items() if n != "fp32" and r[1] * MIN_GAIN <= 1.0 and r[1] <= best * (1.0 + RIVAL)]
+def rivals(lin: Int8Linear, side: int = LARGE) -> list[str]:
+    """The kernels that could serve `lin`'s batch calls (side LARGE: each beats fp32 by MIN_GAIN at 1,024 rows and
+    is within RIVAL of the best) or its one-query calls (SMALL: within SMALL_RIVAL of the best at 16 rows), by
+    measure()'s paired ratios (its own choice among them)."""
+    ratios = {n: r[side] for n, r in measure(lin)[1].items()}
+    best = min(ratios.values())
+    if side == SMALL:
+        return [n for n, r in ratios.items() if r <= best * (1.0 + SMALL_RIVAL)]
+    return [n for n, r in ratios.items() if n != "fp32" and r * MIN_GAIN <= 1.0 and r <= best * (1.0 + RIVAL)]
 
 
 def forward_ms(model, inputs: dict) -> float:
@@ -46,10 +59,33 @@ def forward_ms(model, inputs: dict) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+def _with(spec: str, side: int, kernel: str) -> str:
+    """`spec` ("small/large") with its part `side` replaced by `kernel`."""
+    parts = list(parse(spec))
+    parts[side] = kernel
+    return join(*parts)
+
+
+def _race(model, plans: dict[str, dict], side: int) -> str:
+    """The plan ({layer: spec}) under which `model` runs fastest at SHAPES[side], by the median over turns of its
+    time over the first plan's in the same turn (the geometric mean over the shapes)."""
+    inputs = [example_inputs(b, t, model.tokenizer.vocab_size) for b, t in SHAPES[side]]
+    times: dict[str, list[float]] = {name: [] for name in plans}
+    for turn in range(TURNS[side] + 1):
+        for name, plan in plans.items():
+            for m, spec in plan.items():
+                ensure(m, spec, keep=True)  # untimed: a prepack per layer, the first time it runs a kernel
+            model(**inputs[0])  # the new kernels' first call
+            if turn:  # a product over the shapes, so each shape's ratio counts alike
+                times[name].append(math.prod(forward_ms(model, x) for x in inputs))
+    ratios = paired_ratios(times, base=next(iter(plans)))
+    return min(plans, key=lambda name: statistics.median(ratios[name]))
+
+
 @torch.inference_mode()
 def settle(model) -> dict[str, int] | None:
-    """Give `model`'s Int8Linears the batch kernels of the fastest plan (see the module docstring); returns the
-    kernels as they then stand (int8_kernels.summary), or None where nothing was timed."""
+    """Give `model`'s Int8Linears the kernels of the fastest plans (see the module docstring); returns the kernels as
+    they then stand (int8_kernels.summary), or None where nothing was timed."""
     if forced() or is_speech(model) or is_image(model) or is_causal_lm(model):
         return None
     chosen = {m: m.__dict__["kernel"] for m in model.net.modules() if isinstance(m, Int8Linear) and not m.float_act}
@@ -58,25 +94,22 @@ def settle(model) -> dict[str, int] | None:
         for m, spec in zip(chosen, _SETTLED[key]):
             ensure(m, spec)
         return summary(model.net)
-    options = {m: rivals(m) for m in chosen}
-    kernels = sorted(set().union(*options.values()))
-    if len(kernels) < 2:
+    timed = False
+    for side in (LARGE, SMALL):  # the batch kernel first: the one-query race then runs on the batch kernels settled
+        options = {m: rivals(m, side) for m in chosen}
+        kernels = sorted(set().union(*options.values()))
+        if len(kernels) < 2:
+            continue
+        # one plan per rival kernel, serving every layer it is a rival for: a mix of per-layer picks would be noise's
+        plans = {k: {m: _with(spec, side, k) if k in options[m] else spec for m, spec in chosen.items()}
+                 for k in kernels}
+        if side == SMALL:  # and the per-layer picks as they are: at 16 rows they mix kernels by weight shape
+            plans = {"measured": dict(chosen)} | plans
+        chosen = plans[_race(model, plans, side)]
+        timed = True
+    if not timed:
         return None
-    # one plan per rival kernel, serving every layer it is a rival for: a mix of per-layer picks would be noise's
-    plans = {k: {m: join(parse(spec)[0], k) if k in options[m] else spec for m, spec in chosen.items()}
-             for k in kernels}
-    inputs = example_inputs(*SHAPE, model.tokenizer.vocab_size)
-    times: dict[str, list[float]] = {name: [] for name in plans}
-    for turn in range(TURNS + 1):
-        for name, plan in plans.items():
-            for m, spec in plan.items():
-                ensure(m, spec)  # untimed: a prepack per layer that switches
-            model(**inputs)  # the new kernels' first call
-            if turn:
-                times[name].append(forward_ms(model, inputs))
-    ratios = paired_ratios(times, base=kernels[0])  # each plan's time over the first plan's in the same turn
-    fastest = min(plans, key=lambda name: statistics.median(ratios[name]))
-    for m, spec in plans[fastest].items():
-        ensure(m, spec)
-    _SETTLED[key] = list(plans[fastest].values())
+    for m, spec in chosen.items():
+        set_kernel(m, spec)  # and the caches of the kernels the race left behind go
+    _SETTLED[key] = list(chosen.values())
     return summary(model.net)
