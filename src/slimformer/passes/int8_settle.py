@@ -105,7 +105,13 @@ def settle(model) -> dict[str, int] | None:
                  for k in kernels}
         if side == SMALL:  # and the per-layer picks as they are: at 16 rows they mix kernels by weight shape
             plans = {"measured": dict(chosen)} | plans
-        chosen = plans[_race(model, plans, side)]
+        unique: dict[str, dict] = {}
+        for name, plan in plans.items():  # e.g. the per-layer picks, where one kernel won every layer alone
+            if plan not in unique.values():
+                unique[name] = plan
+        if len(unique) < 2:
+            continue
+        chosen = unique[_race(model, unique, side)]
         timed = True
     if not timed:
         return None
