@@ -65,6 +65,33 @@ def test_the_one_query_kernel_is_raced_after_the_batch_kernel(tiny_int8, monkeyp
     assert not [key for lin in linears(model) for key in vars(lin) if key.startswith("_kernel_fp32")]
 
 
+def test_an_image_model_is_raced_on_pixels(monkeypatch):
+    """A vision transformer is settled too, timed on random pixels of its config's size: a batch of 8 images for the
+    batch kernel, one image for the one-query kernel."""
+    from transformers import ViTConfig, ViTModel
+
+    from slimformer.model import SlimModel
+
+    torch.manual_seed(0)
+    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                       image_size=16, patch_size=4)
+    vit = SlimModel(ViTModel(config).eval(), None, pooling="cls")
+    model = slimformer.compress(vit, "int8")
+    int8_kernels.choose(model.net, "fp32/intmm")
+    timed = []
+
+    def clock(m, inputs):
+        timed.append(tuple(inputs["pixel_values"].shape))
+        slow = (parse(lin.kernel) for lin in linears(m))  # fp32 for one image and intmm for batches are the slow ones
+        return sum(1.0 + (small == "fp32") + (large == "intmm") for small, large in slow)
+
+    monkeypatch.setattr(int8_settle, "rivals", lambda lin, side: ["intmm", "fbgemm"] if side else ["fp32", "fp16"])
+    monkeypatch.setattr(int8_settle, "forward_ms", clock)
+    monkeypatch.setattr(int8_settle, "_SETTLED", {})
+    assert int8_settle.settle(model) == {"fp16/fbgemm": 13}  # 2 x (q, k, v, o, ffn in, ffn out), pooler
+    assert set(timed) == {(8, 3, 16, 16), (1, 3, 16, 16)}
+
+
 def test_nothing_is_timed_when_forced_or_without_rivals(tiny_int8, monkeypatch):
     model = tiny_int8.clone()
     int8_kernels.choose(model.net)

@@ -11,8 +11,9 @@ So a text model is timed with each rival kernel serving every layer it is a riva
 plan stays: first the batch kernel (rivals: each beats fp32 by MIN_GAIN at 1,024 rows, within RIVAL of the layer's
 best; timed at one batch of 1,024 tokens), then, with it fixed, the one-query kernel (rivals: within SMALL_RIVAL of
 the layer's best at 16 rows, fp32 included; timed at one query of 16 and of 64 tokens, the geometric mean, so that
-the kernel serves the range of calls up to SMALL_ROWS). Not for forced kernels, nor for speech, image or causal-LM
-models (no plain batch of token ids to time them on; each keeps the per-layer choice).
+the kernel serves the range of calls up to SMALL_ROWS). An image model is timed at `bench`'s one image and batch of
+8 (random pixels). Not for forced kernels, nor for speech or causal-LM models (their calls are not one forward of
+one batch: each keeps the per-layer choice).
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ import torch
 
 from ..speech import is_speech
 from ..timing import example_inputs
-from ..vision import is_image
+from ..vision import BENCH_IMAGES, is_image, random_pixels
 from .calib import is_causal_lm
 from .int8_kernels import (MIN_GAIN, Int8Linear, ensure, forced, join, measure, paired_ratios, parse, set_kernel,
                            summary)
 
 LARGE, SMALL = 1, 0  # the index of a kernel spec's part ("small/large") and of measure()'s ratios ([16, 1024 rows])
 SHAPES = {LARGE: ((8, 128),), SMALL: ((1, 16), (1, 64))}  # what each race times a plan at (batch, tokens)
+IMAGES = {LARGE: BENCH_IMAGES[-1:], SMALL: BENCH_IMAGES[:1]}  # an image model's: images per batch
 # a rival's ratio to fp32 may be this much above the layer's best: timed alone, one layer's ratio moved that much
 # between runs on the VNNI machine (intmm on a 384x384 layer: 0.33-0.42 of fp32), more than the 11-17% by which the
 # whole model told intmm and fbgemm apart
@@ -67,9 +69,12 @@ def _with(spec: str, side: int, kernel: str) -> str:
 
 
 def _race(model, plans: dict[str, dict], side: int) -> str:
-    """The plan ({layer: spec}) under which `model` runs fastest at SHAPES[side], by the median over turns of its
-    time over the first plan's in the same turn (the geometric mean over the shapes)."""
-    inputs = [example_inputs(b, t, model.tokenizer.vocab_size) for b, t in SHAPES[side]]
+    """The plan ({layer: spec}) under which `model` runs fastest at SHAPES[side] (an image model: IMAGES[side]), by
+    the median over turns of its time over the first plan's in the same turn (the geometric mean over the shapes)."""
+    if is_image(model):
+        inputs = [{"pixel_values": random_pixels(model.config, n)} for n in IMAGES[side]]  # (n, C, H, W)
+    else:
+        inputs = [example_inputs(b, t, model.tokenizer.vocab_size) for b, t in SHAPES[side]]
     times: dict[str, list[float]] = {name: [] for name in plans}
     for turn in range(TURNS[side] + 1):
         for name, plan in plans.items():
@@ -86,7 +91,7 @@ def _race(model, plans: dict[str, dict], side: int) -> str:
 def settle(model) -> dict[str, int] | None:
     """Give `model`'s Int8Linears the kernels of the fastest plans (see the module docstring); returns the kernels as
     they then stand (int8_kernels.summary), or None where nothing was timed."""
-    if forced() or is_speech(model) or is_image(model) or is_causal_lm(model):
+    if forced() or is_speech(model) or is_causal_lm(model):
         return None
     chosen = {m: m.__dict__["kernel"] for m in model.net.modules() if isinstance(m, Int8Linear) and not m.float_act}
     key = (tuple((tuple(m.spec().items()), spec) for m, spec in chosen.items()), torch.get_num_threads())
