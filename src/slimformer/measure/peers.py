@@ -104,6 +104,12 @@ def peer_models(base: SlimModel, workdir, skipped: dict[str, str] | None = None)
     return peers
 
 
+def folder_label(model, path) -> str:
+    """A saved folder's row name: its recipe (or path) and what serves it, "prune(flops=0.8)+int8 [ORT]"."""
+    runtime = {"onnxruntime": "ORT", "openvino": "OpenVINO"}.get(model.manifest.get("runtime"), "torch")
+    return f"{model.manifest.get('recipe') or path} [{runtime}]"
+
+
 def base_of(paths: list[str], base: str | None = None) -> str | None:
     """The folder every peer row is built from: `base`, else the one original the manifests at `paths` name
     (`source`), else None (the embedded default). Models from different originals, or an original that is not on
@@ -144,8 +150,7 @@ def compare_peers(paths: list[str], runs: int, out_dir, show_progress: bool = Fa
         models = peer_models(base, tmp, skipped)
         for p in paths:
             m = io.load(p)
-            runtime = {"onnxruntime": "ORT", "openvino": "OpenVINO"}.get(m.manifest.get("runtime"), "torch")
-            name = f"slimformer {m.manifest.get('recipe') or p} [{runtime}]"
+            name = f"slimformer {folder_label(m, p)}"
             if name in models:  # two folders of one recipe and runtime (say, a search's pick and a hand-made one)
                 name += f" ({Path(p).name})"
             models[name] = m
