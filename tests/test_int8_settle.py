@@ -65,16 +65,18 @@ def test_the_one_query_kernel_is_raced_after_the_batch_kernel(tiny_int8, monkeyp
     assert not [key for lin in linears(model) for key in vars(lin) if key.startswith("_kernel_fp32")]
 
 
-def test_an_image_model_is_raced_on_pixels(monkeypatch):
+@pytest.mark.parametrize("size", [16, 48])
+def test_an_image_model_is_raced_on_pixels(monkeypatch, size):
     """A vision transformer is settled too, timed on random pixels of its config's size: a batch of 8 images for the
-    batch kernel, one image for the one-query kernel."""
+    batch kernel, one image for the one-query kernel, unless one image is already a batch call (48 pixels in 4-pixel
+    patches: 145 rows, over SMALL_ROWS)."""
     from transformers import ViTConfig, ViTModel
 
     from slimformer.model import SlimModel
 
     torch.manual_seed(0)
     config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                       image_size=16, patch_size=4)
+                       image_size=size, patch_size=4)
     vit = SlimModel(ViTModel(config).eval(), None, pooling="cls")
     model = slimformer.compress(vit, "int8")
     int8_kernels.choose(model.net, "fp32/intmm")
@@ -88,8 +90,9 @@ def test_an_image_model_is_raced_on_pixels(monkeypatch):
     monkeypatch.setattr(int8_settle, "rivals", lambda lin, side: ["intmm", "fbgemm"] if side else ["fp32", "fp16"])
     monkeypatch.setattr(int8_settle, "forward_ms", clock)
     monkeypatch.setattr(int8_settle, "_SETTLED", {})
-    assert int8_settle.settle(model) == {"fp16/fbgemm": 13}  # 2 x (q, k, v, o, ffn in, ffn out), pooler
-    assert set(timed) == {(8, 3, 16, 16), (1, 3, 16, 16)}
+    one_query = "fp16" if size == 16 else "fp32"
+    assert int8_settle.settle(model) == {f"{one_query}/fbgemm": 13}  # 2 x (q, k, v, o, ffn in, ffn out), pooler
+    assert set(timed) == {(8, 3, size, size), (1, 3, size, size)} if size == 16 else {(8, 3, size, size)}
 
 
 def test_nothing_is_timed_when_forced_or_without_rivals(tiny_int8, monkeypatch):
