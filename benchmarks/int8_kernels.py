@@ -1,9 +1,8 @@
 """Each int8 kernel on this CPU: `int8` of the embedded all-MiniLM-L6-v2 forced onto every kernel in turn (and the
 automatic choice, eager and traced by `freeze`, and each layer's choice timed alone, before the whole model settles
-it), beside fp32 and torch.ao's one-liner: median ms at 1x16, 8x128,
-32x32 (alternated, one run) and STS-B test. `--caps` runs the same again in a child process under every library's
-AVX2 cap (oneDNN, fbgemm, MKL, ATen: int_mm_caps.AVX2), to see how far those caps make an AVX-512 VNNI machine
-behave like an AVX2-only one.
+it), beside fp32 and torch.ao's one-liner: median ms at 1x16, 8x128, 32x32 (alternated, one run) and STS-B test.
+`--caps` runs the same again in a child process under every library's AVX2 cap (oneDNN, fbgemm, MKL, ATen:
+int_mm_caps.AVX2), to see how far those caps make an AVX-512 VNNI machine behave like an AVX2-only one.
 
     .venv/bin/python benchmarks/int8_kernels.py [--runs 20] [--caps] [--no-quality]
 
