@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import slimformer
-from slimformer.passes import int8_kernels
+from slimformer.passes import int8_kernels, int8_ops
 from slimformer.passes.int8_kernels import KERNELS, Int8Linear
 from slimformer.passes import freeze
 
@@ -66,6 +66,30 @@ def test_kernel_matches_reference_arithmetic(layer_and_inputs, kernel):
     ref = reference(lin, x)
     err = float((lin(x).double() - ref).norm() / ref.norm())
     assert err < tol, (kernel, err)
+
+
+@pytest.mark.parametrize("scripted", ["intmm", "fbgemm"])
+def test_without_torchscript_the_kernels_compute_the_same_values(layer_and_inputs, scripted, monkeypatch):
+    """The per-token kernels run as TorchScript functions (fewer Python calls); where TorchScript cannot compile
+    (it is deprecated), the same bodies run eagerly and give the same values, at each row count and rank."""
+    lin, x = layer_and_inputs
+    assert len(x) > int8_kernels.SMALL_ROWS  # the many-rows branch of row_absmax too
+    int8_kernels.set_kernel(lin, scripted)
+    inputs = (x[:16], x, x[:16].reshape(2, 8, -1))
+    expected = [lin(rows) for rows in inputs]
+    for name, body in int8_ops.EAGER.items():
+        assert isinstance(getattr(int8_ops, name), torch.jit.ScriptFunction), name  # this build compiles them
+        monkeypatch.setattr(int8_ops, name, body)
+    for rows, want in zip(inputs, expected):
+        got = lin(rows)
+        assert got.shape == want.shape and torch.equal(got, want), (scripted, rows.shape)
+
+    def refuse(fn):
+        raise RuntimeError("TorchScript is gone")
+
+    monkeypatch.setattr(torch.jit, "script", refuse)
+    monkeypatch.setattr(int8_ops, "EAGER", {})
+    assert int8_ops._scripted(reference_int8) is reference_int8
 
 
 def test_forced_kernel_is_the_one_that_runs(layer_and_inputs, kernel, monkeypatch):

@@ -7,7 +7,8 @@ So each weight shape class (K, N) is timed once per process at a one-query and a
 the fastest kernel that beats fp32 serves every Linear of that class for calls of that size (up to SMALL_ROWS
 tokens: the one-query kernel; above: the batch kernel), else fp32 on the dequantized weights (the size win stays on
 disk). A choice reads "fp32/fbgemm" when the two differ. Eager PyTorch pays a few microseconds per op, which at 16
-tokens can cost more than int8 saves; a traced graph (`freeze`) does not, so it is traced with the batch kernel.
+tokens can cost more than int8 saves (the per-token kernels' ops run as one TorchScript function for that reason); a
+traced graph (`freeze`) pays none, so it is traced with the batch kernel.
 SLIMFORMER_INT8_KERNEL=<name> (or <small>/<large>) forces the kernels of every Linear. A layer marked float_act (its
 activations measured too sensitive to int8: quantize.py) races, and is forced onto, only FLOAT_ACT kernels (an
 activation-quantizing one it is given runs as fp32).

@@ -15,7 +15,7 @@ Kernels (none couples a row to its batch-mates: activation scales, where there a
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,26 +25,51 @@ def _rows(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.reshape(-1, k).float()  # (..., K) -> (M, K)
 
 
+EAGER: dict[str, Callable] = {}  # name -> the Python body of each scripted function (the fallback; its test)
+
+
+def _scripted(fn: Callable) -> Callable:
+    """fn compiled by TorchScript, else fn itself. Why: eager PyTorch pays its Python argument parsing on each of the
+    ~10 ops of a per-token int8 call (~50 us a Linear of all-MiniLM-L6-v2 at 16 tokens, an ad-hoc timing), about as
+    much as the GEMM; a scripted body pays it once a call. TorchScript is deprecated: where it is gone, eager."""
+    EAGER[fn.__name__] = fn
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its deprecation notice: the fallback below covers its removal
+            return torch.jit.script(fn)
+    except Exception:  # noqa: BLE001 - any failure to compile leaves the same arithmetic, eager
+        return fn
+
+
+@_scripted
 def row_absmax(x: torch.Tensor) -> torch.Tensor:
     """max |x| per row, floored at 1e-8: (M, K) -> (M, 1). A few rows: abs().amax(), the fewest ops (eager pays per
     op); many: amax and amin, two reads of x and no |x| temporary (half the time of abs().amax() at 1024 rows)."""
-    if x.shape[0] <= 128:
+    if x.size(0) <= 128:
         return x.abs().amax(-1, keepdim=True).clamp_min_(1e-8)
     return torch.maximum(x.amax(-1, keepdim=True), x.amin(-1, keepdim=True).neg_()).clamp_min_(1e-8)
 
 
-def _intmm(lin, x: torch.Tensor) -> torch.Tensor:
-    shape, x = x.shape, _rows(x, lin.in_features)
-    smoothed = lin.inv_smooth is not None
-    if smoothed:
-        x = x * lin.inv_smooth  # a fresh (M, K): scaled in place below
-    amax = row_absmax(x)  # (M, 1)
-    q = (x.mul_(127.0 / amax) if smoothed else torch.mul(x, 127.0 / amax)).round_().to(torch.int8)  # |q| <= 127
+@_scripted
+def _intmm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
+           inv_smooth: Optional[torch.Tensor], k: int, n: int) -> torch.Tensor:
+    """x (..., K) -> (..., N): q8(x) per token, int8 x int8 -> int32, rescaled. weight (N, K) int8, weight_scale
+    (N,), bias (N,), inv_smooth (K,)."""
+    shape = list(x.shape)  # (..., K), as a list: -> (..., N) below
+    x = x.reshape(-1, k).float()  # (M, K)
+    if inv_smooth is not None:
+        x = x * inv_smooth  # a fresh (M, K): scaled in place below
+        amax = row_absmax(x)  # (M, 1)
+        q = x.mul_(127.0 / amax).round_().to(torch.int8)  # |q| <= 127
+    else:
+        amax = row_absmax(x)
+        q = torch.mul(x, 127.0 / amax).round_().to(torch.int8)
     # (M, N) int32 -> float (exact up to 2^24), then the token and channel scales and the bias in place: a mixed
     # int32 x float op, or a fresh output per step, cost 15-25% of the call at 1024 tokens (VNNI: the GEMM is cheap)
-    y = torch._int_mm(q, lin.weight.t()).float().mul_(amax * (1.0 / 127.0))
-    y = torch.addcmul(lin.bias, y, lin.weight_scale, out=y) if lin.bias is not None else y.mul_(lin.weight_scale)
-    return y.view(*shape[:-1], lin.out_features)
+    y = torch._int_mm(q, weight.t()).float().mul_(amax * (1.0 / 127.0))
+    y = torch.addcmul(bias, y, weight_scale, out=y) if bias is not None else y.mul_(weight_scale)
+    shape[-1] = n
+    return y.view(shape)
 
 
 def _fbgemm_op(x, scale: float, zero_point: int, packed) -> torch.Tensor:
@@ -60,20 +85,30 @@ def _prepare_fbgemm(lin) -> dict:
                                                       torch.zeros(len(w), dtype=torch.long), 0)
         packed = torch.ops.quantized.linear_prepack(qw, None)
     _fbgemm_op(torch.zeros(1, lin.in_features), 1.0, 64, packed)  # weights another engine packed lack it: fail here
-    return {"packed": packed}
+    # the packed weights apart: a trace (freeze) finds a TorchScript object as a module's attribute, not in a tuple
+    return {"packed": packed, "args": (lin.bias, lin.inv_smooth, lin.in_features, lin.out_features)}
 
 
-def _fbgemm(lin, x: torch.Tensor) -> torch.Tensor:
-    # One fresh (M, K) buffer and no pass of fbgemm's own over x for a per-tensor range: at 1024 tokens each extra
-    # pass or temporary costs about as much as the int8 gain (torch.ao's one-liner, one scale a tensor, has neither)
-    shape, x = x.shape, _rows(x, lin.in_features)
-    if lin.inv_smooth is not None:
-        x = x * lin.inv_smooth  # a fresh (M, K): scaled in place below
-    scale = row_absmax(x).mul_(1.0 / 63.0)  # (M, 1): each row to max |x| = 63, then q = round(x) + 64 in [1, 127]
-    xs = x.div_(scale) if lin.inv_smooth is not None else torch.div(x, scale)
-    y = _fbgemm_op(xs, 1.0, 64, lin._kernel_fbgemm_packed)  # (M, N): q = round(xs / 1.0) + 64, weight scales in
-    y = torch.addcmul(lin.bias, y, scale, out=y) if lin.bias is not None else y.mul_(scale)  # (M, N), in place
-    return y.view(*shape[:-1], lin.out_features)
+@_scripted
+def _fbgemm(x: torch.Tensor, packed: torch.classes.quantized.LinearPackedParamsBase, bias: Optional[torch.Tensor],
+            inv_smooth: Optional[torch.Tensor], k: int, n: int) -> torch.Tensor:
+    """x (..., K) -> (..., N). One fresh (M, K) buffer and no pass of fbgemm's own over x for a per-tensor range: at
+    1024 tokens each extra pass or temporary costs about as much as the int8 gain (torch.ao's one-liner, one scale a
+    tensor, has neither)."""
+    shape = list(x.shape)  # (..., K), as a list: -> (..., N) below
+    x = x.reshape(-1, k).float()  # (M, K)
+    if inv_smooth is not None:
+        x = x * inv_smooth  # a fresh (M, K): scaled in place below
+        scale = row_absmax(x).mul_(1.0 / 63.0)  # (M, 1): each row to max |x| = 63, then q = round(x) + 64 in [1, 127]
+        xs = x.div_(scale)
+    else:
+        scale = row_absmax(x).mul_(1.0 / 63.0)
+        xs = torch.div(x, scale)
+    # (M, N): q = round(xs / 1.0) + 64, weight scales in
+    y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(xs, 1.0, 64, packed)
+    y = torch.addcmul(bias, y, scale, out=y) if bias is not None else y.mul_(scale)  # in place
+    shape[-1] = n
+    return y.view(shape)
 
 
 def _dequantized(lin) -> torch.Tensor:
@@ -102,10 +137,12 @@ def _fp32(lin, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, lin._kernel_fp32_weight, lin._kernel_fp32_bias)  # one op, as lean as nn.Linear
 
 
-# name -> (prepare(lin) -> cache dict, forward(lin, x (..., K)) -> (..., N))
+# name -> (prepare(lin) -> cache dict, forward(lin, x (..., K)) -> (..., N)). The scripted kernels' caches hold their
+# arguments, the layer's buffers among them: reading them from the Module (its __getattr__) is Python per call too
 KERNELS: dict[str, tuple[Callable, Callable]] = {
-    "intmm": (lambda lin: {}, _intmm),
-    "fbgemm": (_prepare_fbgemm, _fbgemm),
+    "intmm": (lambda lin: {"args": (lin.weight, lin.weight_scale, lin.bias, lin.inv_smooth, lin.in_features,
+                                     lin.out_features)}, lambda lin, x: _intmm(x, *lin._kernel_intmm_args)),
+    "fbgemm": (_prepare_fbgemm, lambda lin, x: _fbgemm(x, lin._kernel_fbgemm_packed, *lin._kernel_fbgemm_args)),
     "w8": (_prepare_w8, _w8),
     "fp16": (lambda lin: {"packed": torch.ops.quantized.linear_prepack_fp16(_dequantized(lin), lin.bias)}, _fp16),
     "fp32": (lambda lin: {"weight": _dequantized(lin), "bias": lin.bias}, _fp32),
