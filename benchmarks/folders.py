@@ -14,6 +14,6 @@ def load_models(args: list[str], base: str) -> dict:
     models = {"fp32": slimformer.load(base)}
     for folder in args:
         m = slimformer.load(folder)
-        name = folder_label(m, folder)  # a torch folder and its export differ by runtime, whatever their order
-        models[f"{name} ({folder})" if name in models else name] = m  # two of one recipe and runtime: the path too
+        # a torch folder and its export differ by runtime, whatever their order; two of one recipe and runtime by name
+        models[folder_label(m, folder, models)] = m
     return models

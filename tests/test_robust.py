@@ -312,6 +312,20 @@ def test_peers_base_defaults_to_the_original_the_manifests_name(tiny, tiny_dir, 
         base_of([str(b)])
 
 
+def test_two_folders_of_one_recipe_and_runtime_get_two_rows(tmp_path):
+    from types import SimpleNamespace
+
+    from slimformer.measure.peers import folder_label
+
+    model, onnx = SimpleNamespace(manifest={"recipe": "int8"}), SimpleNamespace(manifest={"recipe": "int8",
+                                                                                          "runtime": "onnxruntime"})
+    rows = {folder_label(model, tmp_path / "pick", prefix="slimformer "): model}
+    assert list(rows) == ["slimformer int8 [torch]"]
+    assert folder_label(onnx, tmp_path / "pick", rows, "slimformer ") == "slimformer int8 [ORT]"
+    assert folder_label(model, tmp_path / "mine", rows, "slimformer ") == "slimformer int8 [torch] (mine)"
+    assert folder_label(SimpleNamespace(manifest={}), "models/x") == "models/x [torch]"  # the original: its path
+
+
 @pytest.mark.parametrize("option", ["--base", "--task"])
 def test_bench_options_of_peers_alone_are_one_line_errors(tiny_dir, cli, option):
     assert f"{option} goes with --peers" in one_error_line(cli("bench", str(tiny_dir), option, "stsb-dev"))

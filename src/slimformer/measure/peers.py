@@ -104,10 +104,13 @@ def peer_models(base: SlimModel, workdir, skipped: dict[str, str] | None = None)
     return peers
 
 
-def folder_label(model, path) -> str:
-    """A saved folder's row name: its recipe (or path) and what serves it, "prune(flops=0.8)+int8 [ORT]"."""
+def folder_label(model, path, taken=(), prefix: str = "") -> str:
+    """A saved folder's row name: `prefix`, its recipe (or path) and what serves it, "prune(flops=0.8)+int8 [ORT]";
+    with the folder's name after it where the name is already `taken` (two folders of one recipe and runtime, say a
+    search's pick and a hand-made one)."""
     runtime = {"onnxruntime": "ORT", "openvino": "OpenVINO"}.get(model.manifest.get("runtime"), "torch")
-    return f"{model.manifest.get('recipe') or path} [{runtime}]"
+    name = f"{prefix}{model.manifest.get('recipe') or path} [{runtime}]"
+    return f"{name} ({Path(path).name})" if name in taken else name
 
 
 def base_of(paths: list[str], base: str | None = None) -> str | None:
@@ -150,10 +153,7 @@ def compare_peers(paths: list[str], runs: int, out_dir, show_progress: bool = Fa
         models = peer_models(base, tmp, skipped)
         for p in paths:
             m = io.load(p)
-            name = f"slimformer {folder_label(m, p)}"
-            if name in models:  # two folders of one recipe and runtime (say, a search's pick and a hand-made one)
-                name += f" ({Path(p).name})"
-            models[name] = m
+            models[folder_label(m, p, models, "slimformer ")] = m
         result, _ = compare(models, {}, task, runs, throughput_texts=texts, show_progress=show_progress)
     if skipped:
         result["skipped"] = skipped
