@@ -21,10 +21,6 @@ import torch
 import torch.nn.functional as F
 
 
-def _rows(x: torch.Tensor, k: int) -> torch.Tensor:
-    return x.reshape(-1, k).float()  # (..., K) -> (M, K)
-
-
 EAGER: dict[str, Callable] = {}  # name -> the Python body of each scripted function (the fallback; its test)
 
 
@@ -72,11 +68,6 @@ def _intmm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bi
     return y.view(shape)
 
 
-def _fbgemm_op(x, scale: float, zero_point: int, packed) -> torch.Tensor:
-    """fbgemm's dynamic int8 linear with the activation's (per-tensor) quantization given: (M, K) -> (M, N) fp32."""
-    return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x, scale, zero_point, packed)
-
-
 def _prepare_fbgemm(lin) -> dict:
     w = lin.weight  # (N, K) int8, symmetric: zero point 0
     with warnings.catch_warnings():
@@ -84,9 +75,10 @@ def _prepare_fbgemm(lin) -> dict:
         qw = torch._make_per_channel_quantized_tensor(w, lin.weight_scale.double(),
                                                       torch.zeros(len(w), dtype=torch.long), 0)
         packed = torch.ops.quantized.linear_prepack(qw, None)
-    _fbgemm_op(torch.zeros(1, lin.in_features), 1.0, 64, packed)  # weights another engine packed lack it: fail here
+    k, n = lin.in_features, lin.out_features
+    _fbgemm(torch.zeros(1, k), packed, None, None, k, n)  # weights another engine packed lack the op: fail here
     # the packed weights apart: a trace (freeze) finds a TorchScript object as a module's attribute, not in a tuple
-    return {"packed": packed, "args": (lin.bias, lin.inv_smooth, lin.in_features, lin.out_features)}
+    return {"packed": packed, "args": (lin.bias, lin.inv_smooth, k, n)}
 
 
 @_scripted
@@ -123,7 +115,7 @@ def _prepare_w8(lin) -> dict:
 
 
 def _w8(lin, x: torch.Tensor) -> torch.Tensor:
-    shape, x = x.shape, _rows(x, lin.in_features).contiguous()
+    shape, x = x.shape, x.reshape(-1, lin.in_features).float().contiguous()  # (M, K)
     y = torch._weight_int8pack_mm(x, lin._kernel_w8_weight, lin._kernel_w8_scale)  # (M, N)
     y = y.add_(lin.bias) if lin.bias is not None else y
     return y.view(*shape[:-1], lin.out_features)
