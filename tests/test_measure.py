@@ -2,7 +2,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from slimformer.data import read_stsb
-from slimformer.measure.tasks import _spearman_rows, delta_interval
+from slimformer.measure.tasks import spearman_rows, delta_interval
 
 
 def _gold_and_cosines():
@@ -17,7 +17,7 @@ def test_spearman_rows_match_scipy():
     x = np.stack([cos, rng.permutation(cos), np.round(cos, 1)])  # ties too: rounded cosines
     y = np.stack([gold, gold, gold])
     want = [spearmanr(a, b).statistic * 100 for a, b in zip(x, y)]
-    np.testing.assert_allclose(_spearman_rows(x, y), want, atol=1e-9)
+    np.testing.assert_allclose(spearman_rows(x, y), want, atol=1e-9)
 
 
 def test_identical_models_have_a_zero_interval():
@@ -34,6 +34,29 @@ def test_interval_tells_a_worse_model_from_rounding_noise():
     worse = cos + rng.normal(0, 0.5, len(cos))  # a clearly worse model: the whole interval lies below 0
     lo, hi = delta_interval(gold, cos, worse)
     assert lo <= point(worse) - point(cos) <= hi < 0
+
+
+def test_transfer_gap_interval_resamples_each_set_once_for_all_its_cells():
+    """benchmarks/transfer.py's gap (mean OOD delta - mean ID delta): zero width where every cell equals the original,
+    and around a clear loss out of distribution it holds the point gap and lies below 0."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from transfer import gap_interval
+
+    gold, cos, rng = _gold_and_cosines()
+    gold = {"a": gold[:200], "b": gold[200:]}
+    ref = {"a": cos[:200], "b": cos[200:]}
+    same = [{"scored": t, "kind": k, "pred": ref[t].copy()} for t, k in (("a", "ID"), ("b", "ID"), ("a", "OOD"))]
+    assert gap_interval(gold, ref, same) == (0.0, 0.0)
+    worse = {t: c + rng.normal(0, 0.5, len(c)) for t, c in ref.items()}
+    cells = [{"scored": "a", "kind": "ID", "pred": ref["a"] + rng.normal(0, 1e-3, 200)},
+             {"scored": "b", "kind": "OOD", "pred": worse["b"]}, {"scored": "a", "kind": "OOD", "pred": worse["a"]}]
+    point = lambda t, c: (spearmanr(c, gold[t]).statistic - spearmanr(ref[t], gold[t]).statistic) * 100
+    gap = np.mean([point(t, worse[t]) for t in "ab"]) - point("a", cells[0]["pred"])
+    lo, hi = gap_interval(gold, ref, cells)
+    assert lo <= gap <= hi < 0
 
 
 def test_latency_runs_each_runner_in_blocks_in_shuffled_order():

@@ -234,7 +234,7 @@ def evaluate(model, task: str | None = AUTO, batch_size: int = 64) -> TaskResult
                       {"macro_f1_x100": macro_f1(gold, pred) * 100})
 
 
-def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Spearman x100 of each row of x (R, n) with the same row of y (R, n): Pearson of ranks (ties averaged)."""
     from scipy.stats import rankdata
 
@@ -257,7 +257,7 @@ def delta_interval(gold, a: np.ndarray, b: np.ndarray, resamples: int = 1000, se
         d = 100 * (b - a)[idx].mean(1)  # exactly 0 for identical models
     else:
         gold = np.asarray(gold, dtype=np.float64)
-        d = _spearman_rows(b[idx], gold[idx]) - _spearman_rows(a[idx], gold[idx])
+        d = spearman_rows(b[idx], gold[idx]) - spearman_rows(a[idx], gold[idx])
     lo, hi = np.quantile(d, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 
