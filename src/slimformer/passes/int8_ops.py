@@ -3,7 +3,7 @@
 Kernels (none couples a row to its batch-mates: activation scales, where there are any, are per token):
   intmm   q8(x) per token, torch._int_mm (int8 x int8 -> int32), rescale. Exact int32 accumulation.
   fbgemm  fbgemm's int8 GEMM (torch.ao's, per-channel weights), called with the activation scale given instead of
-          the one per tensor it would pick: each row is first scaled to max |x| = 63 and quantized at scale 1 and
+          the one per tensor it would pick: each row is first scaled to max |x| = 1 and quantized at scale 1/63 and
           zero point 64, so each row gets its own scale. 7-bit activations ([1, 127], fbgemm's AVX2 `reduce_range`
           range: a pair of u8 x s8 products must fit int16), so 127 levels per token instead of 255.
   w8      weight-only int8 (torch._weight_int8pack_mm): float activations, int8 weights.
@@ -91,14 +91,15 @@ def _fbgemm(x: torch.Tensor, packed: torch.classes.quantized.LinearPackedParamsB
     x = x.reshape(-1, k).float()  # (M, K)
     if inv_smooth is not None:
         x = x * inv_smooth  # a fresh (M, K): scaled in place below
-        scale = row_absmax(x).mul_(1.0 / 63.0)  # (M, 1): each row to max |x| = 63, then q = round(x) + 64 in [1, 127]
-        xs = x.div_(scale)
+        amax = row_absmax(x)  # (M, 1): each row to max |x| = 1 here, to 63 in fbgemm's quantization below
+        xs = x.div_(amax)
     else:
-        scale = row_absmax(x).mul_(1.0 / 63.0)
-        xs = torch.div(x, scale)
-    # (M, N): q = round(xs / 1.0) + 64, weight scales in
-    y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(xs, 1.0, 64, packed)
-    y = torch.addcmul(bias, y, scale, out=y) if bias is not None else y.mul_(scale)  # in place
+        amax = row_absmax(x)
+        xs = torch.div(x, amax)
+    # (M, N): q = round(xs / (1/63)) + 64 in [1, 127], weight scales in; the 63 given as fbgemm's input scale instead
+    # of a pass of ours over the row maxima: one op fewer a call (~3 us at 16 tokens, an ad-hoc timing, a hint)
+    y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(xs, 1.0 / 63.0, 64, packed)
+    y = torch.addcmul(bias, y, amax, out=y) if bias is not None else y.mul_(amax)  # in place
     shape[-1] = n
     return y.view(shape)
 
