@@ -68,9 +68,9 @@ def test_kernel_matches_reference_arithmetic(layer_and_inputs, kernel):
     assert err < tol, (kernel, err)
 
 
-@pytest.mark.parametrize("scripted", ["intmm", "fbgemm"])
+@pytest.mark.parametrize("scripted", ["intmm", "fbgemm", "fp16"])
 def test_without_torchscript_the_kernels_compute_the_same_values(layer_and_inputs, scripted, monkeypatch):
-    """The per-token kernels run as TorchScript functions (fewer Python calls); where TorchScript cannot compile
+    """These kernels run as TorchScript functions (fewer Python calls); where TorchScript cannot compile
     (it is deprecated), the same bodies run eagerly and give the same values, at each row count and rank."""
     lin, x = layer_and_inputs
     assert len(x) > int8_kernels.SMALL_ROWS  # the many-rows branch of row_absmax too
