@@ -286,11 +286,20 @@ def _ids(model, texts):
 
 @pytest.fixture(scope="module")
 def pruned(gemma_dir, sentences):
-    """The tiny Gemma with its tied table cut to the tokens of 60 sentences (plus the special and generate ids)."""
+    """The tiny Gemma with its tied table cut to the tokens of 60 sentences (plus the special and generate ids; not
+    the tokenizer's most common ids: common=0)."""
     from slimformer.errors import CoverageWarning
 
     with pytest.warns(CoverageWarning, match="uses"):  # a few hundred of MiniLM's 30,522 tokens
-        return slimformer.compress(slimformer.load(gemma_dir), "vocab", calib=sentences[:60])
+        return slimformer.compress(slimformer.load(gemma_dir), "vocab(common=0)", calib=sentences[:60])
+
+
+def test_vocab_keeps_the_common_tokens_of_a_decoder_too(gemma, pruned, sentences):
+    from slimformer.passes.vocab import COMMON_TOKENS
+
+    default = slimformer.compress(gemma, "vocab", calib=sentences[:60])
+    kept = set(default.net.get_output_embeddings().remap.tolist())
+    assert kept == set(range(COMMON_TOKENS)) | set(pruned.net.get_output_embeddings().remap.tolist())
 
 
 def test_vocab_cuts_the_tied_table_and_lm_head_together(gemma, pruned, batch):
@@ -525,7 +534,7 @@ def test_structure_after_vocab(gemma, pruned, batch, sentences):
     assert torch.equal(logits(same, batch), logits(pruned, batch))
     small = slimformer.compress(pruned, "prune(flops=0.6)", calib=sentences[:16])
     step = small.manifest["steps"][-1]
-    assert sum(step["ffn_per_layer"]) < 4 * 96 and small.manifest["recipe"] == "vocab+prune(flops=0.6)"
+    assert sum(step["ffn_per_layer"]) < 4 * 96 and small.manifest["recipe"] == "vocab(common=0)+prune(flops=0.6)"
     kept = small.net.get_output_embeddings().remap
     assert torch.isfinite(logits(small, batch)[..., kept]).all()
 

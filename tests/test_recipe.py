@@ -120,6 +120,7 @@ def test_parsing_a_recipe_does_not_import_torch():
     ("heads(keep=\u0663)", "heads: keep must be a fraction"),  # an Arabic-Indic 3 is a word, not a number
     ("layers(keep=" + "9" * 5000 + ")", "step 'layers': argument 'keep' has a number of 5000 digits"),
     ("vocab(corpus=5)", "vocab: corpus must be a path to a text file, got 5"),
+    ("vocab(common=-1)", "vocab: common must be a count >= 0, got -1"),
     ("fnet(layers=(1))", "fnet: layers must be 'all' or a count >= 1, got '(1)'"),
     ("heads(keep=0.5)\n+int9", "unknown recipe step 'int9'"),
 ])

@@ -5,12 +5,12 @@ import torch
 import slimformer
 from slimformer.errors import BudgetError
 from slimformer.passes.quantize import QuantizedEmbedding
-from slimformer.passes.vocab import VocabEmbedding
+from slimformer.passes.vocab import COMMON_TOKENS, VocabEmbedding
 
 
 @pytest.fixture(scope="module")
 def covered(minilm, sentences):
-    return slimformer.compress(minilm, "vocab(fallback=unk)", calib=sentences[:30])
+    return slimformer.compress(minilm, "vocab(fallback=unk, common=0)", calib=sentences[:30])  # the text's alone
 
 
 def test_covered_texts_encode_identically(minilm, covered, sentences):
@@ -26,6 +26,26 @@ def test_uncovered_token_reads_unk(minilm, covered):
     rows = covered.encoder.get_input_embeddings()(ids)
     assert torch.equal(rows[0, 0], rows[0, 1])
     assert covered.encode("zebras quarrel over xylophones").shape == (384,)  # never an index error
+
+
+def test_common_tokens_keep_their_rows_whatever_the_text(minilm, covered, sentences):
+    """By default the tokenizer's first COMMON_TOKENS ids (its most common pieces) stay with their own rows though
+    the text never uses them; a later id stays only if the text uses it. common=0 (`covered`): the text's alone."""
+    text = sentences[:30]
+    default = slimformer.compress(minilm, "vocab(fallback=unk)", calib=text)
+    tok = minilm.tokenizer
+    used = {i for ids in tok(text, add_special_tokens=False)["input_ids"] for i in ids} | set(tok.all_special_ids)
+    emb = default.encoder.get_input_embeddings()
+    assert emb.embedding.num_embeddings == len(used | set(range(COMMON_TOKENS)))
+    assert covered.encoder.get_input_embeddings().embedding.num_embeddings == len(used)
+    assert default.manifest["steps"][0]["common"] == COMMON_TOKENS
+    river, zebra = tok.convert_tokens_to_ids("river"), tok.convert_tokens_to_ids("zebra")
+    assert river < COMMON_TOKENS < zebra and not {river, zebra} & used  # a common word and a rarer one, both unused
+    full = minilm.encoder.get_input_embeddings().weight
+    rows = emb(torch.tensor([river, zebra, tok.unk_token_id]))
+    assert torch.equal(rows[0], full[river])  # its own row
+    assert torch.equal(rows[1], rows[2])  # outside both: [UNK]'s (fallback=unk)
+    assert torch.equal(covered.encoder.get_input_embeddings()(torch.tensor([river]))[0], rows[2])
 
 
 def test_nearest_fallback_and_keep(minilm, sentences):

@@ -137,6 +137,9 @@ class Vocab:
     corpus: str | None = None  # text file, one sentence a line; default: the calibration text
     keep: int | None = None  # keep the N most frequent tokens (plus the special tokens)
     fallback: str = "nearest"  # a dropped token reads the row of its nearest kept token (cosine), or "unk"
+    # the tokenizer's first `common` ids stay whatever the text (its most common pieces); None: passes/vocab.py's
+    # COMMON_TOKENS, or 0 when keep is given (keep is a size: exactly the keep most frequent of the text)
+    common: int | None = None
 
     def __post_init__(self):
         # a number is no path (open(5) would read file descriptor 5)
@@ -146,6 +149,8 @@ class Vocab:
                 f"fallback must be nearest or unk, got {self.fallback!r}")
         require(self.keep is None or is_int(self.keep) and self.keep >= 1, self.step,
                 f"keep must be a count >= 1, got {self.keep!r}")
+        require(self.common is None or is_int(self.common) and self.common >= 0, self.step,
+                f"common must be a count >= 0, got {self.common!r}")
 
 
 @dataclass(frozen=True)
