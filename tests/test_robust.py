@@ -20,7 +20,6 @@ from slimformer.errors import (CoverageWarning, DataFormatError, ModelNotFoundEr
 from slimformer.passes import int8_kernels
 from slimformer.passes import structure as S
 from slimformer.passes.quantize import Int8Linear
-from slimformer.passes.vocab import COMMON_TOKENS
 
 
 @pytest.fixture
@@ -278,8 +277,9 @@ def test_vocab_refuses_the_default_text_on_a_multilingual_sized_vocabulary(minil
         slimformer.compress(model, "vocab")
     with pytest.warns(CoverageWarning):  # text given: the user's choice, with the warning
         given = slimformer.compress(model, "vocab", calib=sentences)
-    # the text's few hundred tokens and the tokenizer's common ones (its first ids), of 120,000
-    assert given.encoder.get_input_embeddings().embedding.num_embeddings < COMMON_TOKENS + 1000
+    # the text's few hundred tokens of 120,000: a multilingual-sized vocabulary's first ids are not kept by default
+    assert given.encoder.get_input_embeddings().embedding.num_embeddings < 1000
+    assert given.manifest["steps"][0]["common"] == 0
     corpus = tmp_path / "mine.txt"
     corpus.write_text("\n".join(sentences))
     with pytest.warns(CoverageWarning):

@@ -138,7 +138,8 @@ class Vocab:
     keep: int | None = None  # keep the N most frequent tokens (plus the special tokens)
     fallback: str = "nearest"  # a dropped token reads the row of its nearest kept token (cosine), or "unk"
     # the tokenizer's first `common` ids stay whatever the text (its most common pieces); None: passes/vocab.py's
-    # COMMON_TOKENS, or 0 when keep is given (keep is a size: exactly the keep most frequent of the text)
+    # COMMON_TOKENS, or 0 when keep is given (keep is a size: exactly the keep most frequent of the text) or the
+    # vocabulary is multilingual-sized
     common: int | None = None
 
     def __post_init__(self):
