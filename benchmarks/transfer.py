@@ -1,9 +1,13 @@
 """Does a no-training recipe hold beyond its calibration text? In- and out-of-distribution deltas per recipe.
 
 Protocol (issue 17), all from the data folder, every text disjoint from what it is scored on:
-- calibration sources (512 sentences each, seeded): `captions` and `news+forum` (the STS-B train sentences of those
-  genres), `sst2` (SST-2 train sentences: movie-review phrases), `default` (what `compress` uses with no --calib),
-  and any `NAME=FILE` given with --calib (one sentence a line).
+- calibration sources, each a whole text, shuffled (seeded): `captions` and `news+forum` (the STS-B train sentences
+  of those genres: 3,384 and 7,182), `sst2` (SST-2 train sentences of 4 words or more: 48,800 movie-review phrases),
+  `default` (what `compress` uses with no --calib), and any `NAME=FILE` given with --calib (one sentence a line).
+  `compress` reads a text as it reads a user's: the first 512 sentences are the sample importance, trials and int8
+  scales read; compensation's regression reads up to 2,048 (the sample's fit half, then the text after the sample
+  and the report's check sentences); `vocab` and `distill` all of it. Each source used to be its first 512
+  sentences only (the same sample): the README's tables before "Compensation reads more text" read no more.
 - scored sets: STS-B test split by genre, `captions` (625 pairs) and `news+forum` (754 pairs).
 - in-distribution (ID): the calibration genre is the scored genre; out-of-distribution (OOD): `captions` scored on
   news+forum and the reverse, and `sst2` scored on both.
@@ -33,7 +37,6 @@ from slimformer.data import calibration_texts, data_dir
 from slimformer.measure.tasks import delta_interval, evaluate, spearman_rows, sts_pairs
 
 GENRES = {"captions": ("main-captions",), "news+forum": ("main-news", "main-forum", "main-forums")}
-N_CALIB = 512
 
 
 def stsb_rows(split: str) -> list[list[str]]:
@@ -52,10 +55,10 @@ def sst2_sentences() -> list[str]:
     return list(dict.fromkeys(s for s, _ in read_sst2("train") if len(s.split()) >= 4))
 
 
-def sample(texts: list[str], seed: int = 0) -> list[str]:
+def shuffled(texts: list[str], seed: int = 0) -> list[str]:
     texts = list(texts)
     random.Random(seed).shuffle(texts)
-    return texts[:N_CALIB]
+    return texts
 
 
 def write_test_sets(folder: Path, splits: tuple[str, ...] = ("test",)) -> dict[str, str]:
@@ -97,13 +100,13 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="write every cell as JSON here")
     args = ap.parse_args()
 
-    sources = {"captions": sample(genre_sentences(GENRES["captions"])),
-               "news+forum": sample(genre_sentences(GENRES["news+forum"])),
-               "sst2": sample(sst2_sentences()),
-               "default": calibration_texts(N_CALIB)}
+    sources = {"captions": shuffled(genre_sentences(GENRES["captions"])),
+               "news+forum": shuffled(genre_sentences(GENRES["news+forum"])),
+               "sst2": shuffled(sst2_sentences()),
+               "default": calibration_texts(None)}
     for spec in args.calib:
         name, path = spec.split("=", 1)
-        sources[name] = calibration_texts(N_CALIB, path=path)
+        sources[name] = calibration_texts(None, path=path)
 
     base = slimformer.load(args.model)
     cells = []

@@ -1,9 +1,13 @@
 """Calibration text and the measurements passes take on it (passes/calib.py), on the tiny random BERT."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from slimformer.passes.calib import Calibration, activation_absmax, output_error, outputs, squared_gradients
+from slimformer.passes import Context
+from slimformer.passes.calib import (Calibration, activation_absmax, fit_text, output_error, outputs,
+                                     squared_gradients)
 
 
 @pytest.fixture
@@ -80,3 +84,22 @@ def test_split_of_one_batch_keeps_both_halves(minilm, sentences):
     fit, held = Calibration.from_texts(minilm.tokenizer, sentences[:5]).split()
     assert [b["input_ids"].shape[0] for b in fit.batches] == [3]
     assert [b["input_ids"].shape[0] for b in held.batches] == [2]
+
+
+def test_fit_text_reads_the_text_after_the_sample(tiny, sentences):
+    """The fit half of the calibration sample, then the calibration text after the sample, up to n sentences in
+    all; never the sample's held-out half (it scores prune's trials). Without more text, or for a causal LM, the fit
+    half alone."""
+    sample = Calibration.from_texts(tiny.tokenizer, sentences[:32], batch_size=8)  # 4 batches: fit 16, held 16
+    fit, held = sample.split()
+    text = fit_text(tiny, Context(sample, teacher=tiny, corpus_texts=sentences), 40)
+    assert len(text.batches) == 3 and all(a is b for a, b in zip(text.batches, fit.batches))  # fit's 2, then 24
+    assert sum(len(b["input_ids"]) for b in text.batches) == 40
+    more = Calibration.from_texts(tiny.tokenizer, sentences[32:56]).batches[0]
+    assert all(torch.equal(text.batches[2][k], more[k]) for k in more)
+    held_rows = {tuple(r.tolist()) for b in held.batches for r in b["input_ids"]}
+    assert not held_rows & {tuple(r.tolist()) for b in text.batches for r in b["input_ids"]}
+    lm = SimpleNamespace(head="causal-lm", tokenizer=tiny.tokenizer)
+    for model, texts in ((tiny, sentences[:32]), (lm, sentences), (tiny, None)):
+        alone = fit_text(model, Context(sample, teacher=tiny, corpus_texts=texts), 40).batches
+        assert len(alone) == 2 and all(a is b for a, b in zip(alone, fit.batches))

@@ -209,3 +209,23 @@ def test_a_given_head_weight_keeps_what_the_measured_one_chose(tiny, sentences):
              .manifest["steps"][-1] for w in (0.01, 100.0)}
     # heads nearly worthless -> heads go first; heads precious -> neurons go first
     assert sum(other[0.01]["heads_per_layer"]) < sum(other[100.0]["heads_per_layer"])
+
+
+def test_importance_over_more_text_ranks_units_as_other_text_does(minilm):
+    """Importance over the sample's fit half (32 sentences) and 224 more of the calibration text (calib.fit_text)
+    ranks MiniLM's heads and neurons far closer to how 256 other sentences rank them than the fit half alone does
+    (Spearman 0.93 / 0.92 against 0.76 / 0.79 here): the Fisher of a few sentences is noisy."""
+    from scipy.stats import spearmanr
+
+    from slimformer.data import calibration_texts
+    from slimformer.passes import Context
+    from slimformer.passes.calib import fit_text
+
+    texts = calibration_texts(768)
+    sample = Calibration.from_texts(minilm.tokenizer, texts[:64], batch_size=16)
+    ref = P.importance(minilm, Calibration.from_texts(minilm.tokenizer, texts[512:]))
+    rho = {}
+    for n in (32, 256):
+        got = P.importance(minilm, fit_text(minilm, Context(sample, teacher=minilm, corpus_texts=texts[:512]), n))
+        rho[n] = [spearmanr(g.flatten(), r.flatten()).statistic for g, r in zip(got, ref)]
+    assert all(more > alone + 0.08 for more, alone in zip(rho[256], rho[32])), rho

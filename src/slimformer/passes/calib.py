@@ -45,6 +45,21 @@ def rows(batch: dict[str, torch.Tensor]) -> int:
     return len(next(iter(batch.values())))
 
 
+def fit_text(model, ctx, n: int) -> Calibration:
+    """The fit half of ctx's calibration sample, then the calibration text after the sample (ctx.corpus_texts, which
+    leaves out the compress report's check sentences), up to n sentences in all: for measurements that gain from more
+    text than the sample's half (importance, compensation's regression). The sample's other half is never read: it
+    scores prune's trials. A causal LM (every forward ends in vocabulary-wide logits; not measured there), speech and
+    images: the fit half alone."""
+    fit = ctx.calib.split()[0]
+    texts = ctx.corpus_texts
+    if texts is None or is_causal_lm(model):
+        return fit
+    start = sum(rows(b) for b in ctx.calib.batches)  # the sample is the text's first sentences
+    more = texts[start : start + max(0, n - sum(rows(b) for b in fit.batches))]
+    return Calibration(fit.batches + Calibration.from_texts(model.tokenizer, more).batches) if more else fit
+
+
 @torch.inference_mode()
 def outputs(model: nn.Module, calib: Calibration) -> list[torch.Tensor]:
     return [main_output(model(**b)) for b in calib.batches]
