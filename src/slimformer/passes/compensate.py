@@ -43,7 +43,6 @@ FLOOR = 0.01  # a token whose output is tinier than this share of the median's c
 REGRESSION_SENTENCES = 2048  # what the regression reads in all, where the calibration text has that many
 
 
-
 def _targets(model, adapter: Adapter) -> dict[tuple[int, str], torch.nn.Module]:
     """{(layer, role): the output projection} of every block where it has inputs to drop."""
     out = {}
