@@ -4,10 +4,11 @@ Protocol (issue 17), all from the data folder, every text disjoint from what it 
 - calibration sources, each a whole text, shuffled (seeded): `captions` and `news+forum` (the STS-B train sentences
   of those genres: 3,384 and 7,182), `sst2` (SST-2 train sentences of 4 words or more: 48,800 movie-review phrases),
   `default` (what `compress` uses with no --calib), and any `NAME=FILE` given with --calib (one sentence a line).
-  `compress` reads a text as it reads a user's: the first 512 sentences are the sample importance, trials and int8
-  scales read; compensation's regression reads up to 2,048 (the sample's fit half, then the text after the sample
-  and the report's check sentences); `vocab` and `distill` all of it. Each source used to be its first 512
-  sentences only (the same sample): the README's tables before "Compensation reads more text" read no more.
+  `compress` reads a text as it reads a user's: the first 512 sentences are the sample that the trials and int8
+  scales read; narrowing's importance reads up to 1,024 and its compensation up to 2,048 (the sample's fit half,
+  then the text after the sample and the report's check sentences); `vocab` and `distill` all of it. Each source
+  used to be its first 512 sentences only (the same sample): the README's tables before "Importance and
+  compensation read more text" read no more.
 - scored sets: STS-B test split by genre, `captions` (625 pairs) and `news+forum` (754 pairs).
 - in-distribution (ID): the calibration genre is the scored genre; out-of-distribution (OOD): `captions` scored on
   news+forum and the reverse, and `sst2` scored on both.
