@@ -111,21 +111,31 @@ def test_moments_are_those_of_the_projection_inputs_on_real_tokens(minilm, sente
     torch.testing.assert_close(got, (z * w[:, None]).T @ z / w.sum(), atol=1e-5, rtol=1e-4)
 
 
-def test_massive_activations_do_not_rule_the_fit(minilm):
-    """At half the FLOPs, with the heads an exchange rate of 2.0 keeps, compensation keeps the narrowed model closer
-    to the original on held-out sentences than plain narrowing does. Unweighted moments failed this (held-out fidelity
-    0.15 against 0.76 on these 64 sentences of the default text, mostly short SST-2 phrases): a few [CLS] / [SEP]
-    tokens with huge FFN outputs ruled the fit."""
+@pytest.fixture(scope="module")
+def half_flops(minilm):
+    """MiniLM narrowed to half the FLOPs at an exchange rate of 2.0, chosen on the fit half of 64 sentences of the
+    default text (mostly short SST-2 phrases): (those 64 then 480 more sentences, the 64 as a calibration sample, its
+    fit half, (keep_heads, keep_neurons), candidate -> its fidelity on the sample's held-out half)."""
     from slimformer.data import calibration_texts
     from slimformer.passes.prune import choose_by_flops, fidelity_of, importance
 
-    calib = Calibration.from_texts(minilm.tokenizer, calibration_texts(64), batch_size=16)
+    texts = calibration_texts(544)
+    calib = Calibration.from_texts(minilm.tokenizer, texts[:64], batch_size=16)
     fit, held = calib.split()
     enc, ad = minilm.encoder, minilm.adapter
     fisher_h, fisher_n = importance(minilm, fit)
     keep = choose_by_flops(fisher_h * 2.0, fisher_n, 0.5, S.hidden_size(enc, ad), S.head_size(enc, ad), 2,
                            S.flops_tokens(enc, ad))
-    score, moments = fidelity_of(minilm, held), input_moments(minilm, ad, fit)
+    return texts, calib, fit, keep, fidelity_of(minilm, held)
+
+
+def test_massive_activations_do_not_rule_the_fit(minilm, half_flops):
+    """At half the FLOPs, with the heads an exchange rate of 2.0 keeps, compensation keeps the narrowed model closer
+    to the original on held-out sentences than plain narrowing does. Unweighted moments failed this (held-out fidelity
+    0.15 against 0.76 on these 64 sentences of the default text, mostly short SST-2 phrases): a few [CLS] / [SEP]
+    tokens with huge FFN outputs ruled the fit."""
+    _, _, fit, keep, score = half_flops
+    moments = input_moments(minilm, minilm.adapter, fit)
     fidelity = {}
     for on in (False, True):
         m = minilm.clone()
@@ -143,24 +153,15 @@ def test_a_recipe_option_on_by_default_recorded_in_the_manifest(tiny, sentences)
     assert not torch.equal(o_on, o_off)
 
 
-def test_more_text_makes_a_fit_that_holds_on_other_sentences(minilm):
+def test_more_text_makes_a_fit_that_holds_on_other_sentences(minilm, half_flops):
     """At half the FLOPs, the regression over the fit half (32 sentences) and 480 more sentences of the calibration
     text keeps the narrowed model closer to the original on held-out sentences than over the fit half alone: with
     up to 1,536 regressors a few hundred tokens overfit (ridge or not)."""
-    from slimformer.data import calibration_texts
-    from slimformer.passes.prune import choose_by_flops, fidelity_of, importance
-
-    texts = calibration_texts(544)
-    calib = Calibration.from_texts(minilm.tokenizer, texts[:64], batch_size=16)
-    fit, held = calib.split()
-    enc, ad = minilm.encoder, minilm.adapter
-    fisher_h, fisher_n = importance(minilm, fit)
-    keep = choose_by_flops(fisher_h * 2.0, fisher_n, 0.5, S.hidden_size(enc, ad), S.head_size(enc, ad), 2,
-                           S.flops_tokens(enc, ad))
-    score, fidelity = fidelity_of(minilm, held), {}
+    texts, calib, fit, keep, score = half_flops
+    fidelity = {}
     for n in (64, 544):
         m = minilm.clone()
         text = fit_text(m, Context(calib, teacher=minilm, corpus_texts=texts[:n]), REGRESSION_SENTENCES)
-        narrow(m, minilm, fit, *keep, tune=False, moments=input_moments(m, ad, text))
+        narrow(m, minilm, fit, *keep, tune=False, moments=input_moments(m, m.adapter, text))
         fidelity[n] = score(m)
     assert fidelity[544] > fidelity[64] + 0.03, fidelity  # 0.90 against 0.81 here
